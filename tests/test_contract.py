@@ -1,0 +1,137 @@
+"""The attribution contract, checked for every method in the registry.
+
+A new method registered with ``@register`` is covered here without editing this file: it is
+built with ``Method.create(model, layer=...)`` on a tiny network.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import xai.attributions as attributions
+from tests._models import RaisingNet, TinyConvNet, seeded
+from tests.conftest import hook_count
+
+METHODS = attributions.available()
+LAYER = "features"
+
+
+def make(name: str, model: torch.nn.Module, **kwargs):
+    return attributions.get(name).create(model, layer=LAYER, **kwargs)
+
+
+@pytest.fixture
+def net():
+    return seeded(TinyConvNet())
+
+
+@pytest.fixture
+def inputs():
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(3, 3, 32, 32, generator=gen, dtype=torch.float64)
+
+
+def test_registry_is_populated():
+    for expected in ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "score_cam",
+                     "eigen_cam", "guided_grad_cam", "saliency", "integrated_gradients",
+                     "smooth_grad", "occlusion"):
+        assert expected in METHODS
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
+    net.features[3].train()  # a BN in train mode must not have its running stats updated
+    net.fc.weight.requires_grad_(False)
+    state = copy.deepcopy(net.state_dict())
+    flags = [(m, m.training) for m in net.modules()]
+    grads = [(p, p.requires_grad) for p in net.parameters()]
+    x = inputs.clone()
+    maps = make(name, net)(x, target=None)
+    assert maps.shape == (3, 32, 32)
+    assert maps.dtype == torch.float64 and maps.device == x.device
+    assert torch.isfinite(maps).all()
+    assert torch.equal(x, inputs), "inputs were modified"
+    assert hook_count(net) == 0
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), f"{key} changed"
+    assert all(m.training == t for m, t in flags)
+    assert all(p.requires_grad == r for p, r in grads)
+    assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_float32_inputs_give_float32_maps(name, inputs):
+    net = seeded(TinyConvNet(), dtype=torch.float32)
+    maps = make(name, net)(inputs.float())
+    assert maps.dtype == torch.float32 and maps.shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_hooks_removed_after_exception(name, inputs):
+    net = seeded(RaisingNet())
+    method = make(name, net)
+    net.trap.armed = True
+    with pytest.raises(RuntimeError, match="boom"):
+        method(inputs)
+    assert hook_count(net) == 0
+    assert not net.training
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_per_sample_targets_match_one_by_one(name, net, inputs):
+    method = make(name, net)
+    targets = [0, 3, 1]
+    batch = method(inputs, target=targets)
+    single = torch.cat([method(inputs[i : i + 1], target=t) for i, t in enumerate(targets)])
+    torch.testing.assert_close(batch, single, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_outer_no_grad_and_frozen_parameters_give_same_map(name, net, inputs):
+    method = make(name, net)
+    ref = method(inputs, target=2)
+    with torch.no_grad():
+        under_no_grad = method(inputs, target=2)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    frozen = method(inputs, target=2)
+    torch.testing.assert_close(under_no_grad, ref, rtol=1e-9, atol=0)
+    torch.testing.assert_close(frozen, ref, rtol=1e-9, atol=1e-12)
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_same_seed_same_map_and_batch_size_does_not_matter(name, net, inputs):
+    a = make(name, net, seed=7)(inputs, target=1)
+    b = make(name, net, seed=7)(inputs, target=1)
+    assert torch.equal(a, b)
+    one = make(name, net, seed=7, batch_size=1)(inputs, target=1)
+    torch.testing.assert_close(one, a, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_callable_target_equals_class_target(name, net, inputs):
+    method = make(name, net)
+    by_index = method(inputs, target=4)
+    if method.class_score == "probability":
+        by_callable = method(inputs, target=lambda out: out.softmax(1)[:, 4])
+    else:
+        by_callable = method(inputs, target=lambda out: out[:, 4])
+    torch.testing.assert_close(by_callable, by_index, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_bad_inputs_raise_clear_errors(name, net, inputs):
+    method = make(name, net)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        method(inputs[0])
+    with pytest.raises(TypeError, match="floating"):
+        method((inputs * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="out of range"):
+        method(inputs, target=99)
+    with pytest.raises(ValueError, match="3 targets|2 targets"):
+        method(inputs, target=[0, 1])
+    assert hook_count(net) == 0

@@ -1,0 +1,18 @@
+"""Type aliases shared by the public API."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence, Union
+
+from torch import Tensor, nn
+
+LayerLike = Union[str, nn.Module]
+"""A layer given by its dotted name (``"layer4.1.conv2"``) or by the module object."""
+
+TargetLike = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
+"""What to explain: ``None`` (each sample's argmax), a class index, one index per sample,
+or a callable mapping the model output to one scalar per sample."""
+
+ReshapeLike = Union[None, Literal["vit", "swin"], Callable[[Tensor], Tensor]]
+"""How to turn a layer output into a ``(B, C, h, w)`` grid: ``None`` (already spatial),
+``"vit"`` (tokens ``(B, N, C)`` with prefix tokens), ``"swin"`` (``(B, h, w, C)``) or a callable."""

@@ -1,0 +1,37 @@
+"""The hook-based model adapter shared by every method: the only code that touches hooks."""
+
+from xai.adapter.capture import Capture, ModelAdapter
+from xai.adapter.hooks import hooks
+from xai.adapter.layers import LayerInfo, list_layers, resolve_layer
+from xai.adapter.reshape import swin_reshape, vit_reshape
+from xai.adapter.state import preserved
+from xai.adapter.targets import (
+    CallableTarget,
+    ClassTarget,
+    ProbabilityTarget,
+    SegmentationTarget,
+    SimilarityTarget,
+    Target,
+    as_target,
+    unwrap_output,
+)
+
+__all__ = [
+    "Capture",
+    "CallableTarget",
+    "ClassTarget",
+    "LayerInfo",
+    "ModelAdapter",
+    "ProbabilityTarget",
+    "SegmentationTarget",
+    "SimilarityTarget",
+    "Target",
+    "as_target",
+    "hooks",
+    "list_layers",
+    "preserved",
+    "resolve_layer",
+    "swin_reshape",
+    "unwrap_output",
+    "vit_reshape",
+]

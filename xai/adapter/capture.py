@@ -1,0 +1,184 @@
+"""Capture activations and gradients of layers in one forward/backward pass."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from xai._typing import LayerLike, ReshapeLike, TargetLike
+from xai.adapter.hooks import hooks
+from xai.adapter.layers import _unwrap, resolve_layer
+from xai.adapter.reshape import make_reshape
+from xai.adapter.state import preserved
+from xai.adapter.targets import Target, as_target, unwrap_output
+
+
+class Capture:
+    """What one forward (and backward) pass recorded. Filled inside the context, emptied on exit.
+
+    Attributes:
+        outputs: the (unwrapped) model output of the last forward, set by
+            :meth:`ModelAdapter.forward`.
+        activations: layer name -> activation ``(B, C, h, w)`` (after ``reshape``), detached.
+        gradients: layer name -> gradient of the scores w.r.t. the activation, same shape,
+            filled by :meth:`backward`.
+    """
+
+    def __init__(self, names: Sequence[str], reshape: Callable[[Tensor], Tensor] | None) -> None:
+        self.names = list(names)
+        self._reshape = reshape
+        self._raw: dict[str, Tensor] = {}
+        self._calls: dict[str, int] = {}
+        self.outputs: Tensor | None = None
+        self.activations: dict[str, Tensor] = {}
+        self.gradients: dict[str, Tensor] = {}
+
+    def _spatial(self, name: str, tensor: Tensor) -> Tensor:
+        if self._reshape is not None:
+            tensor = self._reshape(tensor)
+        if tensor.dim() < 3:
+            raise ValueError(
+                f"layer {name!r} has output shape {tuple(tensor.shape)}, with no spatial axes; "
+                "choose a convolutional layer before global pooling (see "
+                "xai.adapter.list_layers(model, inputs)), or pass reshape='vit' for tokens"
+            )
+        return tensor
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _args: tuple, output: object) -> Tensor:
+            if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+                raise TypeError(
+                    f"layer {name!r} returns a {type(output).__name__}; pick a submodule that "
+                    "returns a single tensor"
+                )
+            if not isinstance(output, Tensor):
+                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+            self._calls[name] = self._calls.get(name, 0) + 1
+            # Differentiate w.r.t. `source`; hand the rest of the model a clone so that in-place
+            # ops after this layer (ReLU(inplace=True), `out += identity`) cannot overwrite the
+            # recorded activation or rebase its autograd history.
+            source = output if output.requires_grad else output.detach().requires_grad_(True)
+            self._raw[name] = source
+            self.activations[name] = self._spatial(name, source.detach())
+            return source.clone()
+
+        return hook
+
+    def backward(self, scores: Tensor, *, create_graph: bool = False) -> None:
+        """Fill :attr:`gradients` with d(sum of scores)/d(activation) for every captured layer.
+
+        Each sample's gradient depends only on its own score, so a batch with a different
+        target per sample gets the same maps as the samples explained one at a time.
+        """
+        if scores.dim() != 1:
+            raise ValueError(f"scores must be (B,), got {tuple(scores.shape)}")
+        self._check_called()
+        sources = [self._raw[n] for n in self.names]
+        grads = torch.autograd.grad(
+            scores.sum(), sources, create_graph=create_graph, allow_unused=True
+        )
+        for name, grad in zip(self.names, grads):
+            if grad is None:
+                raise RuntimeError(
+                    f"layer {name!r} receives no gradient from the target: it is not on the "
+                    "path from the input to the explained output"
+                )
+            grad = grad if create_graph else grad.detach()
+            self.gradients[name] = self._spatial(name, grad)
+
+    def _check_called(self) -> None:
+        for name in self.names:
+            calls = self._calls.get(name, 0)
+            if calls == 0:
+                raise RuntimeError(
+                    f"layer {name!r} was not called in the forward pass: is it used by the model?"
+                )
+            if calls > 1:
+                raise RuntimeError(
+                    f"layer {name!r} was called {calls} times in one forward pass; its "
+                    "activation is ambiguous: choose a layer the model uses once"
+                )
+
+    def _clear(self) -> None:
+        self._raw.clear()
+        self.activations.clear()
+        self.gradients.clear()
+        self.outputs = None
+
+
+class ModelAdapter:
+    """Wraps any ``nn.Module`` without modifying it; the base of every white-box method.
+
+    Args:
+        model: the model to explain. ``torch.compile`` and ``DataParallel`` wrappers are
+            unwrapped (hooks on a compiled wrapper would be ignored).
+        reshape: how to turn the captured layers' outputs into ``(B, C, h, w)`` grids, see
+            :data:`xai._typing.ReshapeLike`.
+
+    Example:
+        >>> adapter = ModelAdapter(model)
+        >>> with adapter.capture(["layer4"]) as cap:
+        ...     out = adapter.forward(x, cap)
+        ...     cap.backward(adapter.scores(out, target=None))
+        ...     acts, grads = cap.activations["layer4"], cap.gradients["layer4"]
+    """
+
+    def __init__(self, model: nn.Module, *, reshape: ReshapeLike = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.module = _unwrap(model)
+        self.reshape = make_reshape(reshape, self.module)
+
+    def resolve(self, layer: LayerLike) -> tuple[str, nn.Module]:
+        """``(dotted_name, module)`` of a layer given by name or module; see :func:`resolve_layer`."""
+        return resolve_layer(self.module, layer)
+
+    @contextlib.contextmanager
+    def capture(self, layers: Sequence[LayerLike]) -> Iterator[Capture]:
+        """Hook ``layers`` for one forward/backward pass; the model is restored on exit.
+
+        Inside the block the model is in eval mode with gradients enabled (even under an outer
+        ``torch.no_grad()``); on exit (also after an exception) every hook is removed, each
+        submodule's ``training`` flag and each parameter's ``requires_grad`` are restored, and
+        the captured tensors are released.
+        """
+        resolved = [self.resolve(layer) for layer in layers]
+        cap = Capture([n for n, _ in resolved], self.reshape)
+        modules: dict[nn.Module, object] = {}
+        for name, module in resolved:
+            if module in modules:
+                raise ValueError(f"layer {name!r} is given twice")
+            modules[module] = cap._hook(name)
+        try:
+            with preserved(self.module), hooks(forward=modules):  # type: ignore[arg-type]
+                yield cap
+        finally:
+            cap._clear()
+
+    def forward(self, inputs: Tensor, capture: Capture | None = None) -> Tensor:
+        """Run the model and return its (unwrapped) output; record it on ``capture``."""
+        out = unwrap_output(self.model(inputs))
+        if capture is not None:
+            capture.outputs = out
+        return out
+
+    @staticmethod
+    def scores(outputs: Tensor, target: TargetLike | Target) -> Tensor:
+        """One scalar per sample, ``(B,)``, for any accepted target form."""
+        return as_target(target)(outputs)
+
+
+def warn_if_zero(grads: Tensor, name: str) -> None:
+    """Warn when a captured gradient is identically zero (e.g. ViT patch tokens of the last
+    block when only the class token feeds the head)."""
+    if grads.numel() and not bool(grads.any()):
+        warnings.warn(
+            f"the gradient at layer {name!r} is zero everywhere; the map will be empty. For "
+            "ViTs pick an earlier block (e.g. blocks[-1].norm1)",
+            stacklevel=3,
+        )

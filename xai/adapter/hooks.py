@@ -1,0 +1,39 @@
+"""The one place in ``xai`` that registers hooks on a user's model.
+
+Every registration happens inside :func:`hooks`, a context manager built on
+:class:`contextlib.ExitStack`: each handle is pushed as soon as it exists, so a failure half-way
+(or an exception in the forward pass) still removes every hook registered so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
+
+from torch import nn
+
+ForwardHook = Callable[[nn.Module, tuple, Any], Any]
+ForwardPreHook = Callable[[nn.Module, tuple], Any]
+
+
+@contextlib.contextmanager
+def hooks(
+    forward: Mapping[nn.Module, ForwardHook] | None = None,
+    forward_pre: Mapping[nn.Module, ForwardPreHook] | None = None,
+) -> Iterator[None]:
+    """Register forward hooks and forward pre-hooks for the duration of a ``with`` block.
+
+    Args:
+        forward: module -> ``hook(module, args, output)``; a non-``None`` return replaces the
+            module's output (used to route the output through an identity function).
+        forward_pre: module -> ``hook(module, args)``; a non-``None`` return replaces the args.
+
+    Module backward hooks are deliberately not offered: they break with in-place operations.
+    Gradients are taken with ``torch.autograd.grad`` on captured tensors instead.
+    """
+    with contextlib.ExitStack() as stack:
+        for module, fn in (forward_pre or {}).items():
+            stack.callback(module.register_forward_pre_hook(fn).remove)
+        for module, fn in (forward or {}).items():
+            stack.callback(module.register_forward_hook(fn).remove)
+        yield

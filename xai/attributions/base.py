@@ -1,0 +1,268 @@
+"""The attribution contract every method follows, and the registry that drives tests and CLI.
+
+``maps = Method(model, ...)(inputs, target=None)`` returns a ``(B, H, W)`` tensor at the
+input's resolution, on the input's device, in the input's dtype promoted to at least float32,
+raw (not normalized). Options that change the result are constructor arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Sequence, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xai._checks import check_inputs, check_positive_int, map_dtype
+from xai._typing import LayerLike, ReshapeLike, TargetLike
+from xai.adapter import ModelAdapter, Target, as_target, preserved
+from xai.adapter.capture import warn_if_zero
+
+_REGISTRY: dict[str, type["Attribution"]] = {}
+A = TypeVar("A", bound=type["Attribution"])
+
+
+def _snake(name: str) -> str:
+    name = name.replace("CAM", "Cam").replace("LRP", "Lrp")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def register(cls: A) -> A:
+    """Class decorator: add a method to the registry under its snake_case ``name``."""
+    if "name" not in cls.__dict__:
+        cls.name = _snake(cls.__name__)
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"an attribution named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Registry keys of every attribution method, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type["Attribution"]:
+    """The method class registered under ``name`` (close matches are suggested on a typo)."""
+    import difflib
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint} Available: {', '.join(available())}")
+
+
+class Attribution(ABC):
+    """Base of every attribution method.
+
+    Args:
+        model: the model to explain; never modified.
+        batch_size: upper bound on the number of inputs in one forward/backward pass, for
+            methods that multiply the batch (``None``: no bound).
+        seed: seed of the method's ``torch.Generator`` (stochastic methods only).
+        progress: show a ``tqdm`` progress bar on long runs.
+    """
+
+    name: ClassVar[str]
+    stochastic: ClassVar[bool] = False
+    class_score: str = "logit"
+    """What an int/None target scores: ``"logit"`` or ``"probability"`` (softmax)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_positive_int(batch_size, "batch_size", allow_none=True)
+        self.model = model
+        self.adapter = ModelAdapter(model)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.progress = progress
+
+    @classmethod
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> "Attribution":
+        """Build the method with its defaults from the arguments every method can be given.
+
+        The registry-driven code (contract test, CLI, demo) builds every method this way;
+        ``layer`` is used by methods that read a layer and ignored by the others. Methods
+        whose constructor needs more (e.g. a wrapped method) override this.
+        """
+        return cls(model, **kwargs)
+
+    def __call__(self, inputs: Tensor, target: TargetLike | Target = None) -> Tensor:
+        """Explain ``inputs`` ``(B, C, H, W)`` for ``target``; returns ``(B, H, W)`` maps.
+
+        Args:
+            inputs: a floating batch, never modified.
+            target: ``None`` (each sample's predicted class), an int, one int per sample, a
+                callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`.
+        """
+        x = check_inputs(inputs)
+        tgt = as_target(target)
+        tgt.check_batch(x.shape[0])
+        with preserved(self.adapter.module):
+            maps = self._attribute(x.detach(), tgt)
+        maps = self._finalize(maps, x)
+        return maps.to(dtype=map_dtype(x), device=x.device)
+
+    @abstractmethod
+    def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
+        """Return maps ``(B, h, w)`` (upsampled by the template when needed)."""
+
+    def _finalize(self, maps: Tensor, inputs: Tensor) -> Tensor:
+        return maps
+
+    # helpers shared by subclasses -------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(0 if self.seed is None else int(self.seed))
+        return gen
+
+    def _frozen(self, inputs: Tensor, target: Target) -> Target:
+        """Fix an argmax target from one clean forward (for methods that perturb inputs)."""
+        if not target.needs_freeze:
+            return target
+        with torch.no_grad():
+            outputs = self.adapter.forward(inputs)
+        return target.freeze(outputs)
+
+    def _chunks(self, total: int) -> Sequence[slice]:
+        size = self.batch_size or total
+        return [slice(i, min(i + size, total)) for i in range(0, total, size)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of ``(B, h, w)`` or ``(B, K, h, w)`` maps."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    squeeze = maps.dim() == 3
+    m = maps[:, None] if squeeze else maps
+    out = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    return out[:, 0] if squeeze else out
+
+
+def normalize_per_sample(maps: Tensor, eps: float = 0.0) -> Tensor:
+    """Min-max normalize each sample's map to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(1, keepdim=True).values
+    hi = flat.max(1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > eps, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return out.view_as(maps)
+
+
+class LayerAttribution(Attribution):
+    """Base of methods that read one or several layers (the Grad-CAM family, NormGrad).
+
+    Args:
+        model: the model to explain.
+        layer: one layer (dotted name or module) or a list of layers. With several layers,
+            each layer's map is upsampled to the input size, min-max normalized per sample and
+            the maps are fused with ``fusion``.
+        reshape: how to turn token outputs into grids (``"vit"``, ``"swin"`` or a callable).
+        upsample: return maps at the input resolution (bilinear); ``False`` returns the
+            layer-resolution map ``(B, h, w)`` (one layer only).
+        fusion: ``"mean"`` (pytorch-grad-cam), ``"max"`` (torch-cam) or ``"product"``.
+        **kwargs: ``batch_size``, ``seed``, ``progress`` (see :class:`Attribution`).
+    """
+
+    needs_gradients: ClassVar[bool] = True
+
+    @classmethod
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
+        if layer is None:
+            raise ValueError(f"{cls.__name__} needs a layer, e.g. layer='layer4'")
+        return cls(model, layer, **kwargs)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerLike | Sequence[LayerLike],
+        *,
+        reshape: ReshapeLike = None,
+        upsample: bool = True,
+        fusion: str = "mean",
+        **kwargs,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.adapter = ModelAdapter(model, reshape=reshape)
+        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        if not layers:
+            raise ValueError("layer must name at least one layer")
+        self.layers = [self.adapter.resolve(item)[0] for item in layers]
+        if fusion not in ("mean", "max", "product"):
+            raise ValueError(f"fusion must be 'mean', 'max' or 'product', got {fusion!r}")
+        if not upsample and len(self.layers) > 1:
+            raise ValueError(
+                "upsample=False returns a layer-resolution map, which needs a single layer; "
+                "several layers are fused at the input resolution"
+            )
+        self.upsample = upsample
+        self.fusion = fusion
+
+    def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
+        with self.adapter.capture(self.layers) as cap:
+            with torch.set_grad_enabled(self.needs_gradients):
+                outputs = self.adapter.forward(inputs, cap)
+            target = target.freeze(outputs.detach())  # validates the target, fixes argmax
+            if self.needs_gradients:
+                cap.backward(target(outputs))
+            maps = {}
+            for name in self.layers:
+                acts = cap.activations[name].float()
+                grads = cap.gradients[name].float() if self.needs_gradients else None
+                if grads is not None:
+                    warn_if_zero(grads, name)
+                maps[name] = self._layer_map(acts, grads, inputs, target, outputs.detach())
+        return self._fuse(maps, inputs)
+
+    @abstractmethod
+    def _layer_map(
+        self,
+        activations: Tensor,
+        gradients: Tensor | None,
+        inputs: Tensor,
+        target: Target,
+        outputs: Tensor,
+    ) -> Tensor:
+        """Map ``(B, h, w)`` of one layer from its activations ``(B, K, h, w)`` and gradients."""
+
+    def _fuse(self, maps: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        size = tuple(inputs.shape[-2:])
+        if len(maps) == 1:
+            (only,) = maps.values()
+            return upsample(only, size) if self.upsample else only
+        stack = torch.stack([normalize_per_sample(upsample(m, size)) for m in maps.values()])
+        if self.fusion == "mean":
+            return stack.mean(0)
+        if self.fusion == "max":
+            return stack.max(0).values
+        return stack.prod(0)
+
+
+Reduction = Callable[[Tensor], Tensor]
+
+
+def reduce_channels(attr: Tensor, how: str) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, H, W)``: ``"sum"``, ``"mean"``, ``"max_abs"`` or ``"norm"``."""
+    if how == "sum":
+        return attr.sum(1)
+    if how == "mean":
+        return attr.mean(1)
+    if how == "max_abs":
+        return attr.abs().amax(1)
+    if how == "norm":
+        return attr.norm(dim=1)
+    raise ValueError(f"reduction must be 'sum', 'mean', 'max_abs' or 'norm', got {how!r}")

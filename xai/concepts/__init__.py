@@ -1,0 +1,1 @@
+"""xai.concepts (see the open issues)."""

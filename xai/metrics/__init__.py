@@ -1,0 +1,1 @@
+"""xai.metrics (see the open issues)."""
