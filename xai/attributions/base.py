@@ -7,6 +7,7 @@ raw (not normalized). Options that change the result are constructor arguments.
 
 from __future__ import annotations
 
+import copy
 import re
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Sequence, TypeVar
@@ -120,6 +121,17 @@ class Attribution(ABC):
 
     def _finalize(self, maps: Tensor, inputs: Tensor) -> Tensor:
         return maps
+
+    def rebind(self, model: nn.Module) -> "Attribution":
+        """A copy of this method, with the same options, explaining another model.
+
+        Used by metrics that re-explain a modified copy of the model (parameter
+        randomization, meta-saliency). Layers are looked up by name in the new model.
+        """
+        clone = copy.copy(self)
+        clone.model = model
+        clone.adapter = ModelAdapter(model, reshape=self.adapter.reshape)
+        return clone
 
     # helpers shared by subclasses -------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
