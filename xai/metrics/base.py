@@ -1,0 +1,309 @@
+"""The metric interface: configuration objects that score explanations and return a result.
+
+Every metric is a small class holding configuration only (never results). Explanation metrics
+score precomputed maps; explainer metrics need to re-explain (randomization, robustness, class
+sensitivity), so they take an :class:`~xai.attributions.base.Attribution` instead of maps.
+
+The score a class target refers to is the **logit** (Xplique's default); pass
+``target=xai.adapter.ProbabilityTarget(...)`` to score softmax probabilities instead (RISE and
+Quantus' default).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from xai._checks import check_inputs, check_positive_int, map_dtype
+from xai._typing import TargetLike
+from xai.adapter import Target, as_target, preserved, unwrap_output
+
+Category = Literal["faithfulness", "localization", "randomization", "robustness", "complexity"]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """What a metric returns for a batch.
+
+    Attributes:
+        scores: ``(B,)`` per-sample scores (NaN where a score is undefined, e.g. an empty mask).
+        curve: ``(B, T)`` per-sample curve (deletion, insertion, pixel flipping, randomization
+            per layer) or ``None``.
+        steps: ``(T,)`` x-axis of the curve: the fraction of features perturbed (perturbation
+            curves) or the number of randomized layers (randomization); ``None`` without curve.
+        labels: optional names of the curve points (the randomized layers' names).
+    """
+
+    scores: Tensor
+    curve: Tensor | None = None
+    steps: Tensor | None = None
+    labels: tuple[str, ...] | None = None
+
+    def mean(self) -> float:
+        """Mean score over the samples, ignoring NaN (NaN when every score is NaN)."""
+        finite = self.scores[~torch.isnan(self.scores)]
+        return float(finite.mean()) if finite.numel() else float("nan")
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class Metric(ABC):
+    """Base of every metric: class metadata plus configuration.
+
+    Class attributes:
+        name: snake_case key of the metric (``"deletion"``, ``"pointing_game"``).
+        higher_is_better: whether a larger score means a better explanation.
+        category: what the metric measures (Quantus' grouping).
+    """
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    category: ClassVar[Category]
+
+    def __repr__(self) -> str:
+        opts = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_")
+        )
+        return f"{type(self).__name__}({opts})"
+
+
+def as_maps(attributions: Any, inputs: Tensor, *, name: str = "attributions") -> Tensor:
+    """Turn attribution maps into a ``(B, H, W)`` tensor matching ``inputs``.
+
+    Accepts tensors or NumPy arrays of shape ``(B, H, W)``, ``(B, 1, H, W)`` or
+    ``(B, C, H, W)`` with ``C`` the input's channel count. Channel maps (captum-style
+    attributions) are **summed over channels**: removing a pixel removes all its channels, so a
+    pixel's relevance is the total of its channels' relevances (exact for linear models).
+
+    Returns:
+        ``(B, H, W)`` maps on the input's device, dtype of the input promoted to >= float32.
+
+    Raises:
+        TypeError: not a tensor/array.
+        ValueError: a shape that does not match ``inputs``.
+    """
+    if isinstance(attributions, np.ndarray):
+        attributions = torch.from_numpy(np.ascontiguousarray(attributions))
+    if not isinstance(attributions, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy array of shape (B, H, W), got "
+            f"{type(attributions).__name__}"
+        )
+    maps = attributions.detach()
+    batch, channels, height, width = inputs.shape
+    if maps.dim() == 4 and maps.shape[1] in (1, channels) and maps.shape[0] == batch:
+        maps = maps.sum(1)
+    if maps.dim() != 3 or tuple(maps.shape) != (batch, height, width):
+        raise ValueError(
+            f"{name} of shape {tuple(attributions.shape)} do not match inputs "
+            f"{tuple(inputs.shape)}: expected ({batch}, {height}, {width}) maps at the input "
+            "resolution (upsample layer maps first, e.g. with Method(..., upsample=True))"
+        )
+    return maps.to(device=inputs.device, dtype=map_dtype(inputs))
+
+
+def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
+    """Ground-truth masks as a ``(B, H, W)`` bool tensor.
+
+    Accepts ``(B, H, W)`` or ``(B, 1, H, W)`` masks (bool or numbers, non-zero = object), or
+    boxes ``(B, 4)`` as ``(x0, y0, x1, y1)`` pixel coordinates (``x1``/``y1`` exclusive).
+
+    Raises:
+        ValueError: masks whose shape does not match ``inputs``.
+    """
+    if isinstance(masks, np.ndarray):
+        masks = torch.from_numpy(np.ascontiguousarray(masks))
+    if not isinstance(masks, Tensor):
+        raise TypeError(
+            f"{name} must be a tensor/array of shape (B, H, W) or boxes (B, 4), got "
+            f"{type(masks).__name__}"
+        )
+    batch, _, height, width = inputs.shape
+    if masks.dim() == 2 and tuple(masks.shape) == (batch, 4):
+        boxes = masks.round().long().cpu()
+        rows = torch.arange(height)[:, None]
+        cols = torch.arange(width)[None, :]
+        out = torch.stack(
+            [
+                (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+                for x0, y0, x1, y1 in boxes.tolist()
+            ]
+        )
+        return out.to(inputs.device)
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.dim() != 3 or tuple(masks.shape) != (batch, height, width):
+        raise ValueError(
+            f"{name} of shape {tuple(masks.shape)} do not match inputs {tuple(inputs.shape)}: "
+            f"pass ({batch}, {height}, {width}) masks or ({batch}, 4) boxes (x0, y0, x1, y1)"
+        )
+    return (masks != 0).to(inputs.device)
+
+
+def frozen_target(model: nn.Module, inputs: Tensor, target: TargetLike | Target) -> Target:
+    """Normalize ``target``, check it against the batch and fix an argmax from a clean forward."""
+    tgt = as_target(target)
+    tgt.check_batch(inputs.shape[0])
+    with torch.no_grad():
+        outputs = unwrap_output(model(inputs))
+    frozen = tgt.freeze(outputs)
+    frozen(outputs)  # validates class indices against the output now, not mid-run
+    return frozen
+
+
+class ExplanationMetric(Metric):
+    """A metric of precomputed maps (deletion, insertion, mu-fidelity, pointing game ...).
+
+    Subclasses implement :meth:`_evaluate`; :meth:`__call__` validates the inputs, converts the
+    maps, freezes the target and runs the model in eval mode under ``torch.no_grad()``,
+    restoring the model's flags afterwards.
+    """
+
+    needs_model: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        model: nn.Module | None,
+        inputs: Tensor,
+        attributions: Any,
+        target: TargetLike | Target = None,
+        **kwargs: Any,
+    ) -> MetricResult:
+        """Score ``attributions`` ``(B, H, W)`` of ``inputs`` ``(B, C, H, W)`` for ``target``.
+
+        Args:
+            model: the explained model (unused by model-free metrics; may be ``None`` there).
+            inputs: the explained batch, never modified.
+            attributions: the maps, ``(B, H, W)`` (or channel maps, summed, see
+                :func:`as_maps`).
+            target: ``None`` (each sample's argmax on the clean input), an int, one int per
+                sample, a callable or an :class:`xai.adapter.Target`.
+            **kwargs: metric-specific data (``masks`` for localization metrics).
+
+        Returns:
+            A :class:`MetricResult`.
+        """
+        x = check_inputs(inputs).detach()
+        maps = as_maps(attributions, x)
+        if not self.needs_model:
+            return self._evaluate(model, x, maps, None, **kwargs)  # type: ignore[arg-type]
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        with preserved(model), torch.no_grad():
+            tgt = frozen_target(model, x, target)
+            return self._evaluate(model, x, maps, tgt, **kwargs)
+
+    @abstractmethod
+    def _evaluate(
+        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
+    ) -> MetricResult:
+        """Compute the result from validated inputs, ``(B, H, W)`` maps and a frozen target."""
+
+
+Explainer = Callable[..., Tensor]
+
+
+class ExplainerMetric(Metric):
+    """A metric that re-explains (randomization, robustness, class sensitivity).
+
+    ``explainer`` is an :class:`~xai.attributions.base.Attribution` (or any callable
+    ``explainer(inputs, target=...) -> (B, H, W)``). When it is bound to another model than
+    ``model``, it is re-bound with ``explainer.rebind(model)``.
+    """
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        explainer: Explainer,
+        target: TargetLike | Target = None,
+    ) -> MetricResult:
+        """Score ``explainer`` on ``inputs`` ``(B, C, H, W)`` for ``target``.
+
+        Returns:
+            A :class:`MetricResult`.
+        """
+        x = check_inputs(inputs).detach()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(explainer):
+            raise TypeError(
+                f"explainer must be an Attribution (e.g. xai.attributions.Saliency(model)), got "
+                f"{type(explainer).__name__}"
+            )
+        bound = getattr(explainer, "model", model)
+        if bound is not model and hasattr(explainer, "rebind"):
+            explainer = explainer.rebind(model)
+        with preserved(model), torch.no_grad():
+            tgt = frozen_target(model, x, target)
+        return self._evaluate(model, x, explainer, tgt)
+
+    @abstractmethod
+    def _evaluate(
+        self, model: nn.Module, inputs: Tensor, explainer: Explainer, target: Target
+    ) -> MetricResult:
+        """Compute the result."""
+
+
+def explain(explainer: Explainer, inputs: Tensor, target: Any) -> Tensor:
+    """Run an explainer and return ``(B, H, W)`` maps validated against ``inputs``."""
+    return as_maps(explainer(inputs, target=target), inputs, name="explainer output")
+
+
+def check_int(value: object, name: str, *, allow_none: bool = False) -> None:
+    """Positive-int check with the library's message."""
+    check_positive_int(value, name, allow_none=allow_none)
+
+
+def check_fraction(value: float, name: str, *, closed: bool = False) -> None:
+    """Raise a ``ValueError`` unless ``0 < value < 1`` (``<= 1`` when ``closed``)."""
+    ok = 0 < value <= 1 if closed else 0 < value < 1
+    if not ok:
+        bound = "(0, 1]" if closed else "(0, 1)"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+
+
+# --- rank statistics shared by several metrics ------------------------------------------------
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks ``1..N`` along the last axis of ``(B, N)`` values, ties get their average rank."""
+    batch, n = values.shape
+    sorted_vals, order = torch.sort(values, dim=1, stable=True)
+    new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
+    new_group[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    group = new_group.long().cumsum(1) - 1 + torch.arange(batch, device=values.device)[:, None] * n
+    positions = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).expand(batch, n)
+    total = torch.zeros(batch * n, dtype=torch.float64, device=values.device)
+    count = torch.zeros_like(total)
+    total.index_add_(0, group.flatten(), positions.flatten())
+    count.index_add_(0, group.flatten(), torch.ones_like(positions).flatten())
+    mean_rank = (total / count.clamp_min(1))[group]
+    ranks = torch.empty_like(mean_rank)
+    ranks.scatter_(1, order, mean_rank)
+    return ranks
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Pearson correlation of ``(B, N)`` tensors (NaN where a row is constant)."""
+    a = a.double() - a.double().mean(1, keepdim=True)
+    b = b.double() - b.double().mean(1, keepdim=True)
+    denom = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(denom > 0, (a * b).sum(1) / denom, torch.full_like(denom, float("nan")))
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Spearman rank correlation (average ranks for ties) of ``(B, N)`` tensors."""
+    return pearson(average_ranks(a.double()), average_ranks(b.double()))
+
+
+def batched(n_rows: int, batch_size: int | None) -> Sequence[slice]:
+    """Slices covering ``range(n_rows)`` in chunks of at most ``batch_size``."""
+    size = batch_size or n_rows
+    return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
