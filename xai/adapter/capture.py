@@ -26,16 +26,29 @@ class Capture:
         activations: layer name -> activation ``(B, C, h, w)`` (after ``reshape``), detached.
         gradients: layer name -> gradient of the scores w.r.t. the activation, same shape,
             filled by :meth:`backward`.
+        inputs: layer name -> the layer's first positional input, detached and not reshaped;
+            filled only when the capture was opened with ``inputs=True`` (e.g. NormGrad on a
+            real convolution unfolds its input). Checked by :meth:`backward` not to have been
+            modified in place after the layer ran.
     """
 
-    def __init__(self, names: Sequence[str], reshape: Callable[[Tensor], Tensor] | None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        reshape: Callable[[Tensor], Tensor] | None,
+        *,
+        record_inputs: bool = False,
+    ) -> None:
         self.names = list(names)
         self._reshape = reshape
         self._raw: dict[str, Tensor] = {}
         self._calls: dict[str, int] = {}
+        self._record_inputs = record_inputs
+        self._input_versions: dict[str, int] = {}
         self.outputs: Tensor | None = None
         self.activations: dict[str, Tensor] = {}
         self.gradients: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
 
     def _spatial(self, name: str, tensor: Tensor) -> Tensor:
         if self._reshape is not None:
@@ -49,7 +62,7 @@ class Capture:
         return tensor
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _args: tuple, output: object) -> Tensor:
+        def hook(_module: nn.Module, args: tuple, output: object) -> Tensor:
             if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
                 raise TypeError(
                     f"layer {name!r} returns a {type(output).__name__}; pick a submodule that "
@@ -58,6 +71,16 @@ class Capture:
             if not isinstance(output, Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
             self._calls[name] = self._calls.get(name, 0) + 1
+            if self._record_inputs:
+                if not args or not isinstance(args[0], Tensor):
+                    raise TypeError(
+                        f"layer {name!r} was not called with a tensor as its first positional "
+                        "argument, so its input cannot be recorded"
+                    )
+                # No copy: the detached view shares the version counter, which backward()
+                # checks, so an in-place change after the layer is detected, not silent.
+                self.inputs[name] = args[0].detach()
+                self._input_versions[name] = args[0]._version
             # Differentiate w.r.t. `source`; hand the rest of the model a clone so that in-place
             # ops after this layer (ReLU(inplace=True), `out += identity`) cannot overwrite the
             # recorded activation or rebase its autograd history.
@@ -77,6 +100,7 @@ class Capture:
         if scores.dim() != 1:
             raise ValueError(f"scores must be (B,), got {tuple(scores.shape)}")
         self._check_called()
+        self._check_inputs_unchanged()
         sources = [self._raw[n] for n in self.names]
         grads = torch.autograd.grad(
             scores.sum(), sources, create_graph=create_graph, allow_unused=True
@@ -103,8 +127,19 @@ class Capture:
                     "activation is ambiguous: choose a layer the model uses once"
                 )
 
+    def _check_inputs_unchanged(self) -> None:
+        for name, version in self._input_versions.items():
+            if self.inputs[name]._version != version:
+                raise RuntimeError(
+                    f"the input of layer {name!r} was modified in place after the layer ran "
+                    "(e.g. by an inplace activation), so it cannot be used; choose a layer "
+                    "whose input is not overwritten"
+                )
+
     def _clear(self) -> None:
         self._raw.clear()
+        self.inputs.clear()
+        self._input_versions.clear()
         self.activations.clear()
         self.gradients.clear()
         self.outputs = None
@@ -139,8 +174,11 @@ class ModelAdapter:
         return resolve_layer(self.module, layer)
 
     @contextlib.contextmanager
-    def capture(self, layers: Sequence[LayerLike]) -> Iterator[Capture]:
+    def capture(self, layers: Sequence[LayerLike], *, inputs: bool = False) -> Iterator[Capture]:
         """Hook ``layers`` for one forward/backward pass; the model is restored on exit.
+
+        With ``inputs=True`` each layer's first positional input is also recorded in
+        :attr:`Capture.inputs` (default ``False``: nothing extra is kept).
 
         Inside the block the model is in eval mode with gradients enabled (even under an outer
         ``torch.no_grad()``); on exit (also after an exception) every hook is removed, each
@@ -148,7 +186,7 @@ class ModelAdapter:
         the captured tensors are released.
         """
         resolved = [self.resolve(layer) for layer in layers]
-        cap = Capture([n for n, _ in resolved], self.reshape)
+        cap = Capture([n for n, _ in resolved], self.reshape, record_inputs=inputs)
         modules: dict[nn.Module, object] = {}
         for name, module in resolved:
             if module in modules:
