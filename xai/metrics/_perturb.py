@@ -1,0 +1,255 @@
+"""Shared machinery of the perturbation metrics: features, rankings, baselines, batched scoring.
+
+Conventions (shared by every perturbation metric):
+
+- **Features** are pixels (``patch_size=1``) or non-overlapping ``patch_size`` x ``patch_size``
+  patches (the last row/column of patches may be smaller); a patch's relevance is the **sum** of
+  its pixels' relevance (zero-padded, as in Quantus' region perturbation). All channels of a
+  pixel are perturbed together (the same mask across channels).
+- **Ranking**: most relevant first (``"morf"``) is a *stable* sort by descending relevance, so
+  ties are broken by the lower flattened (row-major) feature index; ``"lerf"`` is a stable sort
+  by ascending relevance, ties again by the lower index.
+- **Scores** are the target's output (the logit for class targets) under ``torch.no_grad()``,
+  computed in chunks of at most ``batch_size`` perturbed inputs across samples and steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xai.adapter import Target, unwrap_output
+
+BaselineLike = Union[float, int, str, Tensor, Callable[[Tensor], Tensor]]
+BASELINES = ("zero", "mean", "min", "blur")
+
+
+def feature_layout(maps: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
+    """Per-feature relevance ``(B, F)`` and the feature index of each pixel ``(H, W)``.
+
+    ``patch_size=1`` makes every pixel a feature; larger patches sum the relevance of their
+    pixels (the image is zero-padded to a multiple of ``patch_size``).
+    """
+    batch, height, width = maps.shape
+    if patch_size == 1:
+        assign = torch.arange(height * width, device=maps.device).view(height, width)
+        return maps.flatten(1), assign
+    grid_h, grid_w = math.ceil(height / patch_size), math.ceil(width / patch_size)
+    padded = F.pad(maps, (0, grid_w * patch_size - width, 0, grid_h * patch_size - height))
+    sums = padded.view(batch, grid_h, patch_size, grid_w, patch_size).sum((2, 4))
+    rows = torch.arange(height, device=maps.device) // patch_size
+    cols = torch.arange(width, device=maps.device) // patch_size
+    assign = rows[:, None] * grid_w + cols[None, :]
+    return sums.flatten(1), assign
+
+
+def grid_layout(height: int, width: int, grid_size: int | None, device: torch.device) -> Tensor:
+    """Feature index ``(H, W)`` of a ``grid_size`` x ``grid_size`` grid of cells covering the
+    image (nearest-neighbour upsampling of the grid, as Xplique's mu-fidelity); ``None``: pixels."""
+    if grid_size is None:
+        return torch.arange(height * width, device=device).view(height, width)
+    rows = torch.arange(height, device=device) * grid_size // height
+    cols = torch.arange(width, device=device) * grid_size // width
+    return rows[:, None] * grid_size + cols[None, :]
+
+
+def rank_positions(scores: Tensor, order: str = "morf") -> Tensor:
+    """Position ``(B, F)`` of every feature in the perturbation order (0 = perturbed first).
+
+    ``"morf"``: stable sort by descending relevance; ``"lerf"``: stable sort by ascending
+    relevance. Ties go to the lower feature index in both cases.
+    """
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
+    ranked = torch.sort(scores, dim=1, descending=order == "morf", stable=True).indices
+    positions = torch.empty_like(ranked)
+    arange = torch.arange(scores.shape[1], device=scores.device).expand_as(ranked)
+    positions.scatter_(1, ranked, arange)
+    return positions
+
+
+def gaussian_blur(inputs: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
+    """Per-channel Gaussian blur with reflect padding (RISE's insertion baseline: 11, sigma 5)."""
+    kernel_size = min(kernel_size, 2 * min(inputs.shape[-2:]) - 1)
+    kernel_size -= 1 - kernel_size % 2
+    half = kernel_size // 2
+    coords = torch.arange(kernel_size, dtype=inputs.dtype, device=inputs.device) - half
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    channels = inputs.shape[1]
+    pad = F.pad(inputs, (half, half, half, half), mode="reflect") if half else inputs
+    out = F.conv2d(pad, g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    return F.conv2d(out, g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+
+
+def resolve_baseline(baseline: BaselineLike, inputs: Tensor) -> Tensor:
+    """The replacement values ``(B, C, H, W)`` for a baseline specification.
+
+    Args:
+        baseline: a number (constant), ``"zero"``, ``"mean"`` (each sample's per-channel mean),
+            ``"min"`` (each sample's minimum over all channels: Quantus' ``"black"``),
+            ``"blur"`` (Gaussian blur, kernel 11, sigma 5: RISE's insertion start), a tensor
+            broadcastable to the inputs, or a callable ``inputs -> (B, C, H, W)``.
+        inputs: the clean batch.
+
+    Raises:
+        ValueError: an unknown name or a shape that cannot be broadcast.
+    """
+    if isinstance(baseline, bool):
+        raise TypeError("baseline must be a number, a name, a tensor or a callable, not a bool")
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(inputs, float(baseline))
+    if isinstance(baseline, str):
+        if baseline == "zero":
+            return torch.zeros_like(inputs)
+        if baseline == "mean":
+            return inputs.mean((2, 3), keepdim=True).expand_as(inputs).clone()
+        if baseline == "min":
+            return inputs.amin((1, 2, 3), keepdim=True).expand_as(inputs).clone()
+        if baseline == "blur":
+            return gaussian_blur(inputs)
+        raise ValueError(
+            f"unknown baseline {baseline!r}; use a number, one of {', '.join(BASELINES)}, a "
+            "tensor broadcastable to the inputs or a callable inputs -> baseline"
+        )
+    if isinstance(baseline, Tensor):
+        try:
+            return baseline.to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs).clone()
+        except RuntimeError:
+            raise ValueError(
+                f"baseline of shape {tuple(baseline.shape)} cannot be broadcast to the inputs "
+                f"{tuple(inputs.shape)}"
+            ) from None
+    if callable(baseline):
+        out = baseline(inputs)
+        if not isinstance(out, Tensor) or out.shape != inputs.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"a baseline callable must return a tensor shaped like the inputs "
+                f"{tuple(inputs.shape)}, got {shape}"
+            )
+        return out.to(dtype=inputs.dtype)
+    raise TypeError(
+        f"baseline must be a number, a name, a tensor or a callable, got {type(baseline).__name__}"
+    )
+
+
+def check_baseline(baseline: BaselineLike) -> None:
+    """Validate a baseline at construction time (names and types)."""
+    if isinstance(baseline, bool) or not (
+        isinstance(baseline, (int, float, str, Tensor)) or callable(baseline)
+    ):
+        raise TypeError(
+            "baseline must be a number, a name, a tensor or a callable, got "
+            f"{type(baseline).__name__}"
+        )
+    if isinstance(baseline, str) and baseline not in BASELINES:
+        raise ValueError(
+            f"unknown baseline {baseline!r}; use a number, one of {', '.join(BASELINES)}, a "
+            "tensor broadcastable to the inputs or a callable inputs -> baseline"
+        )
+
+
+def score_rows(
+    model: nn.Module,
+    target: Target,
+    n_rows: int,
+    build: Callable[[Tensor], Tensor],
+    sample_of_row: Tensor,
+    *,
+    batch_size: int | None,
+    progress: bool = False,
+    desc: str = "metric",
+) -> Tensor:
+    """Target scores ``(n_rows,)`` of perturbed inputs built chunk by chunk.
+
+    Args:
+        model: the model (in eval mode, the caller holds ``torch.no_grad()``).
+        target: a frozen target of the clean batch.
+        n_rows: how many perturbed inputs in total.
+        build: ``rows (n,) -> inputs (n, C, H, W)``, the perturbed inputs of those rows.
+        sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
+        batch_size: at most this many perturbed inputs per forward (``None``: all at once).
+        progress: show a ``tqdm`` bar over the chunks.
+        desc: the bar's label.
+    """
+    size = batch_size or n_rows
+    starts = range(0, n_rows, size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, total=math.ceil(n_rows / size))
+    out = []
+    device = sample_of_row.device
+    for start in starts:
+        rows = torch.arange(start, min(start + size, n_rows), device=device)
+        batch = build(rows)
+        scores = target.select(sample_of_row[rows])(unwrap_output(model(batch)))
+        out.append(scores.detach())
+    return torch.cat(out)
+
+
+def noisy_linear_imputation(
+    image: Tensor, removed: Tensor, noise: float, generator: torch.Generator | None
+) -> Tensor:
+    """Fill the ``removed`` pixels ``(H, W)`` of ``image`` ``(C, H, W)`` by ROAD's imputation.
+
+    Each removed pixel equals the weighted mean of its valid 8 neighbours (weight 1/6 for the
+    direct and 1/12 for the diagonal ones, renormalized at the border), removed neighbours being
+    unknowns too: one sparse linear system per image, shared by the channels, solved with SciPy.
+    Gaussian noise of standard deviation ``noise`` is added to the imputed values.
+
+    References:
+        Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods",
+        ICML 2022.
+    """
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    channels, height, width = image.shape
+    flat_removed = removed.flatten().cpu().numpy()
+    unknown = np.flatnonzero(flat_removed)
+    if unknown.size == 0:
+        return image.clone()
+    values = image.detach().reshape(channels, -1).cpu().double().numpy()
+    var_id = np.full(height * width, -1, dtype=np.int64)
+    var_id[unknown] = np.arange(unknown.size)
+    rows_u, cols_u = np.divmod(unknown, width)
+    diag = np.zeros(unknown.size)
+    rhs = np.zeros((unknown.size, channels))
+    a_rows, a_cols, a_vals = [], [], []
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for dy, dx in offsets:
+        weight = 1 / 12 if dy and dx else 1 / 6
+        ny, nx = rows_u + dy, cols_u + dx
+        valid = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        idx = np.flatnonzero(valid)
+        neighbour = ny[idx] * width + nx[idx]
+        diag[idx] += weight
+        is_unknown = flat_removed[neighbour]
+        known_rows = idx[~is_unknown]
+        rhs[known_rows] += weight * values[:, neighbour[~is_unknown]].T
+        a_rows.append(idx[is_unknown])
+        a_cols.append(var_id[neighbour[is_unknown]])
+        a_vals.append(np.full(int(is_unknown.sum()), -weight))
+    a_rows.append(np.arange(unknown.size))
+    a_cols.append(np.arange(unknown.size))
+    a_vals.append(diag)
+    matrix = coo_matrix(
+        (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
+        shape=(unknown.size, unknown.size),
+    ).tocsc()
+    solution = spsolve(matrix, rhs).reshape(unknown.size, channels)
+    out = image.detach().clone().reshape(channels, -1)
+    filled = torch.as_tensor(solution.T, dtype=image.dtype, device=image.device)
+    if noise:
+        filled = filled + noise * torch.randn(
+            filled.shape, generator=generator, dtype=filled.dtype, device="cpu"
+        ).to(filled.device)
+    out[:, torch.as_tensor(unknown, device=image.device)] = filled
+    return out.view_as(image)
