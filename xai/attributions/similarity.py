@@ -249,7 +249,7 @@ class SimilarityMaps:
                 norm = self._norm(q_emb, r_emb)  # (b,)
                 # H_q(u) = psi^q_u . e_r / Z  and  H_r(v) = psi^r_v . e_q / Z
                 q_maps.append(torch.einsum("dhw,bd->bhw", q_terms[0], r_emb) / norm[:, None, None])
-                r_maps.append(torch.einsum("bdhw,d->bhw", r_terms, q_emb[0]) / norm[:, None, None])
+                r_maps.append(_against(r_terms, q_emb[0], norm))
                 scores.append((r_emb @ q_emb[0]) / norm)
         dtype = _out_dtype(q, refs)
         return SimilarityExplanation(
@@ -306,6 +306,13 @@ class SimilarityMaps:
         e_q, e_r = self.embed(q), self.embed(refs)
         return self._score(e_q, e_r)
 
+    def matrix(self, inputs: Tensor) -> Tensor:
+        """Pairwise similarities ``(B, B)`` of a small gallery (e.g. for a similarity graph)."""
+        emb = self.embed(inputs)
+        if self.metric == "cosine":
+            emb = F.normalize(emb, dim=1)
+        return emb @ emb.T
+
     def search(
         self,
         query: Tensor,
@@ -360,7 +367,7 @@ class SimilarityMaps:
                 for chunk in self._chunks(g.shape[0]):
                     terms, emb = self._terms(g[chunk])
                     norm = self._norm(e_region, emb)
-                    grid_maps.append(torch.einsum("bdhw,d->bhw", terms, e_region[0]) / norm[:, None, None])
+                    grid_maps.append(_against(terms, e_region[0], norm))
                     scores.append((emb @ e_region[0]) / norm)
                 all_scores = torch.cat(scores)
                 top = all_scores.topk(k).indices
@@ -582,7 +589,14 @@ def _out_dtype(a: Tensor, b: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
 
 
-def region_weights(region: RegionLike, image_size: tuple[int, int], grid_size: tuple[int, int]) -> Tensor:
+def _against(terms: Tensor, other: Tensor, norm: Tensor) -> Tensor:
+    """Maps ``(B, h, w)``: per-location terms ``(B, D, h, w)`` dotted with ``other`` ``(D,)``."""
+    return torch.einsum("bdhw,d->bhw", terms, other) / norm[:, None, None]
+
+
+def region_weights(
+    region: RegionLike, image_size: tuple[int, int], grid_size: tuple[int, int]
+) -> Tensor:
     """Fraction of each feature cell covered by a box or mask, ``(h, w)`` in ``[0, 1]``.
 
     Args:
