@@ -211,6 +211,27 @@ def _mds_layout(similarities: np.ndarray) -> np.ndarray:
     return 0.1 + 0.8 * pos
 
 
+def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int = 300):
+    """Push apart nodes closer than ``min_distance`` (deterministic relaxation), so that
+    thumbnails of near-identical images do not hide each other; positions stay in the frame."""
+    pos = np.clip(pos.astype(np.float64), margin, 1 - margin)
+    n = pos.shape[0]
+    for step in range(steps):
+        delta = pos[:, None, :] - pos[None, :, :]
+        dist = np.linalg.norm(delta, axis=-1) + np.eye(n)
+        overlap = np.clip(min_distance - dist, 0.0, None)
+        np.fill_diagonal(overlap, 0.0)
+        if not overlap.any():
+            break
+        # coincident nodes get a fixed, index-dependent direction
+        angle = np.arange(n)[:, None] * 2.399 + np.arange(n)[None, :]
+        fallback = np.stack([np.cos(angle), np.sin(angle)], -1)
+        direction = np.where(dist[..., None] > 1e-9, delta / dist[..., None], fallback)
+        pos = pos + 0.5 * (overlap[..., None] * direction).sum(1)
+        pos = np.clip(pos, margin, 1 - margin)
+    return pos
+
+
 def similarity_graph(
     images,
     similarities,
@@ -264,6 +285,7 @@ def similarity_graph(
         pos = 0.5 + 0.38 * np.stack([np.cos(angles), np.sin(angles)], 1)
     else:
         raise ValueError(f"layout must be 'mds' or 'circle', got {layout!r}")
+    pos = _spread(pos, min_distance=1.3 * thumb_size, margin=thumb_size / 2 + 0.02)
     off_diag = sim.copy()
     np.fill_diagonal(off_diag, -np.inf)
     edges = set()

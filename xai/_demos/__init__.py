@@ -1,0 +1,1 @@
+"""Demos that write figures; called by ``xai demo`` and the notebooks."""
