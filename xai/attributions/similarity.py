@@ -31,16 +31,18 @@ What decomposes, and how (``pooling=``):
   (ties split evenly, e.g. ReLU6 saturation). The maps sum exactly to ``s``; they are sparse
   (at most ``C`` non-zero locations).
 * ``"gem"`` (generalized mean, Radenović et al. 2018, ``p=3`` and ``eps=1e-6`` as in their
-  code), :math:`\omega_u[c] = f_c\,\tilde A_{uc}^{p-1} / \sum_{u'} \tilde A_{u'c}^{p}` with
-  :math:`\tilde A = \max(A, \epsilon)`: channel ``c``'s pooled value is credited to the locations
-  in proportion to :math:`\tilde A_{uc}^p`. The maps still sum exactly to ``s`` (completeness)
-  but GeM is not linear in the locations, so this split is an **approximation** of each
-  location's role (removing a location does not lower ``s`` by its credit). ``p = 1`` gives
-  ``"avg"`` and ``p -> inf`` tends to ``"max"``.
+  code), :math:`f_c = (\frac{1}{N}\sum_u \tilde A_{uc}^p)^{1/p}` with
+  :math:`\tilde A = \max(A, \epsilon)`: channel ``c``'s pooled value is credited to the
+  locations in proportion to :math:`\tilde A_{uc}^p`, i.e.
+  :math:`\omega_u[c] A_{uc} = f_c \tilde A_{uc}^p / \sum_{u'} \tilde A_{u'c}^p`. The maps still
+  sum exactly to ``s`` (completeness), but GeM is not linear in the locations, so this split is
+  an **approximation** of each location's role (removing a location does not lower ``s`` by
+  its credit). ``p = 1`` gives ``"avg"`` (for non-negative features) and ``p -> inf`` tends to
+  ``"max"``.
 * ``"grad_cam"``: no assumption on the pooling or the head (attention pooling, MLP heads,
   ViTs ...). The maps are Grad-CAM (:class:`~xai.attributions.cam.GradCAM`) of the similarity to
   the other image's embedding (:class:`xai.adapter.SimilarityTarget`); they do **not** sum to
-  ``s``. With average pooling and ``metric="dot"`` they equal ``ReLU(H)``.
+  ``s``. With average pooling, no head and ``metric="dot"`` they equal ``ReLU(H)``.
 
 For the decomposable poolings the class checks, on every forward, that the model's output is
 the embedding it decomposes (``head(pool(A))``; for ``"cosine"``, up to a positive scale, so an
