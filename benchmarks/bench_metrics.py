@@ -50,6 +50,7 @@ def timed(fn, repeat):
 
 
 def main() -> None:
+    """Time both variants and print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=20)
@@ -68,7 +69,7 @@ def main() -> None:
     rows.append(("per-step loop (1 image / forward)", loop_t, loop_curve))
     for bs in (None, 8):
         metric = Deletion(n_steps=args.steps, batch_size=bs)
-        t, res = timed(lambda: metric(model, x, maps, target), args.repeat)
+        t, res = timed(lambda m=metric: m(model, x, maps, target), args.repeat)
         rows.append((f"Deletion batched, batch_size={bs}", t, res.curve.double().cpu()))
     n_forwards = x.shape[0] * (args.steps + 1)
     print(f"device={device} inputs={tuple(x.shape)} steps={args.steps} "

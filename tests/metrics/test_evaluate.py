@@ -22,7 +22,9 @@ def setup():
 def test_table_matches_direct_calls(setup):
     net, x, masks = setup
     methods = {"saliency": Saliency(net), "cam": GradCAM(net, "features")}
-    metrics = [M.Deletion(n_steps=4), M.PointingGame(0), M.Sparseness(), M.MaxSensitivity(n_samples=2)]
+    metrics = [
+        M.Deletion(n_steps=4), M.PointingGame(0), M.Sparseness(), M.MaxSensitivity(n_samples=2)
+    ]
     table = M.evaluate(net, x, methods, metrics, masks=masks)
     assert len(table["score"]) == 2 * 4 * 2
     assert all(len(col) == 16 for col in table.values())

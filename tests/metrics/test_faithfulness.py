@@ -174,13 +174,15 @@ def test_blur_baseline_matches_torchvision(linear):
     torch.testing.assert_close(gaussian_blur(x), tv_blur(x, [11, 11], [5.0, 5.0]))
     model, _ = linear
     res = Insertion(baseline="blur")(model, x, torch.randn(3, 12, 12, dtype=F64), target=0)
-    torch.testing.assert_close(res.curve[:, 0], model(tv_blur(x, [11, 11], [5.0, 5.0]))[:, 0].detach())
+    blurred = tv_blur(x, [11, 11], [5.0, 5.0])
+    torch.testing.assert_close(res.curve[:, 0], model(blurred)[:, 0].detach())
     torch.testing.assert_close(res.curve[:, -1], model(x)[:, 0].detach())
 
 
 def test_baselines():
     x = torch.randn(2, 3, 4, 4, generator=_gen(1), dtype=F64)
-    torch.testing.assert_close(resolve_baseline("mean", x), x.mean((2, 3), keepdim=True).expand_as(x))
+    mean = x.mean((2, 3), keepdim=True).expand_as(x)
+    torch.testing.assert_close(resolve_baseline("mean", x), mean)
     torch.testing.assert_close(resolve_baseline("min", x)[:, 0, 0, 0], x.flatten(1).min(1).values)
     torch.testing.assert_close(resolve_baseline(0.5, x), torch.full_like(x, 0.5))
     torch.testing.assert_close(resolve_baseline(lambda t: t * 0, x), torch.zeros_like(x))
@@ -199,7 +201,7 @@ def test_pixel_flipping_matches_quantus():
     x, a = _quantus_inputs()
     y = model(x).argmax(1)
     ref = quantus.PixelFlipping(
-        features_in_step=32, perturb_baseline=0.0, normalise=False, abs=False, 
+        features_in_step=32, perturb_baseline=0.0, normalise=False, abs=False,
         disable_warnings=True, display_progressbar=False,
     )(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu",
       softmax=False)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from torch import nn
 
 from tests._models import TinyConvNet, seeded
 from tests.conftest import hook_count
@@ -35,7 +34,8 @@ def net():
 
 @pytest.fixture
 def x():
-    return torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -455,7 +455,9 @@ class ROAD(_PerturbationCurve):
 class MuFidelity(ExplanationMetric):
     r"""μ-Fidelity (Bhatt et al. 2020): correlation between subset relevance and output drop.
 
-    .. math:: \mu F = \mathrm{corr}_{S}\Big(\sum_{i \in S} \phi_i,\; f(x) - f(x_{[x_S = \bar x_S]})\Big)
+    .. math::
+        \mu F = \mathrm{corr}_{S}\Big(\sum_{i \in S} \phi_i,\;
+        f(x) - f(x_{[x_S = \bar x_S]})\Big)
 
     over ``n_samples`` random subsets ``S`` of ``round(subset_fraction * n_cells)`` cells of a
     ``grid_size`` x ``grid_size`` grid (cells drawn without replacement, Bhatt et al.'s fixed
@@ -544,7 +546,9 @@ class MuFidelity(ExplanationMetric):
         batch = inputs.shape[0]
         gen = torch.Generator().manual_seed(int(self.seed))
         subsets = self._draw(gen, batch, n_features, size).to(inputs.device)
-        chosen = torch.zeros(batch, self.n_samples, n_features, dtype=torch.bool, device=maps.device)
+        chosen = torch.zeros(
+            batch, self.n_samples, n_features, dtype=torch.bool, device=maps.device
+        )
         chosen.scatter_(2, subsets, True)
         relevance = torch.zeros(batch, n_features, dtype=maps.dtype, device=maps.device)
         relevance.index_add_(1, assign.flatten(), maps.flatten(1))
