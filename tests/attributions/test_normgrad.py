@@ -21,6 +21,7 @@ from tests.conftest import hook_count
 from xai.adapter import ModelAdapter
 from xai.attributions import GradCAM, HiResCAM, Saliency, normalize_per_sample, upsample
 from xai.attributions.normgrad import (
+    LAYER_SETS,
     PRESETS,
     MetaSaliency,
     NormGrad,
@@ -288,6 +289,15 @@ def test_multi_layer_maps_combine_single_layer_maps(tiny, inputs):
     mean = NormGrad(tiny, LAYERS, fusion="mean", layer_weights="linear")  # weights 1/2, 1
     torch.testing.assert_close(mean(inputs, 2), (norm[0] + 2 * norm[1]) / 3, rtol=1e-12,
                                atol=1e-15)
+
+
+@pytest.mark.parametrize("arch", sorted(LAYER_SETS))
+def test_layer_sets_name_layers_of_the_torchvision_models(arch):
+    import torchvision
+
+    with torch.device("meta"):  # no memory, no weights
+        model = getattr(torchvision.models, arch)(weights=None)
+    assert NormGrad(model, LAYER_SETS[arch]).layers == LAYER_SETS[arch]
 
 
 def test_one_layer_in_a_list_equals_the_single_layer(tiny, inputs):

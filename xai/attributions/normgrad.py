@@ -78,7 +78,9 @@ __all__ = [
     "NormGrad",
     "PRESETS",
     "SelectiveNormGrad",
+    "LAYER_SETS",
     "SpatialContribution",
+    "spatial_contribution",
 ]
 
 VIRTUAL_LAYERS = ("bias", "scaling", "conv1x1", "conv3x3", "conv3x3_depthwise", "proper")
@@ -98,6 +100,15 @@ PRESETS: dict[str, dict[str, object]] = {
     "norm_grad_selective": {"virtual_layer": "scaling", "aggregation": "selective"},
 }
 """The paper's instances of the two-phase formula, by name (see the module docstring)."""
+
+LAYER_SETS: dict[str, list[str]] = {
+    # the paper's layers: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (torchvision names)
+    "vgg16": ["features.3", "features.8", "features.15", "features.22", "features.29"],
+    "resnet50": ["layer1", "layer2", "layer3", "layer4"],
+    # not in the paper: the last block at each resolution (strides 4, 8, 16, 32)
+    "mobilenet_v2": ["features.3", "features.6", "features.13", "features.18"],
+}
+"""Layers to combine for torchvision networks: ``NormGrad(model, LAYER_SETS["resnet50"])``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,7 +273,13 @@ def spatial_contribution(
 
     Returns:
         ``(B, h, w)`` maps in the dtype of ``activations``.
+
+    Raises:
+        ValueError: an unknown choice, or ``"proper"`` without ``conv`` and ``layer_inputs``.
     """
+    _check_choice(virtual_layer, "virtual_layer", VIRTUAL_LAYERS)
+    _check_choice(aggregation, "aggregation", AGGREGATIONS)
+    _check_choice(gradient_reduction, "gradient_reduction", (None, "mean"))
     if gradient_reduction == "mean":
         gradients = gradients.mean(tuple(range(2, gradients.dim())), keepdim=True)
         gradients = gradients.expand_as(activations)
