@@ -91,11 +91,16 @@ class _PerturbationCurve(ExplanationMetric):
         return torch.where(mask[:, None], put[samples], keep[samples])
 
     def _curve(
-        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        maps: Tensor,
+        target: Target,
+        order: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Scores ``(B, T)`` after perturbing ``counts`` features and the fractions ``(T,)``."""
         relevance, assign = feature_layout(maps, self.patch_size)
-        positions = rank_positions(relevance, self.order)
+        positions = rank_positions(relevance, order or self.order)
         n_features = relevance.shape[1]
         counts = self._counts(n_features).to(inputs.device)
         base = resolve_baseline(self.baseline, inputs)
@@ -321,11 +326,10 @@ class RegionPerturbation(_PerturbationCurve):
     def _counts(self, n_features: int) -> Tensor:
         return torch.arange(0, min(self.n_regions, n_features) + 1)
 
-    def _drops(self, model, inputs, maps, target, order: str) -> tuple[Tensor, Tensor]:
-        engine = RegionPerturbation.__new__(RegionPerturbation)
-        engine.__dict__.update(self.__dict__)
-        engine.order = order
-        curve, steps = engine._curve(model, inputs, maps, target)
+    def _drops(
+        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, order: str
+    ) -> tuple[Tensor, Tensor]:
+        curve, steps = self._curve(model, inputs, maps, target, order)
         return curve[:, :1] - curve, steps
 
     def _evaluate(

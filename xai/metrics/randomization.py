@@ -142,11 +142,12 @@ class ModelParameterRandomization(ExplainerMetric):
         if rebind is None:
             raise TypeError("the explainer must have rebind(model) (an xai Attribution)")
         other = rebind(copy_)
+        cuda = sorted({p.device.index or 0 for p in copy_.parameters() if p.is_cuda})
         curve = []
         for name in names:
             if state is not None:
                 copy_.load_state_dict(state)
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(self.seed)
                 copy_.get_submodule(name).reset_parameters()
             maps = explain(other, inputs, target)
