@@ -13,14 +13,14 @@ pooled ``A`` and ``B`` blocks (``2N`` values, ddof 0; SALib's choice), or with
 ``variance="a"`` that of block ``A`` alone with ddof 1 (the choice of the Sobol attribution
 reference codes; it rescales every index of one output by the same factor).
 
-========================  ===========================================================  =========================================================
-``estimator``             total order :math:`S_{T_i}`                                  first order :math:`S_i`
-========================  ===========================================================  =========================================================
-``"jansen"`` (default)    :math:`\frac{1}{2NV}\sum_j (a_j - c_{ij})^2`                 :math:`1 - \frac{1}{2NV}\sum_j (b_j - c_{ij})^2`
-``"homma"``               :math:`\frac{1}{NV}\sum_j a_j (a_j - c_{ij})`                :math:`\frac{1}{NV}\sum_j b_j (c_{ij} - a_j)` (Saltelli 2010)
-``"janon"``               :math:`1 - \frac{\overline{a c_i} - m_i^2}{V_i}`               same with ``b`` in place of ``a``
-``"glen_isaacs"``         :math:`1 - \mathrm{corr}(a, c_i)`                             :math:`\mathrm{corr}(b, c_i)`
-========================  ===========================================================  =========================================================
+- ``"jansen"`` (default): total :math:`\frac{1}{2NV}\sum_j (a_j - c_{ij})^2`, first
+  :math:`1 - \frac{1}{2NV}\sum_j (b_j - c_{ij})^2`;
+- ``"homma"``: total :math:`\frac{1}{NV}\sum_j a_j (a_j - c_{ij})` (Homma-Saltelli), first
+  :math:`\frac{1}{NV}\sum_j b_j (c_{ij} - a_j)` (Saltelli 2010; SALib's ``S1``);
+- ``"janon"``: total :math:`1 - (\overline{a c_i} - m_i^2) / V_i`, first the same with ``b``
+  in place of ``a``;
+- ``"glen_isaacs"``: total :math:`1 - \mathrm{corr}(a, c_i)`, first
+  :math:`\mathrm{corr}(b, c_i)` (Pearson).
 
 ``"saltelli"`` is an alias of ``"homma"``: the reference codes' "Saltelli" total-order
 estimator is algebraically the Homma-Saltelli one. For Janon, :math:`m_i` and :math:`V_i` are

@@ -82,6 +82,8 @@ class Inpainting(Perturbation):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
             base = float(self.baseline)  # type: ignore[arg-type]
+            if base == 0.0:
+                return x * masks
         return x * masks + (1 - masks) * base
 
     def __repr__(self) -> str:
@@ -103,7 +105,9 @@ def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
 
 
 class Blur(Perturbation):
-    r"""Move masked-out pixels towards a box-blurred copy: :math:`x \odot m + (1-m)\,\mathrm{blur}(x)`.
+    r"""Move masked-out pixels towards a box-blurred copy of the image.
+
+    :math:`x \odot m + (1 - m)\,\mathrm{blur}(x)`, the blur computed once per image.
 
     Args:
         kernel_size: side of the box filter in pixels (default 10, the reference codes).
