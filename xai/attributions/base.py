@@ -233,8 +233,10 @@ class LayerAttribution(Attribution):
                 cap.backward(target(outputs))
             maps = {}
             for name in self.layers:
-                acts = cap.activations[name].float()
-                grads = cap.gradients[name].float() if self.needs_gradients else None
+                # half precision is reduced in float32; float64 stays float64
+                acts = cap.activations[name]
+                acts = acts.to(map_dtype(acts))
+                grads = cap.gradients[name].to(acts.dtype) if self.needs_gradients else None
                 if grads is not None:
                     warn_if_zero(grads, name)
                 maps[name] = self._layer_map(acts, grads, inputs, target, outputs.detach())

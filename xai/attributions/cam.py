@@ -69,7 +69,7 @@ class GradCAM(LayerAttribution):
 class HiResCAM(LayerAttribution):
     r"""HiResCAM: :math:`L = \mathrm{ReLU}(\sum_k G_k \odot A_k)` (element-wise, no averaging).
 
-    Equal to Grad-CAM (times ``Z``) when the layer is followed by global average pooling and a
+    Equal to Grad-CAM when the layer is followed by global average pooling and a
     linear head; different at intermediate layers.
 
     References:

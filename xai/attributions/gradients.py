@@ -37,7 +37,9 @@ class _CaptumAttribution(Attribution):
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         target = self._frozen(inputs, target)
         rows = torch.arange(inputs.shape[0], device=inputs.device)
-        attr = self._channels(inputs, self._forward_fn(target), rows)
+        # a fresh leaf that requires grad: captum would otherwise flip the flag itself (and warn)
+        x = inputs.detach().requires_grad_(True)
+        attr = self._channels(x, self._forward_fn(target), rows)
         return reduce_channels(attr, self.reduction)
 
     def _channels(self, inputs: Tensor, forward: Callable, rows: Tensor) -> Tensor:
@@ -157,15 +159,16 @@ class SmoothGrad(_CaptumAttribution):
         from captum.attr import Saliency as _Saliency
 
         b = inputs.shape[0]
-        noisy = (inputs[None] + self.noise(inputs)).flatten(0, 1)  # row r: sample r % b
+        with torch.no_grad():
+            noisy = (inputs[None] + self.noise(inputs)).flatten(0, 1)  # row r: sample r % b
         all_rows = rows.repeat(self.n_samples)
         saliency = _Saliency(forward)
-        total = torch.zeros_like(inputs)
+        total = torch.zeros_like(inputs, requires_grad=False)
         size = self.batch_size or noisy.shape[0]
         for start in range(0, noisy.shape[0], size):
             sl = slice(start, start + size)
-            grads = saliency.attribute(noisy[sl], additional_forward_args=(all_rows[sl],),
-                                       abs=False)
+            chunk = noisy[sl].detach().requires_grad_(True)
+            grads = saliency.attribute(chunk, additional_forward_args=(all_rows[sl],), abs=False)
             total.index_add_(0, all_rows[sl], grads)
         return total / self.n_samples
 

@@ -1,0 +1,5 @@
+"""``python -m xai`` is the ``xai`` command."""
+
+from xai.cli import main
+
+raise SystemExit(main())
