@@ -3,12 +3,18 @@
 A forward hook routes a module's output through an ``autograd.Function`` that is the identity in
 the forward pass and applies a rule in the backward pass (the zennit pattern). Because the
 function returns a new tensor, in-place operations after the module cannot corrupt it.
+
+* :func:`guided_relus`: guided backpropagation through every ReLU.
+* :func:`rewired`: replace the backward pass of chosen modules by arbitrary rules (LRP).
+* :func:`split_residuals`: give the functional residual addition of a block (``out +=
+  identity``) its own backward rule, with hooks only (no forward patching).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,4 +58,253 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
             "nn.ReLU modules or a non-guided method"
         )
     with hooks(forward={m: _guide for m in modules}):
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# Generic rule hooks (used by LRP): replace the backward pass of chosen modules.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Call:
+    """One call of a rewired module, as seen by its backward rule.
+
+    Attributes:
+        module: the module that was called.
+        input: a private, detached copy of the module's (first) input; later in-place
+            operations of the model cannot change it.
+        output: the detached output value.
+        source: the rewired call whose output tensor was this call's input, if any (so that,
+            e.g., a batch norm can tell that it directly follows a convolution).
+        context: free slot for rules and canonizers (merged parameters, a rule override).
+    """
+
+    module: nn.Module
+    input: Tensor
+    output: Tensor
+    source: "Call | None" = None
+    context: dict = field(default_factory=dict)
+
+
+BackwardRule = Callable[[Call, Tensor], Tensor]
+"""``rule(call, grad_output) -> grad_input``: the backward pass of one module call."""
+
+
+class _Rewire(torch.autograd.Function):
+    """Forward: the module's output value. Backward: ``rule(call, grad)`` w.r.t. the input.
+
+    The module's own autograd graph is bypassed: the output depends on the input only through
+    this node.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, call: Call, rule: BackwardRule) -> Tensor:  # type: ignore[override]
+        ctx.call = call
+        ctx.rule = rule
+        return call.output
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        call: Call = ctx.call
+        grad_input = ctx.rule(call, grad)
+        if grad_input.shape != call.input.shape:
+            raise RuntimeError(
+                f"the backward rule of {type(call.module).__name__} returned shape "
+                f"{tuple(grad_input.shape)} for an input of shape {tuple(call.input.shape)}"
+            )
+        return grad_input, None, None
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+class _Rewirer:
+    """State of one :func:`rewired` context: pending inputs and the producer of each tensor."""
+
+    def __init__(self, rules: Mapping[nn.Module, BackwardRule],
+                 on_call: Callable[[Call], None] | None) -> None:
+        self.rules = rules
+        self.on_call = on_call
+        self.pending: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+        # id(tensor) -> (tensor, call); the tensor is kept alive so that its id is not reused
+        self.produced: dict[int, tuple[Tensor, Call]] = {}
+
+    def pre(self, module: nn.Module, args: tuple):
+        if not args or not isinstance(args[0], Tensor):
+            raise TypeError(
+                f"{type(module).__name__} was called without a tensor as first argument; "
+                "LRP rules need single-tensor modules"
+            )
+        x = args[0]
+        snapshot = x.detach().clone()
+        self.pending.setdefault(module, []).append((x, snapshot))
+        # in-place modules (ReLU(inplace=True)) get their own copy, like zennit's clone
+        given = snapshot.clone() if getattr(module, "inplace", False) else snapshot
+        return (given,) + tuple(args[1:])
+
+    def post(self, module: nn.Module, _args: tuple, output: object):
+        x, snapshot = self.pending[module].pop()
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"{type(module).__name__} returned {type(output).__name__}; LRP rules need "
+                "modules that return a single tensor"
+            )
+        value = output.detach()
+        if _same_storage(value, snapshot):  # identity-like modules return their input
+            value = value.clone()
+        entry = self.produced.get(id(x))
+        source = entry[1] if entry is not None and entry[0] is x else None
+        call = Call(module=module, input=snapshot, output=value, source=source)
+        if self.on_call is not None:
+            self.on_call(call)
+        out = _Rewire.apply(x, call, self.rules[module]) if x.requires_grad else value
+        self.produced[id(out)] = (out, call)
+        return out
+
+
+@contextlib.contextmanager
+def rewired(
+    rules: Mapping[nn.Module, BackwardRule],
+    on_call: Callable[[Call], None] | None = None,
+) -> Iterator[None]:
+    """Replace the backward pass of ``rules``' modules for the duration of a ``with`` block.
+
+    A forward pre-hook snapshots each call's input and hands the module a detached copy; a
+    forward hook returns the module's output through an identity ``autograd.Function`` whose
+    backward is ``rule(call, grad_output)`` (the zennit pattern, without module backward
+    hooks). Downstream in-place operations (``ReLU(inplace=True)``, ``out += identity``) act on
+    fresh tensors and cannot corrupt the recorded values. Hooks are removed on exit, also after
+    an exception.
+
+    Args:
+        rules: module -> backward rule. Each module must take one tensor and return one tensor.
+        on_call: called with every :class:`Call` right after the forward of its module, e.g.
+            to merge a batch norm with the convolution that produced its input.
+    """
+    state = _Rewirer(rules, on_call)
+    modules = list(rules)
+    try:
+        with hooks(forward={m: state.post for m in modules},
+                   forward_pre={m: state.pre for m in modules}):
+            yield
+    finally:
+        state.pending.clear()
+        state.produced.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Residual additions y = post(branch(x) + shortcut(x)), split between the two terms.
+# --------------------------------------------------------------------------------------------
+
+SplitRule = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``split(branch, shortcut, grad_output) -> (grad_branch, grad_shortcut)``."""
+
+
+@dataclass(frozen=True, eq=False)
+class Residual:
+    """Where a residual block's two summands come from.
+
+    Attributes:
+        block: the block; its output must be ``post(branch_output + shortcut_output)``.
+        branch: the module whose output is the residual branch (e.g. ``bn2``).
+        shortcut: the module whose output is the shortcut (e.g. ``downsample``), or ``None``
+            when the shortcut is the block's input itself.
+        post: the element-wise function applied after the sum (e.g. ReLU) or ``None``; it is
+            used only to check that the block computes what this description says, and is
+            treated as pass-through in the backward pass.
+        name: the block's name, for error messages.
+    """
+
+    block: nn.Module
+    branch: nn.Module
+    shortcut: nn.Module | None = None
+    post: Callable[[Tensor], Tensor] | None = None
+    name: str = ""
+
+
+class _Split(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, branch: Tensor, shortcut: Tensor, value: Tensor,  # type: ignore[override]
+                split: SplitRule) -> Tensor:
+        ctx.save_for_backward(branch, shortcut)
+        ctx.split = split
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        branch, shortcut = ctx.saved_tensors
+        grad_branch, grad_shortcut = ctx.split(branch, shortcut, grad)
+        return grad_branch, grad_shortcut, None, None
+
+
+class _ResidualState:
+    def __init__(self, spec: Residual, split: SplitRule) -> None:
+        self.spec = spec
+        self.split = split
+        self.frames: list[dict[str, Tensor]] = []
+
+    def _grab(self, key: str):
+        def hook(_module: nn.Module, _args: tuple, output: object):
+            if self.frames and isinstance(output, Tensor):
+                self.frames[-1][key] = output
+                return output.clone()  # the block may add to it in place (`out += identity`)
+            return None
+
+        return hook
+
+    def block_pre(self, _module: nn.Module, args: tuple):
+        self.frames.append({"input": args[0]} if args and isinstance(args[0], Tensor) else {})
+
+    def block_post(self, _module: nn.Module, _args: tuple, output: object):
+        frame = self.frames.pop()
+        spec = self.spec
+        branch = frame.get("branch")
+        shortcut = frame.get("shortcut") if spec.shortcut is not None else frame.get("input")
+        if branch is None or shortcut is None or not isinstance(output, Tensor):
+            raise RuntimeError(
+                f"residual block {spec.name!r} ({type(spec.block).__name__}) did not call the "
+                "expected branch/shortcut modules; its canonizer does not match its forward"
+            )
+        value = output.detach()
+        with torch.no_grad():
+            expected = branch.detach() + shortcut.detach()
+            if spec.post is not None:
+                expected = spec.post(expected)
+            tol = 1e-4 * float(expected.abs().max().clamp_min(1.0))
+            if expected.shape != value.shape or float((expected - value).abs().max()) > tol:
+                raise RuntimeError(
+                    f"residual block {spec.name!r} ({type(spec.block).__name__}) does not "
+                    "compute post(branch + shortcut); its canonizer does not match its forward"
+                )
+        if not (branch.requires_grad or shortcut.requires_grad):
+            return None
+        return _Split.apply(branch, shortcut, value.clone(), self.split)
+
+
+@contextlib.contextmanager
+def split_residuals(residuals: Sequence[Residual], split: SplitRule) -> Iterator[None]:
+    """Route each residual block's output through ``split`` in the backward pass.
+
+    Without touching the blocks' code: forward hooks record the branch and shortcut outputs
+    (handing the block clones, so ``out += identity`` cannot change them), and the block's
+    output is replaced by the same value computed by an autograd node whose backward sends
+    ``split(branch, shortcut, grad)`` to the two summands (e.g. in proportion to their
+    contributions, the LRP rule for a sum). Register this after :func:`rewired` so that the
+    recorded branch output is the rewired one. Hooks are removed on exit.
+    """
+    forward: dict[nn.Module, Callable] = {}
+    pre: dict[nn.Module, Callable] = {}
+    for spec in residuals:
+        state = _ResidualState(spec, split)
+        for module in (spec.block, spec.branch, spec.shortcut):
+            if module is not None and (module in forward or module in pre):
+                raise ValueError(f"module {type(module).__name__} is used by two residual specs")
+        pre[spec.block] = state.block_pre
+        forward[spec.block] = state.block_post
+        forward[spec.branch] = state._grab("branch")
+        if spec.shortcut is not None:
+            forward[spec.shortcut] = state._grab("shortcut")
+    with hooks(forward=forward, forward_pre=pre):
         yield
