@@ -313,6 +313,12 @@ def test_options_run_and_callable_perturbation(image):
         maps = SobolAttribution(model, grid_size=4, n_designs=8, estimator=estimator,
                                 mask_interpolation="bilinear", map_interpolation="bilinear")
         assert torch.isfinite(maps(image, 0)).all()
+    # variance="a" (the reference codes' V) rescales each image's map by one factor
+    pooled = SobolAttribution(model, grid_size=4, n_designs=8, upsample=False)(image, 0)
+    only_a = SobolAttribution(model, grid_size=4, n_designs=8, upsample=False, variance="a",
+                              progress=True)(image, 0)
+    ratio = only_a[pooled > 1e-9] / pooled[pooled > 1e-9]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
     seen = []
 
     def ignore_mask(x, m):
