@@ -29,7 +29,7 @@ blocks to split) and ``on_call(call)`` (called after every rewired module call).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -208,8 +208,8 @@ def residual_block_types() -> list[tuple[type[nn.Module], Callable[[nn.Module], 
         (InvertedResidual, lambda m: bool(m.use_res_connect)),
     ]
     try:
-        from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
         from torchvision.models.efficientnet import MBConv
+        from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
 
         found += [(InvertedResidualV3, lambda m: bool(m.use_res_connect)),
                   (MBConv, lambda m: bool(m.use_res_connect))]

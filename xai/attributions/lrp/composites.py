@@ -28,7 +28,7 @@ affine layer and gets the epsilon rule).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,7 @@ __all__ = [
     "get_composite",
 ]
 
-Types = Union[type, tuple[type, ...]]
+Types = type | tuple[type, ...]
 LayerMap = Sequence[tuple[Types, Rule]]
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

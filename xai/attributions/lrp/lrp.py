@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -115,7 +115,7 @@ class LRP(Attribution):
         self.reduction = reduction
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> "LRP":
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> LRP:
         """Registry constructor; ``layer`` is ignored (LRP explains the input)."""
         return cls(model, **kwargs)
 
