@@ -1,1 +1,53 @@
-"""xai.concepts (see the open issues)."""
+"""Concept extraction and concept importance (CRAFT, CVPR 2023; holistic framework, NeurIPS
+2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics."""
+
+from xai.concepts.extractor import ConceptExtractor
+from xai.concepts.factorizers import (
+    FACTORIZERS,
+    DictionaryFactorizer,
+    Factorizer,
+    ICAFactorizer,
+    KMeansFactorizer,
+    NMFFactorizer,
+    PCAFactorizer,
+)
+from xai.concepts.importance import (
+    IMPORTANCE_METHODS,
+    StrategicClusters,
+    concept_importance,
+    strategic_clusters,
+)
+from xai.concepts.maps import filter_maps, top_concepts
+from xai.concepts.metrics import (
+    c_deletion,
+    c_insertion,
+    c_mufidelity,
+    match_concepts,
+    relative_reconstruction_error,
+    sparsity,
+    stability,
+)
+
+__all__ = [
+    "FACTORIZERS",
+    "IMPORTANCE_METHODS",
+    "ConceptExtractor",
+    "DictionaryFactorizer",
+    "Factorizer",
+    "ICAFactorizer",
+    "KMeansFactorizer",
+    "NMFFactorizer",
+    "PCAFactorizer",
+    "StrategicClusters",
+    "c_deletion",
+    "c_insertion",
+    "c_mufidelity",
+    "concept_importance",
+    "filter_maps",
+    "match_concepts",
+    "relative_reconstruction_error",
+    "sparsity",
+    "stability",
+    "strategic_clusters",
+    "top_concepts",
+]

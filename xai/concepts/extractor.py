@@ -1,0 +1,360 @@
+r"""Concept extraction (CRAFT) on any model split at a layer: :class:`ConceptExtractor`.
+
+The model is split at ``layer`` into ``g`` (input -> activations) and ``h`` (activations ->
+output) with :mod:`xai.adapter.split` (hooks only, any ``nn.Module``). Activations of many
+patches of images of one class, ``A`` (``n x C``), are factorized :math:`A \approx U W` (see
+:mod:`xai.concepts.factorizers`); ``W`` (``K x C``) is the concept bank. A new image is encoded
+position by position against the fixed bank, giving ``(K, h, w)`` coefficient maps; concept
+importance (:mod:`xai.concepts.importance`) perturbs those coefficients and evaluates ``h``.
+
+References:
+    Fel et al., "CRAFT: Concept Recursive Activation FacTorization for Explainability",
+    CVPR 2023. Fel et al., "A Holistic Approach to Unifying Automatic Concept Extraction and
+    Concept Importance Estimation", NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xai._checks import check_inputs, check_positive_int
+from xai._typing import LayerLike
+from xai.adapter import ModelAdapter
+from xai.adapter.split import head, layer_output
+from xai.adapter.state import preserved
+from xai.concepts.factorizers import Factorizer, make_factorizer
+
+__all__ = ["ConceptExtractor"]
+
+Patches = Literal["grid", "random", "positions"]
+
+
+def _rows(acts: Tensor, layer: str) -> Tensor:
+    """``(B, C, h, w)`` or ``(B, C)`` activations as ``(B, h, w, C)``."""
+    if acts.dim() == 4:
+        return acts.permute(0, 2, 3, 1)
+    if acts.dim() == 2:
+        return acts[:, None, None, :]
+    raise ValueError(
+        f"layer {layer!r} has output shape {tuple(acts.shape)}: concepts need a channel axis "
+        "((B, C) vectors) or a channel and two spatial axes ((B, C, h, w)); choose a "
+        "convolutional block or a pooled feature layer (see xai.adapter.list_layers)"
+    )
+
+
+class ConceptExtractor:
+    r"""Extract ``n_concepts`` concepts of one class at a layer, then explain with them.
+
+    Activations are collected from patches of the class images (``patches="grid"``: CRAFT's
+    fixed grid of ``patch_size`` crops with stride ``int(0.8 * patch_size)``, each resized back
+    to the input size and averaged over space, one row per crop; ``"random"``: ``n_patches``
+    crops at uniformly random positions, seeded; ``"positions"``: no crops, every spatial
+    position of every image is a row, as in the holistic paper) and factorized.
+
+    Args:
+        model: any classifier ``(B, C, H, W) -> (B, classes)``; never modified.
+        layer: where to split the model (name or module). With ``factorizer="nmf"`` its
+            output must be non-negative (after a ReLU/ReLU6; e.g. ``"features.18"`` of
+            torchvision's MobileNetV2, ``"layer4"`` of a ResNet).
+        n_concepts: ``K`` (default 10: enough for the penultimate layer of an ImageNet class,
+            CRAFT section 4).
+        factorizer: ``"nmf"`` (default, CRAFT), ``"pca"``, ``"ica"``, ``"kmeans"``,
+            ``"dictionary"`` or an object following :class:`~xai.concepts.Factorizer`.
+        patch_size: crop side in pixels (default 64 for 224 inputs, CRAFT's reference).
+        patches: ``"grid"`` (default), ``"random"`` or ``"positions"``, see above.
+        n_patches: number of random crops in total (``patches="random"``; default 16 per
+            image, the count of the 224/64 grid).
+        batch_size: forward passes at most this many inputs at a time (default 64).
+        seed: seed of the random crops, the factorizer and the Sobol design (default 0).
+        progress: show ``tqdm`` progress bars.
+
+    Attributes (set by :meth:`fit`):
+        concepts_: ``(K, C)`` concept bank ``W`` (float64).
+        coefficients_: ``(n, K)`` coefficients ``U`` of the training rows.
+        activations_: ``(n, C)`` training rows ``A``.
+        patches_: ``(n, 3)`` long tensor ``(image index, top, left)`` of each crop (``-1`` for
+            top/left with ``patches="positions"``; the row is then a position).
+        images_: the images given to :meth:`fit` (a reference, not a copy).
+        target_: the explained class.
+        factorizer_: the fitted factorizer.
+
+    Example:
+        >>> ce = ConceptExtractor(model, "features.18", n_concepts=10).fit(cat_images, 281)
+        >>> ce.importance()            # (10,) Sobol total indices, averaged over the images
+        >>> ce.concept_maps(x)         # (B, 10, 224, 224): where each concept is
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerLike,
+        *,
+        n_concepts: int = 10,
+        factorizer: str | Factorizer = "nmf",
+        patch_size: int = 64,
+        patches: Patches = "grid",
+        n_patches: int | None = None,
+        batch_size: int = 64,
+        seed: int | None = 0,
+        progress: bool = False,
+    ) -> None:
+        self.adapter = ModelAdapter(model)
+        self.model = model
+        self.layer, _ = self.adapter.resolve(layer)
+        check_positive_int(n_concepts, "n_concepts")
+        check_positive_int(patch_size, "patch_size")
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(n_patches, "n_patches", allow_none=True)
+        if patches not in ("grid", "random", "positions"):
+            raise ValueError(
+                f"patches must be 'grid', 'random' or 'positions', got {patches!r}"
+            )
+        self.n_concepts = n_concepts
+        self.factorizer = factorizer
+        self.patch_size = patch_size
+        self.patches = patches
+        self.n_patches = n_patches
+        self.batch_size = batch_size
+        self.seed = seed
+        self.progress = progress
+        self._probe_size: tuple[int, int] | None = None
+        self._input_shape: tuple[int, ...] | None = None
+
+    # ----------------------------------------------------------------- g and h
+    def activations(self, inputs: Tensor) -> Tensor:
+        """``g(inputs)`` in batches: ``(B, h, w, C)`` (``h = w = 1`` for a ``(B, C)`` layer)."""
+        check_inputs(inputs)
+        out = []
+        for start in range(0, inputs.shape[0], self.batch_size):
+            acts = layer_output(self.model, self.layer, inputs[start : start + self.batch_size])
+            out.append(_rows(acts, self.layer))
+        return torch.cat(out)
+
+    def head(self, activations: Tensor) -> Tensor:
+        """``h(activations)``: model outputs ``(n, classes)`` for ``(n, h, w, C)`` activations.
+
+        Runs the model on a small zero probe while the layer's output is replaced (see
+        :func:`xai.adapter.split.head`); differentiable w.r.t. ``activations``. Call inside
+        :func:`xai.adapter.preserved` (the importance methods do).
+        """
+        if self._input_shape is None:
+            raise RuntimeError("the extractor is not fitted: call fit() first")
+        acts = activations.permute(0, 3, 1, 2)
+        if self._layer_dim == 2:
+            acts = acts.flatten(1)
+        c = self._input_shape[1]
+        size = self._probe_size or tuple(self._input_shape[2:])
+        # One probe image for the whole batch: the part before the layer costs one tiny
+        # forward; _choose_probe checked that nothing after the layer mixes the probe in.
+        probe = torch.zeros(1, c, *size, dtype=self._input_dtype, device=acts.device)
+        return head(self.model, self.layer, acts, probe)
+
+    def _choose_probe(self, inputs: Tensor) -> None:
+        """Pick the smallest probe input (one image of side 1, 8, 32 or the input size) for
+        which ``h(g(x)) == model(x)`` on two images; fail if none does."""
+        x = inputs[:2]
+        acts = self.activations(x)
+        with preserved(self.model), torch.no_grad():
+            expected = self.adapter.forward(x)
+            for size in ((1, 1), (8, 8), (32, 32), None):
+                self._probe_size = size
+                try:
+                    got = self.head(acts)
+                except (RuntimeError, ValueError):
+                    continue
+                if got.shape == expected.shape and torch.allclose(
+                    got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()) + 1e-6
+                ):
+                    return
+        raise ValueError(
+            f"the model does not factor through layer {self.layer!r}: its output also depends "
+            "on the input through another path (a skip connection around the layer?); choose "
+            "a layer that every path to the output goes through (e.g. the last block)"
+        )
+
+    # ----------------------------------------------------------------- fit
+    def _boxes(self, n_images: int, height: int, width: int) -> Tensor:
+        p = self.patch_size
+        if p > min(height, width):
+            raise ValueError(
+                f"patch_size={p} is larger than the images ({height}x{width}); use a smaller "
+                "patch_size"
+            )
+        if self.patches == "grid":
+            stride = max(1, int(0.8 * p))
+            tops = range(0, height - p + 1, stride)
+            lefts = range(0, width - p + 1, stride)
+            boxes = [(i, t, le) for i in range(n_images) for t in tops for le in lefts]
+            return torch.tensor(boxes, dtype=torch.long)
+        n = self.n_patches or 16 * n_images
+        gen = torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
+        idx = torch.arange(n) % n_images
+        tops = torch.randint(0, height - p + 1, (n,), generator=gen)
+        lefts = torch.randint(0, width - p + 1, (n,), generator=gen)
+        return torch.stack([idx, tops, lefts], 1)
+
+    def crops(self, boxes: Tensor | None = None, images: Tensor | None = None) -> Tensor:
+        """The crops of ``boxes`` (default :attr:`patches_`) resized to the input size,
+        ``(n, C, H, W)`` (bilinear, as the CRAFT reference)."""
+        boxes = self.patches_ if boxes is None else boxes
+        images = self.images_ if images is None else images
+        p = self.patch_size
+        size = tuple(images.shape[2:])
+        out = [images[i, :, t : t + p, le : le + p] for i, t, le in boxes.tolist()]
+        if not out:
+            return images[:0]
+        return F.interpolate(torch.stack(out), size=size, mode="bilinear", align_corners=False)
+
+    def _collect(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        from tqdm.auto import tqdm
+
+        b, _, height, width = inputs.shape
+        if self.patches == "positions":
+            acts = self.activations(inputs)
+            _, h, w, c = acts.shape
+            boxes = torch.stack(
+                [torch.arange(b).repeat_interleave(h * w), torch.full((b * h * w,), -1),
+                 torch.full((b * h * w,), -1)], 1
+            )
+            return acts.reshape(-1, c), boxes
+        boxes = self._boxes(b, height, width)
+        rows = []
+        starts = range(0, len(boxes), self.batch_size)
+        for start in tqdm(starts, desc="Activations", disable=not self.progress):
+            crops = self.crops(boxes[start : start + self.batch_size], inputs)
+            acts = layer_output(self.model, self.layer, crops)
+            rows.append(_rows(acts, self.layer).mean((1, 2)))
+        return torch.cat(rows), boxes
+
+    def _check_activations(self, acts: Tensor, factorizer: Factorizer) -> None:
+        if getattr(factorizer, "requires_nonnegative", False) and bool((acts < 0).any()):
+            raise ValueError(
+                f"layer {self.layer!r} has negative activations (min {float(acts.min()):.3g}), "
+                "which NMF cannot factorize; use the output of a ReLU/ReLU6 (e.g. the end of a "
+                "block: 'features.18' for MobileNetV2, 'layer4' for a ResNet) or "
+                "factorizer='pca'/'ica'/'dictionary'"
+            )
+        if acts.shape[0] < self.n_concepts:
+            raise ValueError(
+                f"only {acts.shape[0]} activation rows for n_concepts={self.n_concepts}: use "
+                "fewer concepts, more images, more patches (n_patches, patches='random') or "
+                "patches='positions'"
+            )
+
+    def fit(self, inputs: Tensor, target: int | None = None) -> ConceptExtractor:
+        """Collect activations of patches of ``inputs`` (images of one class) and factorize.
+
+        Args:
+            inputs: ``(B, C, H, W)`` images of the class (model-ready, e.g. normalized).
+            target: the class explained by :meth:`importance`; ``None`` takes the most
+                frequent predicted class of ``inputs``.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: negative activations with NMF, fewer rows than concepts, a layer
+                without channel axis, a patch larger than the images, a model that does not
+                factor through the layer.
+        """
+        check_inputs(inputs)
+        self._input_shape = tuple(inputs.shape)
+        self._input_dtype = inputs.dtype
+        probe = layer_output(self.model, self.layer, inputs[:1])
+        _rows(probe, self.layer)  # the channel-axis check, before any long collection
+        self._layer_dim = probe.dim()
+        factorizer = make_factorizer(self.factorizer, self.n_concepts, self.seed)
+        acts, boxes = self._collect(inputs)
+        self._check_activations(acts, factorizer)
+        coefficients = factorizer.fit(acts)
+        self._choose_probe(inputs)
+        if target is None:
+            with preserved(self.model), torch.no_grad():
+                preds = [
+                    int(c)
+                    for s in range(0, inputs.shape[0], self.batch_size)
+                    for c in self.adapter.forward(inputs[s : s + self.batch_size]).argmax(-1)
+                ]
+            target = Counter(preds).most_common(1)[0][0]
+        self.target_ = int(target)
+        self.factorizer_ = factorizer
+        self.concepts_ = factorizer.components
+        self.coefficients_ = coefficients
+        self.activations_ = acts
+        self.patches_ = boxes
+        self.images_ = inputs
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "factorizer_"):
+            raise RuntimeError("the extractor is not fitted: call fit(images_of_a_class) first")
+
+    # ----------------------------------------------------------------- encode
+    def encode(self, inputs: Tensor) -> Tensor:
+        """Per-position concept coefficients ``(B, h, w, K)`` (the bank fixed)."""
+        self._check_fitted()
+        acts = self.activations(inputs)
+        b, h, w, c = acts.shape
+        return self.factorizer_.encode(acts.reshape(-1, c)).reshape(b, h, w, -1)
+
+    def transform(self, inputs: Tensor) -> Tensor:
+        """Concept coefficients at each position of the layer, ``(B, K, h, w)``."""
+        return self.encode(inputs).permute(0, 3, 1, 2)
+
+    def concept_maps(self, inputs: Tensor) -> Tensor:
+        """Where each concept is: coefficients upsampled (bilinear) to the input size,
+        ``(B, K, H, W)``, raw (threshold / normalize for display, e.g. CRAFT keeps values above
+        the 90th percentile)."""
+        coeffs = self.transform(inputs)
+        return F.interpolate(
+            coeffs.to(torch.promote_types(coeffs.dtype, torch.float32)),
+            size=tuple(inputs.shape[2:]),
+            mode="bilinear",
+            align_corners=False,
+        )
+
+    # ----------------------------------------------------------------- importance
+    def importance(
+        self,
+        inputs: Tensor | None = None,
+        *,
+        method: str = "sobol",
+        **kwargs: object,
+    ) -> Tensor:
+        """Global importance of each concept for :attr:`target_`: the mean over ``inputs``
+        (default the images given to :meth:`fit`) of :meth:`local_importance`, ``(K,)``.
+
+        ``method`` and ``kwargs``: see :func:`xai.concepts.importance.concept_importance`
+        (default ``"sobol"``: total Sobol indices, CRAFT).
+        """
+        return self.local_importance(inputs, method=method, **kwargs).mean(0)
+
+    def local_importance(
+        self,
+        inputs: Tensor | None = None,
+        *,
+        method: str = "sobol",
+        **kwargs: object,
+    ) -> Tensor:
+        """Per-image importance of each concept, ``(B, K)``; see :meth:`importance`."""
+        from xai.concepts.importance import concept_importance
+
+        self._check_fitted()
+        inputs = self.images_ if inputs is None else inputs
+        return concept_importance(self, self.encode(inputs), method=method, **kwargs)
+
+    def scores(self, coefficients: Tensor, masks: Tensor) -> Tensor:
+        """Class score ``h((u ⊙ m) W)`` for every mask and image, ``(n_masks, B)``.
+
+        Args:
+            coefficients: ``(B, h, w, K)`` from :meth:`encode`.
+            masks: ``(n_masks, K)``; a mask value multiplies concept ``k`` at every position.
+        """
+        from xai.concepts.importance import masked_scores
+
+        return masked_scores(self, coefficients, masks)
