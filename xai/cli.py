@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import json
 import sys
 import time
@@ -17,6 +18,13 @@ from pathlib import Path
 DEFAULT_IMAGES = ["chelsea", "coffee", "grace_hopper", "imagenet_00_243", "imagenet_04_949",
                   "imagenet_16_251"]
 DEMO_LAYER = "features.18"
+
+
+# Further demo sections: (folder, module, function(out_dir) -> list of written paths)
+_SECTIONS = [
+    ("similarity", "xai._demos.similarity", "similarity_demo"),
+    ("concepts", "xai._demos.concepts", "concepts_demo"),
+]
 
 
 class CliError(Exception):
@@ -125,6 +133,17 @@ def run_demo(out: Path, methods: str | None = None, images: str | None = None,
              *[f"{k:<23} {v:.3f}" for k, v in summary["seconds_per_image"].items()]]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     summary["files"] = [str(f) for f in files] + [str(out / "summary.txt")]
+    for section, module, func in _SECTIONS:
+        if progress:
+            print(f"{section} ...", file=sys.stderr)
+        try:
+            demo = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError):
+            continue  # the section's module is not part of this version
+        start = time.perf_counter()
+        written = demo(out / section)
+        summary[f"{section}_seconds"] = round(time.perf_counter() - start, 2)
+        summary["files"] += [str(p) for p in written]
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
