@@ -1,0 +1,581 @@
+"""Dataset-level attribution audit: where does the model look, per class and per group?
+
+:func:`audit` streams a dataset through an attribution method in batches and aggregates, per
+class, per group and per (class, group):
+
+* the share of positive attribution mass inside the object/region mask (relevance mass,
+  Arras et al. 2022; "Global Saliency", Hurtado et al. 2019), with a bootstrap interval;
+* the pointing hit rate (is each map's maximum inside the mask?);
+* the most frequent hot-spot locations (each map's maximum, binned on a ``grid_size`` grid);
+* accuracy;
+* the mean normalized map of each class, and the worst cases (least mass inside the mask).
+
+It flags classes whose attributions sit mostly outside the object (``"outside_object"``) or
+on one fixed image location (``"fixed_location"``): the signature of a shortcut such as a
+watermark or a ruler (Geirhos et al. 2020). Memory is bounded: per sample only a few numbers
+are kept, plus one running map per class and ``n_worst`` examples per class. With
+``checkpoint=path`` the state is saved every few batches and a rerun resumes after the last
+saved batch (the data must come in the same order).
+
+References:
+    Arras, Osman, Samek, "CLEVR-XAI", Information Fusion 2022. Hurtado et al., "Global
+    Saliency: Aggregating Saliency Maps to Assess Dataset Artefact Bias", arXiv 1910.07604.
+    Geirhos et al., "Shortcut learning in deep neural networks", Nat. Mach. Intell. 2020.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from xai._typing import LayerLike
+
+__all__ = ["AuditResult", "audit"]
+
+_FLAG_TEXT = {
+    "outside_object": "attribution mostly outside the object: {mass:.0%} of the positive "
+    "relevance lies inside the mask (threshold {thr:.0%})",
+    "fixed_location": "hot spot at a fixed location: {share:.0%} of the maps peak in the cell "
+    "rows {y0}-{y1}, cols {x0}-{x1} (threshold {thr:.0%}){where}",
+}
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` found. Tables are lists of dicts (``pandas.DataFrame(rows)`` works).
+
+    Attributes:
+        classes: one row per class: ``class``, ``name``, ``n``, ``accuracy``, ``mass_inside``
+            (mean share of positive relevance inside the mask, NaN without masks),
+            ``mass_inside_ci`` (95% bootstrap interval), ``area_inside`` (mean mask area share:
+            what a uniform map would score), ``pointing`` (hit rate), ``hotspots`` (the top
+            cells: ``{"cell": (row, col), "box": (y0, x0, y1, x1), "share": s,
+            "outside": s_out}``), ``flags`` (list of flag kinds).
+        groups: one row per group: ``group``, ``name``, ``n``, ``accuracy``, ``mass_inside``,
+            ``pointing``.
+        class_groups: one row per (class, group) with the same columns.
+        flags: one dict per flag: ``class``, ``name``, ``kind``, ``message`` and the numbers.
+        samples: per-sample columns (lists): ``index``, ``label``, ``prediction``, ``group``,
+            ``mass_inside``, ``hit``, ``peak_row``, ``peak_col``.
+        mean_maps: ``(K, H, W)`` mean of the per-sample max-normalized positive maps per class
+            (rows of classes never seen are zero).
+        hotspot_counts: ``(K, grid_size, grid_size)`` counts of each map's peak cell.
+        worst: class -> list of the ``n_worst`` examples with the least mass inside the mask
+            (or the lowest target score without masks): dicts with ``index``, ``image``
+            ``(C, H, W)``, ``map`` ``(H, W)``, ``mask`` ``(H, W)`` or None, ``label``,
+            ``prediction``, ``mass_inside``.
+        config: the audit's settings.
+    """
+
+    classes: list[dict]
+    groups: list[dict]
+    class_groups: list[dict]
+    flags: list[dict]
+    samples: dict[str, list]
+    mean_maps: Tensor
+    hotspot_counts: Tensor
+    worst: dict[int, list[dict]]
+    config: dict = field(default_factory=dict)
+
+    @property
+    def flagged_classes(self) -> list[int]:
+        """Classes with at least one flag, sorted."""
+        return sorted({f["class"] for f in self.flags})
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable summary (no images): tables, flags, per-sample columns,
+        hot-spot counts and the settings."""
+        return _jsonable({
+            "config": self.config,
+            "classes": self.classes,
+            "groups": self.groups,
+            "class_groups": self.class_groups,
+            "flags": self.flags,
+            "samples": self.samples,
+            "hotspot_counts": self.hotspot_counts.tolist(),
+            "worst": {
+                str(k): [{kk: vv for kk, vv in w.items() if kk not in ("image", "map", "mask")}
+                         for w in v]
+                for k, v in self.worst.items()
+            },
+        })  # fmt: skip
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.generic,)):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------- data streaming
+
+_KEYS = {
+    "inputs": ("inputs", "input", "image", "images", "x"),
+    "labels": ("labels", "label", "target", "targets", "y"),
+    "masks": ("masks", "mask"),
+    "groups": ("groups", "group"),
+}
+
+
+def _as_tensor(value: Any, name: str) -> Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (list, tuple)):
+        value = torch.as_tensor(value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, array or list, got {type(value).__name__}")
+    return value
+
+
+def _unpack(batch: Any) -> tuple[Any, Any, Any, Any]:
+    if isinstance(batch, dict):
+        found = {}
+        for key, names in _KEYS.items():
+            found[key] = next((batch[n] for n in names if n in batch), None)
+        if found["inputs"] is None or found["labels"] is None:
+            raise ValueError(
+                f"a dict batch needs an image key {_KEYS['inputs']} and a label key "
+                f"{_KEYS['labels']}; got keys {sorted(batch)}"
+            )
+        return found["inputs"], found["labels"], found["masks"], found["groups"]
+    if isinstance(batch, (tuple, list)) and 2 <= len(batch) <= 4:
+        items = list(batch) + [None] * (4 - len(batch))
+        return items[0], items[1], items[2], items[3]
+    raise ValueError(
+        "each batch must be (inputs, labels[, masks[, groups]]) or a dict with 'inputs' and "
+        f"'labels' (and optionally 'masks', 'groups'); got {type(batch).__name__}"
+    )
+
+
+def _stream(
+    data: Any, labels: Any, masks: Any, groups: Any, batch_size: int
+) -> tuple[Iterable[tuple[Any, Any, Any, Any]], int | None]:
+    """Batches ``(inputs, labels, masks, groups)`` from tensors, a Dataset or a DataLoader."""
+    if isinstance(data, (Tensor, np.ndarray)):
+        x = _as_tensor(data, "data")
+        if labels is None:
+            raise ValueError("with a tensor of images, pass labels=(N,) class indices")
+        y = _as_tensor(labels, "labels")
+        m = _as_tensor(masks, "masks")
+        g = _as_tensor(groups, "groups")
+        n = x.shape[0]
+        for name, t in (("labels", y), ("masks", m), ("groups", g)):
+            if t is not None and t.shape[0] != n:
+                raise ValueError(f"{name} has {t.shape[0]} rows but data has {n} images")
+
+        def gen() -> Iterator[tuple[Any, Any, Any, Any]]:
+            for i in range(0, n, batch_size):
+                s = slice(i, i + batch_size)
+                yield (x[s], y[s], None if m is None else m[s], None if g is None else g[s])
+
+        return gen(), n
+    if labels is not None or masks is not None or groups is not None:
+        raise ValueError(
+            "labels/masks/groups arguments go with a tensor of images; a Dataset or DataLoader "
+            "must yield them itself: (inputs, labels[, masks[, groups]])"
+        )
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
+        return (_unpack(b) for b in loader), len(data)  # type: ignore[arg-type]
+    if isinstance(data, Iterable):
+        total = len(data.dataset) if isinstance(data, DataLoader) else None  # type: ignore
+        return (_unpack(b) for b in data), total
+    raise TypeError(
+        "data must be a tensor (N, C, H, W), a torch Dataset or a DataLoader/iterable of "
+        f"batches, got {type(data).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------- the audit
+
+
+class _State:
+    """Everything the audit accumulates; small enough to checkpoint after each batch."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.samples: dict[str, list] = {
+            k: [] for k in ("index", "label", "prediction", "group", "mass_inside", "area_inside",
+                            "hit", "peak_row", "peak_col")
+        }  # fmt: skip
+        self.map_sums: dict[int, Tensor] = {}
+        self.counts: dict[int, int] = {}
+        self.hotspots: dict[int, Tensor] = {}
+        self.worst: dict[int, list[dict]] = {}
+        self.image_size: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def _resolve_explainer(model: nn.Module, explainer: Any, layer: LayerLike | None) -> Any:
+    if isinstance(explainer, str):
+        from xai.attributions import get
+
+        return get(explainer).create(model, layer=layer)
+    if not callable(explainer):
+        raise TypeError(
+            "explainer must be a registry name (see xai.attributions.available()) or an "
+            f"Attribution such as xai.attributions.GradCAM(model, 'layer4'), got "
+            f"{type(explainer).__name__}"
+        )
+    return explainer
+
+
+def audit(
+    model: nn.Module,
+    data: Any,
+    *,
+    explainer: Any = "saliency",
+    layer: LayerLike | None = None,
+    labels: Any = None,
+    masks: Any = None,
+    groups: Any = None,
+    class_names: Sequence[str] | None = None,
+    group_names: Sequence[str] | None = None,
+    target: str = "label",
+    batch_size: int = 64,
+    grid_size: int = 7,
+    mass_threshold: float = 0.5,
+    hotspot_threshold: float = 0.5,
+    min_samples: int = 5,
+    n_worst: int = 4,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    progress: bool = True,
+) -> AuditResult:
+    """Audit where ``model``'s attributions fall over a dataset, per class and per group.
+
+    Args:
+        model: the classifier ``(B, C, H, W) -> (B, classes)``; never modified.
+        data: images ``(N, C, H, W)`` (tensor or array; then pass ``labels`` and optionally
+            ``masks`` ``(N, H, W)`` and ``groups`` ``(N,)``), a torch ``Dataset`` whose items are
+            ``(image, label[, mask[, group]])`` or dicts with those keys, or a ``DataLoader``
+            (any iterable) of such batches. Streamed ``batch_size`` images at a time.
+        explainer: an attribution method (an :class:`~xai.attributions.base.Attribution` or any
+            callable ``explainer(inputs, target=...) -> (B, H, W)``) or a registry name, built
+            with ``get(name).create(model, layer=layer)`` (default ``"saliency"``: input
+            resolution, any architecture, one backward per batch).
+        layer: the layer for a named explainer that reads one (e.g. ``"features"``).
+        labels, masks, groups: per-image class labels, object/region masks (non-zero = object)
+            and group ids, with a tensor ``data`` only.
+        class_names: display name per class index.
+        group_names: display name per group id.
+        target: explain each image's ``"label"`` (default: what evidence the model uses for the
+            true class) or its ``"prediction"``.
+        batch_size: images per attribution call (memory bound).
+        grid_size: hot spots are binned on a ``grid_size x grid_size`` grid (default 7: the
+            resolution of a ResNet/MobileNet last layer).
+        mass_threshold: flag ``"outside_object"`` when a class's mean share of positive
+            relevance inside the mask is below this (default 0.5: *mostly* outside) and below
+            the mean mask area (what a uniform map scores: small objects are not flagged for
+            a map that is still concentrated on them).
+        hotspot_threshold: flag ``"fixed_location"`` when at least this share of a class's maps
+            peak in one cell and, with masks, most of those peaks lie outside the object
+            (default 0.5). Maps with no positive value have no hot spot.
+        min_samples: classes with fewer images are never flagged.
+        n_worst: examples kept per class for the report (least mass inside the mask).
+        n_bootstrap: resamples of the 95% percentile bootstrap interval of the mass inside.
+        seed: seed of the bootstrap.
+        checkpoint: a file to save the running state to; an existing one is resumed (its
+            batches are skipped: the data must come in the same order).
+        checkpoint_every: save every this many batches (and at the end).
+        progress: show a ``tqdm`` progress bar.
+
+    Returns:
+        An :class:`AuditResult`; :func:`xai.audit.write_report` turns it into a report.
+
+    Raises:
+        TypeError: a bad ``model``, ``data`` or ``explainer``.
+        ValueError: bad settings, missing labels, masks/groups/maps whose shapes do not match.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if target not in ("label", "prediction"):
+        raise ValueError(f"target must be 'label' or 'prediction', got {target!r}")
+    for name, value in (("batch_size", batch_size), ("grid_size", grid_size),
+                        ("checkpoint_every", checkpoint_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("mass_threshold", mass_threshold),
+                        ("hotspot_threshold", hotspot_threshold)):
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    method = _resolve_explainer(model, explainer, layer)
+    batches, total = _stream(data, labels, masks, groups, batch_size)
+    state = _State()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state.load(torch.load(ckpt, weights_only=False))
+    skip = state.seen
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    bar = tqdm(total=total, desc="audit", unit="img", disable=not progress)
+    position, n_batches = 0, 0
+    for x, y, m, g in batches:
+        x = _as_tensor(x, "inputs")
+        y = _as_tensor(y, "labels")
+        n = x.shape[0]
+        if position + n <= skip:  # already in the checkpoint
+            position += n
+            bar.update(n)
+            continue
+        if position < skip:
+            raise ValueError(
+                f"the checkpoint ends inside a batch ({skip} images); resume with the same "
+                "batch_size and data order"
+            )
+        _process(method, model, x.to(device), y, _as_tensor(m, "masks"), _as_tensor(g, "groups"),
+                 position, state, grid_size, n_worst, target)  # fmt: skip
+        position += n
+        n_batches += 1
+        bar.update(n)
+        if ckpt is not None and n_batches % checkpoint_every == 0:
+            torch.save(state.state_dict(), ckpt)
+    bar.close()
+    if state.seen == 0:
+        raise ValueError("the dataset is empty: nothing to audit")
+    if ckpt is not None:
+        torch.save(state.state_dict(), ckpt)
+    config = {
+        "explainer": getattr(method, "name", type(method).__name__),
+        "layer": str(layer) if layer is not None else None,
+        "target": target, "grid_size": grid_size, "mass_threshold": mass_threshold,
+        "hotspot_threshold": hotspot_threshold, "min_samples": min_samples,
+        "n_images": state.seen, "image_size": state.image_size, "has_masks": None,
+        "n_bootstrap": n_bootstrap, "seed": seed,
+    }  # fmt: skip
+    return _summarize(state, config, class_names, group_names)
+
+
+def _process(
+    method: Any, model: nn.Module, x: Tensor, y: Tensor, m: Tensor | None, g: Tensor | None,
+    start: int, state: _State, grid_size: int, n_worst: int, target: str,
+) -> None:
+    from xai.adapter import preserved
+
+    if x.dim() != 4:
+        raise ValueError(f"inputs must be (B, C, H, W) images, got shape {tuple(x.shape)}")
+    n, _, h, w = x.shape
+    y = y.reshape(-1).long()
+    if y.shape[0] != n:
+        raise ValueError(f"got {y.shape[0]} labels for {n} images")
+    if m is not None:
+        if m.dim() == 4 and m.shape[1] == 1:
+            m = m[:, 0]
+        if tuple(m.shape) != (n, h, w):
+            raise ValueError(
+                f"masks of shape {tuple(m.shape)} do not match images {tuple(x.shape)}: pass "
+                f"({n}, {h}, {w}) masks (non-zero = object)"
+            )
+        m = (m != 0).to(x.device)
+    if g is not None:
+        g = g.reshape(-1).long()
+        if g.shape[0] != n:
+            raise ValueError(f"got {g.shape[0]} group ids for {n} images")
+    if state.image_size is None:
+        state.image_size = (h, w)
+    elif state.image_size != (h, w):
+        raise ValueError(f"all images must have one size; got {(h, w)} after {state.image_size}")
+    with preserved(model), torch.no_grad():
+        model.eval()
+        logits = model(x)
+    pred = logits.argmax(1).cpu()
+    tgt = y if target == "label" else pred
+    maps = method(x, target=tgt.to(x.device))
+    if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, h, w):
+        raise ValueError(
+            f"the explainer returned {tuple(getattr(maps, 'shape', ()))}, expected ({n}, {h}, {w})"
+            " maps at the input resolution"
+        )
+    maps = maps.detach().double()
+    pos = maps.clamp_min(0)
+    total = pos.flatten(1).sum(1)
+    peak = maps.flatten(1).argmax(1)
+    rows, cols = peak // w, peak % w
+    if m is not None:
+        inside = (pos * m).flatten(1).sum(1)
+        mass = torch.where(total > 0, inside / total.clamp_min(1e-300), float("nan"))
+        hit = m.flatten(1).gather(1, peak[:, None])[:, 0].double()
+        hit = torch.where(maps.flatten(1).amax(1) > 0, hit, float("nan"))
+        area = m.flatten(1).double().mean(1)
+    else:
+        mass = hit = area = torch.full((n,), float("nan"), dtype=torch.float64)
+    norm = pos / pos.flatten(1).amax(1).clamp_min(1e-300)[:, None, None]
+    has_peak = (maps.flatten(1).amax(1) > 0).cpu()  # an all-zero/negative map has no hot spot
+    cell_r = (rows * grid_size // h).cpu()
+    cell_c = (cols * grid_size // w).cpu()
+    scores = logits.gather(1, tgt.to(logits.device)[:, None])[:, 0].cpu()
+    s = state.samples
+    for i in range(n):
+        c = int(y[i])
+        s["index"].append(start + i)
+        s["label"].append(c)
+        s["prediction"].append(int(pred[i]))
+        s["group"].append(None if g is None else int(g[i]))
+        s["mass_inside"].append(float(mass[i]))
+        s["area_inside"].append(float(area[i]))
+        s["hit"].append(float(hit[i]))
+        s["peak_row"].append(int(rows[i]) if has_peak[i] else -1)
+        s["peak_col"].append(int(cols[i]) if has_peak[i] else -1)
+        if c not in state.map_sums:
+            state.map_sums[c] = torch.zeros(h, w, dtype=torch.float64)
+            state.hotspots[c] = torch.zeros(grid_size, grid_size, dtype=torch.long)
+            state.counts[c] = 0
+            state.worst[c] = []
+        state.map_sums[c] += norm[i].cpu()
+        state.counts[c] += 1
+        if has_peak[i]:
+            state.hotspots[c][cell_r[i], cell_c[i]] += 1
+        badness = -float(mass[i]) if m is not None and not math.isnan(float(mass[i])) else (
+            -float(scores[i]))
+        worst = state.worst[c]
+        if n_worst > 0 and (len(worst) < n_worst or badness > worst[-1]["badness"]):
+            worst.append({
+                "index": start + i, "label": c, "prediction": int(pred[i]),
+                "mass_inside": float(mass[i]), "badness": badness,
+                "image": x[i].detach().cpu().float(), "map": maps[i].cpu().float(),
+                "mask": None if m is None else m[i].cpu(),
+            })  # fmt: skip
+            worst.sort(key=lambda d: -d["badness"])
+            del worst[n_worst:]
+    state.seen += n
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator) -> list[float]:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size < 2 or n_boot < 1:
+        return [float("nan"), float("nan")]
+    means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _summarize(
+    state: _State, config: dict, class_names: Sequence[str] | None,
+    group_names: Sequence[str] | None,
+) -> AuditResult:
+    s = {k: np.asarray(v, dtype=object) for k, v in state.samples.items()}
+    label = s["label"].astype(np.int64)
+    correct = (s["prediction"].astype(np.int64) == label).astype(np.float64)
+    mass = s["mass_inside"].astype(np.float64)
+    hit = s["hit"].astype(np.float64)
+    area = s["area_inside"].astype(np.float64)
+    has_masks = bool(np.isfinite(area).any())
+    config["has_masks"] = has_masks
+    grid, (h, w) = config["grid_size"], state.image_size
+    rng = np.random.default_rng(config["seed"])
+    n_classes = max(max(state.counts) + 1, len(class_names or ()))
+
+    def cname(c: int) -> str:
+        return str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    def gname(gid: Any) -> str:
+        if gid is None:
+            return "all"
+        return str(group_names[gid]) if group_names is not None and gid < len(group_names) else (
+            str(gid))
+
+    def stats(sel: np.ndarray) -> dict:
+        return {"n": int(sel.sum()), "accuracy": float(correct[sel].mean()) if sel.any() else
+                float("nan"), "mass_inside": _nanmean(mass[sel]),
+                "area_inside": _nanmean(area[sel]), "pointing": _nanmean(hit[sel])}
+
+    classes, flags = [], []
+    for c in sorted(state.counts):
+        sel = label == c
+        row = {"class": c, "name": cname(c), **stats(sel)}
+        row["mass_inside_ci"] = _bootstrap(mass[sel], config["n_bootstrap"], rng)
+        counts = state.hotspots[c]
+        order = torch.argsort(counts.flatten(), descending=True, stable=True)[:3]
+        peaks_r = s["peak_row"][sel].astype(np.int64)  # -1: no hot spot (never in a cell)
+        peaks_c = s["peak_col"][sel].astype(np.int64)
+        hits_c = hit[sel]
+        hotspots = []
+        for flat in order.tolist():
+            cnt = int(counts.flatten()[flat])
+            if cnt == 0:
+                break
+            r, q = divmod(flat, grid)
+            box = (math.ceil(r * h / grid), math.ceil(q * w / grid),
+                   math.ceil((r + 1) * h / grid), math.ceil((q + 1) * w / grid))
+            in_cell = (peaks_r * grid // h == r) & (peaks_c * grid // w == q)
+            outside = float(1.0 - np.nanmean(hits_c[in_cell])) if has_masks else float("nan")
+            hotspots.append({"cell": (r, q), "box": box, "share": cnt / state.counts[c],
+                             "outside": outside})
+        row["hotspots"] = hotspots
+        row["flags"] = []
+        if row["n"] >= config["min_samples"]:
+            if has_masks and row["mass_inside"] < min(config["mass_threshold"],
+                                                      row["area_inside"]):
+                row["flags"].append("outside_object")
+                flags.append({"class": c, "name": row["name"], "kind": "outside_object",
+                              "mass_inside": row["mass_inside"], "message": _FLAG_TEXT[
+                                  "outside_object"].format(mass=row["mass_inside"],
+                                                           thr=config["mass_threshold"])})
+            top = hotspots[0] if hotspots else None
+            if top is not None and top["share"] >= config["hotspot_threshold"] and (
+                not has_masks or top["outside"] > 0.5
+            ):
+                row["flags"].append("fixed_location")
+                y0, x0, y1, x1 = top["box"]
+                where = (f"; {top['outside']:.0%} of those peaks are outside the object"
+                         if has_masks else "")
+                flags.append({"class": c, "name": row["name"], "kind": "fixed_location",
+                              "box": top["box"], "share": top["share"], "message": _FLAG_TEXT[
+                                  "fixed_location"].format(share=top["share"], y0=y0, y1=y1 - 1,
+                                                           x0=x0, x1=x1 - 1,
+                                                           thr=config["hotspot_threshold"],
+                                                           where=where)})
+        classes.append(row)
+    group_ids = [v for v in s["group"].tolist()]
+    groups, class_groups = [], []
+    if any(v is not None for v in group_ids):
+        gid = np.asarray([-1 if v is None else v for v in group_ids], dtype=np.int64)
+        for gv in sorted(set(gid.tolist())):
+            sel = gid == gv
+            groups.append({"group": gv, "name": gname(gv), **stats(sel)})
+            for c in sorted(state.counts):
+                both = sel & (label == c)
+                if both.any():
+                    class_groups.append({"class": c, "name": cname(c), "group": gv,
+                                         "group_name": gname(gv), **stats(both)})
+    mean_maps = torch.zeros(n_classes, h, w, dtype=torch.float64)
+    hot = torch.zeros(n_classes, grid, grid, dtype=torch.long)
+    for c, total in state.map_sums.items():
+        mean_maps[c] = total / state.counts[c]
+        hot[c] = state.hotspots[c]
+    worst = {c: [{k: v for k, v in d.items() if k != "badness"} for d in lst]
+             for c, lst in state.worst.items()}
+    return AuditResult(classes, groups, class_groups, flags, dict(state.samples), mean_maps,
+                       hot, worst, config)
