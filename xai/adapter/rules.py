@@ -13,8 +13,8 @@ function returns a new tensor, in-place operations after the module cannot corru
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -83,7 +83,7 @@ class Call:
     module: nn.Module
     input: Tensor
     output: Tensor
-    source: "Call | None" = None
+    source: Call | None = None
     context: dict = field(default_factory=dict)
 
 
