@@ -76,6 +76,8 @@ class GroundTruthSet:
             (the planted patch; all-False on images without it), or ``None``.
         mean, std: per-channel normalization of ``inputs`` (to display them), or ``None``.
         info: how the set was built (sizes, seed, patch box ``(y0, x0, y1, x1)``, ...).
+        backgrounds: ``(N, C, H, W)`` the images before the object was pasted (background-swap
+            set with ``keep_backgrounds=True``), else ``None``.
     """
 
     inputs: Tensor
@@ -88,6 +90,7 @@ class GroundTruthSet:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     info: dict = field(default_factory=dict)
+    backgrounds: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -105,7 +108,7 @@ class GroundTruthSet:
         return GroundTruthSet(
             self.inputs[index], self.labels[index], self.masks[index], self.groups[index],
             list(self.group_names), list(self.class_names), pick(self.shortcut_masks),
-            self.mean, self.std, dict(self.info),
+            self.mean, self.std, dict(self.info), pick(self.backgrounds),
         )  # fmt: skip
 
 
@@ -400,6 +403,7 @@ def background_swap_set(
     size: int = 112,
     object_size: float = 0.55,
     seed: int = 0,
+    keep_backgrounds: bool = False,
     root: str | Path = TUXPAINT_STAMPS,
 ) -> GroundTruthSet:
     """Tux Paint cut-outs pasted on real textures, background correlated with the label.
@@ -425,6 +429,8 @@ def background_swap_set(
         size: image side in pixels (default 112: fast MobileNetV2 features on a CPU).
         object_size: longest side of the pasted stamp as a fraction of ``size``.
         seed: seed of every random choice.
+        keep_backgrounds: also return the textures before pasting (``backgrounds``), e.g. to
+            check that the masks are exact.
         root: Tux Paint stamps folder.
 
     Raises:
@@ -458,12 +464,14 @@ def background_swap_set(
         if not arrays:
             raise ValueError(f"no usable RGBA stamps in {cat!r}")
         stamps.append(arrays)
-    inputs, masks, labels, groups = [], [], [], []
+    inputs, masks, labels, groups, plain = [], [], [], [], []
     side = max(8, int(round(object_size * size)))
     for i in range(n_images):
         label = i % 2
         bg = label if rng.random() < correlation else 1 - label
         canvas = _texture(backgrounds[bg], size, rng)
+        if keep_backgrounds:
+            plain.append(torch.from_numpy(canvas.copy()).permute(2, 0, 1))
         rgba = stamps[label][rng.integers(len(stamps[label]))]
         h, w = rgba.shape[:2]
         scale = side / max(h, w)
@@ -486,6 +494,7 @@ def background_swap_set(
     x = torch.stack(inputs).float()
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
+    kept = ((torch.stack(plain).float() - mean) / std).contiguous() if keep_backgrounds else None
     return GroundTruthSet(
         inputs=((x - mean) / std).contiguous(),
         labels=torch.tensor(labels, dtype=torch.long),
@@ -504,6 +513,7 @@ def background_swap_set(
             "size": size,
             "seed": seed,
         },
+        backgrounds=kept,
     )
 
 
