@@ -50,6 +50,7 @@ def concept_gallery(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
+    title: str | None = None,
 ):
     """The crops with the highest coefficient for each concept (CRAFT figure 1).
 
@@ -62,6 +63,7 @@ def concept_gallery(
         n_crops: crops per concept (default 6).
         mean, std: undo the input normalization (e.g. ``xai.data.IMAGENET_MEAN``/``STD``).
         concept_names: labels (default ``"concept i"``).
+        title: figure title (default names the class).
 
     Returns:
         A ``Figure`` with one row per concept.
@@ -98,7 +100,7 @@ def concept_gallery(
                 spine.set_linewidth(3)
         label = names[int(c)] + ("" if imp is None else f"\nimportance {imp[int(c)]:.3g}")
         axes[row, 0].set_ylabel(label, fontsize=9)
-    fig.suptitle(f"Concepts of class {extractor.target_}: top crops")
+    fig.suptitle(title or f"Concepts of class {extractor.target_}: top crops")
     fig.tight_layout()
     return fig
 
@@ -115,6 +117,7 @@ def concept_overlay(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
+    title: str | None = None,
 ):
     """Where each concept is in one image: a combined panel (a colour per concept) and one
     panel per concept.
@@ -131,6 +134,7 @@ def concept_overlay(
         concepts: explicit concept indices (overrides ``importances``).
         n_concepts: how many concepts when picked by importance (default 5).
         concept_names: labels.
+        title: figure title.
 
     Returns:
         A ``Figure`` with ``1 + len(concepts)`` panels.
@@ -168,7 +172,11 @@ def concept_overlay(
     axes[0].set_title("top concepts", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0, 1, 0.9))
+    else:
+        fig.tight_layout()
     return fig
 
 
@@ -183,6 +191,7 @@ def strategic_cluster_graph(
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     n_thumbnails: int = 12,
+    title: str | None = None,
 ):
     """The strategic cluster graph (holistic paper, section 5), from per-image importances.
 
@@ -199,6 +208,7 @@ def strategic_cluster_graph(
         min_count: images a concept must dominate to get a colour (default 10, the paper's).
         embedding: ``"pca"`` (default), ``"tsne"`` or ``"umap"``.
         n_thumbnails: at most this many thumbnails (default 12).
+        title: axes title (default names the figure).
 
     Returns:
         A ``Figure``.
@@ -230,7 +240,7 @@ def strategic_cluster_graph(
         for i in range(0, len(xy), step)[:n_thumbnails]:
             thumb = OffsetImage(to_image(images[i], mean=mean, std=std), zoom=0.12)
             ax.add_artist(AnnotationBbox(thumb, xy[i], frameon=False))
-    ax.set_title("Strategic cluster graph: images by the concepts that drive them")
+    ax.set_title(title or "Strategic cluster graph: images by the concepts that drive them")
     ax.set_xlabel(f"{embedding} 1")
     ax.set_ylabel(f"{embedding} 2")
     ax.legend(fontsize=8, loc="best")
