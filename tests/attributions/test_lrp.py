@@ -201,9 +201,14 @@ def _zennit_inverted_residual():
     def forward(self, x):
         return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1))
 
+    def head(self, x):  # the functional pooling of MobileNetV2.forward as a module
+        return self.classifier(torch.flatten(self.canonizer_pool(self.features(x)), 1))
+
     def attribute_map(name, module):
         if isinstance(module, InvertedResidual) and module.use_res_connect:
             return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+        if isinstance(module, torchvision.models.MobileNetV2):
+            return {"forward": head.__get__(module), "canonizer_pool": nn.AdaptiveAvgPool2d(1)}
         return None
 
     return AttributeCanonizer(attribute_map)

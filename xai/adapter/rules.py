@@ -308,3 +308,98 @@ def split_residuals(residuals: Sequence[Residual], split: SplitRule) -> Iterator
             forward[spec.shortcut] = state._grab("shortcut")
     with hooks(forward=forward, forward_pre=pre):
         yield
+
+
+# --------------------------------------------------------------------------------------------
+# Functional links: the input of one module is a known function of another module's output
+# (e.g. MobileNetV2's functional `adaptive_avg_pool2d` + `flatten` between features and head).
+# --------------------------------------------------------------------------------------------
+
+LinkRule = Callable[[Tensor, Callable[[Tensor], Tensor], Tensor], Tensor]
+"""``rule(source_output, function, grad_at_sink_input) -> grad_at_source_output``."""
+
+
+@dataclass(frozen=True, eq=False)
+class Link:
+    """``sink``'s input is ``function(source's output)``, computed functionally in between.
+
+    Attributes:
+        source: the module whose output feeds the functional operations.
+        sink: the module that receives their result.
+        function: the functional operations, e.g. ``lambda f: f.mean((2, 3))``; used to check
+            the model (a mismatch raises) and by the backward rule.
+        name: for error messages.
+    """
+
+    source: nn.Module
+    sink: nn.Module
+    function: Callable[[Tensor], Tensor]
+    name: str = ""
+
+
+class _Link(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, source: Tensor, value: Tensor, link: Link,  # type: ignore[override]
+                rule: LinkRule) -> Tensor:
+        ctx.save_for_backward(source)
+        ctx.link = link
+        ctx.rule = rule
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (source,) = ctx.saved_tensors
+        return ctx.rule(source.detach(), ctx.link.function, grad), None, None, None
+
+
+class _LinkState:
+    def __init__(self, link: Link, rule: LinkRule) -> None:
+        self.link = link
+        self.rule = rule
+        self.last: Tensor | None = None
+
+    def grab(self, _module: nn.Module, _args: tuple, output: object):
+        if isinstance(output, Tensor):
+            self.last = output
+            return output.clone()  # later in-place operations act on the copy
+        return None
+
+    def sink(self, _module: nn.Module, args: tuple):
+        source, self.last = self.last, None
+        x = args[0] if args else None
+        if source is None or not isinstance(x, Tensor):
+            raise RuntimeError(
+                f"{self.link.name!r}: the head was called without its features module "
+                "running first; the canonizer does not match this model's forward"
+            )
+        with torch.no_grad():
+            expected = self.link.function(source.detach())
+            tol = 1e-4 * float(expected.abs().max().clamp_min(1.0))
+            if expected.shape != x.shape or float((expected - x.detach()).abs().max()) > tol:
+                raise RuntimeError(
+                    f"{self.link.name!r}: the head's input is not the declared function of "
+                    "the features; the canonizer does not match this model's forward"
+                )
+        if not source.requires_grad:
+            return None
+        return (_Link.apply(source, x.detach().clone(), self.link, self.rule),) + args[1:]
+
+
+@contextlib.contextmanager
+def functional_links(links: Sequence[Link], rule: LinkRule) -> Iterator[None]:
+    """Give functional operations between two modules their own backward ``rule``.
+
+    A forward hook records the source's output; a forward pre-hook on the sink checks that its
+    input is ``function(source output)`` and replaces it by the same value from an autograd
+    node whose backward is ``rule``. Hooks are removed on exit.
+    """
+    forward: dict[nn.Module, Callable] = {}
+    pre: dict[nn.Module, Callable] = {}
+    for link in links:
+        state = _LinkState(link, rule)
+        if link.source in forward or link.sink in pre:
+            raise ValueError(f"module used by two links: {link.name!r}")
+        forward[link.source] = state.grab
+        pre[link.sink] = state.sink
+    with hooks(forward=forward, forward_pre=pre):
+        yield

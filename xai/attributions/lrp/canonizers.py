@@ -32,9 +32,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xai.adapter.rules import Call, Residual
+from xai.adapter.rules import Call, Link, Residual
 from xai.attributions.lrp.rules import LINEAR_TYPES, Pass, parameters
 
 __all__ = [
@@ -55,6 +56,10 @@ class Canonizer:
 
     def residuals(self, model: nn.Module) -> list[Residual]:
         """The residual blocks of ``model`` whose sums this canonizer handles."""
+        return []
+
+    def links(self, model: nn.Module) -> list[Link]:
+        """Functional operations between two modules that need a rule (e.g. pooling)."""
         return []
 
     def on_call(self, call: Call) -> None:
@@ -161,6 +166,9 @@ class _Several(Canonizer):
     def residuals(self, model: nn.Module) -> list[Residual]:
         return [r for part in self.parts for r in part.residuals(model)]
 
+    def links(self, model: nn.Module) -> list[Link]:
+        return [link for part in self.parts for link in part.links(model)]
+
     def on_call(self, call: Call) -> None:
         for part in self.parts:
             part.on_call(call)
@@ -179,9 +187,16 @@ class ResNetCanonizer(_Several):
         ])
 
 
+def _global_average(features: Tensor) -> Tensor:
+    return torch.flatten(F.adaptive_avg_pool2d(features, (1, 1)), 1)
+
+
 class MobileNetV2Canonizer(_Several):
     """torchvision MobileNetV2: the ``x + self.conv(x)`` sum of ``InvertedResidual`` blocks
-    with ``use_res_connect``."""
+    with ``use_res_connect``, and the functional ``adaptive_avg_pool2d`` + ``flatten`` between
+    ``features`` and ``classifier``, which gets the composite's sum rule (a proportional
+    split, as for an ``nn.AdaptiveAvgPool2d`` module) instead of the plain gradient's uniform
+    split (what zennit does without a canonizer for it)."""
 
     def __init__(self) -> None:
         from torchvision.models.mobilenetv2 import InvertedResidual
@@ -190,6 +205,12 @@ class MobileNetV2Canonizer(_Several):
             ResidualCanonizer(InvertedResidual, "conv", None, None,
                               applies=lambda block: bool(block.use_res_connect)),
         ])
+
+    def links(self, model: nn.Module) -> list[Link]:
+        from torchvision.models.mobilenetv2 import MobileNetV2
+
+        return [Link(source=m.features, sink=m.classifier, function=_global_average, name=name)
+                for name, m in model.named_modules() if type(m) is MobileNetV2]
 
 
 def auto_canonizers() -> list[Canonizer]:

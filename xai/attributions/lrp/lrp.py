@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from xai._checks import check_inputs, map_dtype
 from xai._typing import LayerLike, TargetLike
 from xai.adapter import Target, as_target, hooks, preserved
-from xai.adapter.rules import Call, rewired, split_residuals
+from xai.adapter.rules import Call, functional_links, rewired, split_residuals
 from xai.attributions.base import Attribution, reduce_channels, register
 from xai.attributions.lrp.canonizers import (
     Canonizer,
@@ -68,10 +68,10 @@ class LRP(Attribution):
 
     Functional operations inside ``forward`` (``torch.flatten``, ``F.adaptive_avg_pool2d``,
     ``F.relu``) cannot be hooked and see the plain gradient: exact for reshapes and
-    element-wise activations, a uniform (not proportional) split for functional average
-    pooling (MobileNetV2's head, as in zennit). Functional *sums* of tensors are wrong without
-    a canonizer; describe such blocks with
-    :class:`~xai.attributions.lrp.canonizers.ResidualCanonizer`.
+    element-wise activations, but a uniform (not proportional) split for functional average
+    pooling (the ``"auto"`` canonizers route torchvision MobileNetV2's functional head pooling
+    through the sum rule). Functional *sums* of tensors are wrong without a canonizer;
+    describe such blocks with :class:`~xai.attributions.lrp.canonizers.ResidualCanonizer`.
 
     References:
         Bach et al., "On pixel-wise explanations for non-linear classifier decisions by
@@ -134,11 +134,12 @@ class LRP(Attribution):
 
     # machinery ----------------------------------------------------------------------------
     def _plan(self):
-        """Rules per module, residual specs and refusal hooks for unsupported modules."""
+        """Rules per module, residual and link specs, refusal hooks for unsupported modules."""
         model = self.adapter.module
         assigned, unsupported = self.composite.assign(model)
         rules: dict[nn.Module, Rule] = {module: rule for module, rule in assigned.values()}
         residuals = [r for c in self.canonizers for r in c.residuals(model)]
+        links = [link for c in self.canonizers for link in c.links(model)]
         covered = {r.block for r in residuals}
         supported = ", ".join(self.composite.supported_types())
         refuse: dict[nn.Module, object] = {}
@@ -156,10 +157,10 @@ class LRP(Attribution):
                         "forward, which LRP cannot see; pass canonizers='auto' (or a "
                         "ResidualCanonizer describing the block)"
                     )
-        return rules, residuals, refuse
+        return rules, residuals, links, refuse
 
     def _relevance(self, inputs: Tensor, target: Target) -> Tensor:
-        rules, residuals, refuse = self._plan()
+        rules, residuals, links, refuse = self._plan()
         canonizer = _Several(self.canonizers)
 
         def backward(call: Call, relevance: Tensor) -> Tensor:
@@ -176,6 +177,7 @@ class LRP(Attribution):
                 stack.enter_context(hooks(forward=refuse))  # type: ignore[arg-type]
                 stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
                 stack.enter_context(split_residuals(residuals, self.composite.sum_rule.split))
+                stack.enter_context(functional_links(links, self.composite.sum_rule.through))
                 output = self.adapter.forward(x)
                 scores = tgt(output)
                 (grad,) = torch.autograd.grad(scores.sum(), output, retain_graph=True)

@@ -394,6 +394,17 @@ class Norm(Rule):
         return _module_rule(call, relevance,
                             lambda z: [divide(relevance, stabilize(z[0], self.stabilizer))])
 
+    def through(self, inputs: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor
+                ) -> Tensor:
+        """The rule for a parameter-free linear ``function`` applied functionally (e.g. the
+        ``adaptive_avg_pool2d`` + ``flatten`` of MobileNetV2's head)."""
+        with torch.enable_grad():
+            x = inputs.detach().requires_grad_(True)
+            z = function(x)
+            ratio = divide(relevance, stabilize(z.detach(), self.stabilizer))
+            (grad,) = torch.autograd.grad(z, x, grad_outputs=ratio)
+        return inputs * grad
+
     def split(self, branch: Tensor, shortcut: Tensor, relevance: Tensor
               ) -> tuple[Tensor, Tensor]:
         """Relevance of a sum ``branch + shortcut``, split in proportion to the two terms."""
