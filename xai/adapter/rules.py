@@ -8,6 +8,8 @@ function returns a new tensor, in-place operations after the module cannot corru
 * :func:`rewired`: replace the backward pass of chosen modules by arbitrary rules (LRP).
 * :func:`split_residuals`: give the functional residual addition of a block (``out +=
   identity``) its own backward rule, with hooks only (no forward patching).
+* :func:`functional_links`: the same for functional operations between two modules (e.g.
+  MobileNetV2's ``adaptive_avg_pool2d`` + ``flatten`` before its classifier).
 """
 
 from __future__ import annotations
