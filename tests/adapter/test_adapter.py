@@ -266,3 +266,25 @@ def test_grad_cam_on_a_vit_with_register_tokens():
     assert all(torch.equal(v, state[k]) for k, v in vit.state_dict().items())
     with pytest.warns(UserWarning, match="zero everywhere"):
         GradCAM(vit, "blocks.1.linear2", reshape="vit")(x, target=0)  # patch tokens unused
+
+
+def test_no_memory_retained_across_repeated_calls():
+    """Bug class from pytorch-grad-cam#132 / torch-cam#197: hooks or graphs kept alive."""
+    import gc
+    import weakref
+
+    net = seeded(TinyConvNet())
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    method = GradCAM(net, "features")
+    seen = []
+    for _ in range(20):
+        maps = method(x, target=1)
+        assert maps.grad_fn is None and not maps.requires_grad
+        seen.append(weakref.ref(maps))
+        del maps
+    gc.collect()
+    assert all(ref() is None for ref in seen)  # no map kept alive by a hook or a graph
+    explainer = weakref.ref(method)
+    del method
+    gc.collect()
+    assert explainer() is None and hook_count(net) == 0
