@@ -640,8 +640,8 @@ class Infidelity(ExplanationMetric):
     first rescaled by the least-squares factor
     :math:`\beta = \mathbb{E}[I^\top\phi\,\Delta f] / \mathbb{E}[(I^\top\phi)^2]` (0 when the
     denominator is 0), which makes the score invariant to the map's scale (captum's
-    ``normalize``). Lower is better; the exact explanation ``W * 1`` of a linear model
-    ``f(x) = W x`` scores 0 for any perturbation.
+    ``normalize``). Lower is better; for a one-channel linear model ``f(x) = sum W x`` the map
+    ``W`` scores 0 for any perturbation (``2 W`` too once normalized).
 
     Matches ``captum.metrics.infidelity(forward, perturb_func, inputs, maps[:, None]
     .expand_as(inputs), target=..., n_perturb_samples=n_samples, normalize=...)`` when
