@@ -186,7 +186,8 @@ class LayerAttribution(Attribution):
         reshape: how to turn token outputs into grids (``"vit"``, ``"swin"`` or a callable).
         upsample: return maps at the input resolution (bilinear); ``False`` returns the
             layer-resolution map ``(B, h, w)`` (one layer only).
-        fusion: ``"mean"`` (pytorch-grad-cam), ``"max"`` (torch-cam) or ``"product"``.
+        fusion: ``"mean"`` (pytorch-grad-cam), ``"max"`` (torch-cam), ``"product"`` or
+            ``"geometric_mean"``; see :func:`fuse_maps`.
         **kwargs: ``batch_size``, ``seed``, ``progress`` (see :class:`Attribution`).
     """
 
@@ -214,8 +215,8 @@ class LayerAttribution(Attribution):
         if not layers:
             raise ValueError("layer must name at least one layer")
         self.layers = [self.adapter.resolve(item)[0] for item in layers]
-        if fusion not in ("mean", "max", "product"):
-            raise ValueError(f"fusion must be 'mean', 'max' or 'product', got {fusion!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         if not upsample and len(self.layers) > 1:
             raise ValueError(
                 "upsample=False returns a layer-resolution map, which needs a single layer; "
@@ -255,17 +256,41 @@ class LayerAttribution(Attribution):
     ) -> Tensor:
         """Map ``(B, h, w)`` of one layer from its activations ``(B, K, h, w)`` and gradients."""
 
+    layer_weights: Tensor | None = None
+    """Per-layer weights for ``"mean"``/``"geometric_mean"`` fusion (``None``: uniform)."""
+
     def _fuse(self, maps: dict[str, Tensor], inputs: Tensor) -> Tensor:
         size = tuple(inputs.shape[-2:])
         if len(maps) == 1:
             (only,) = maps.values()
             return upsample(only, size) if self.upsample else only
         stack = torch.stack([normalize_per_sample(upsample(m, size)) for m in maps.values()])
-        if self.fusion == "mean":
-            return stack.mean(0)
-        if self.fusion == "max":
-            return stack.max(0).values
+        return fuse_maps(stack, self.fusion, self.layer_weights)
+
+
+FUSIONS = ("mean", "max", "product", "geometric_mean")
+
+
+def fuse_maps(stack: Tensor, fusion: str, weights: Tensor | None = None) -> Tensor:
+    """Combine per-layer maps ``(L, B, H, W)`` (each normalized to [0, 1]) into ``(B, H, W)``.
+
+    ``"mean"`` (pytorch-grad-cam) and ``"geometric_mean"`` (NormGrad's TorchRay code) use
+    ``weights`` (``(L,)``, normalized to sum 1; uniform when ``None``); ``"max"`` is torch-cam's
+    element-wise max; ``"product"`` the NormGrad authors' standalone code.
+    """
+    if fusion == "product":
         return stack.prod(0)
+    if fusion == "max":
+        return stack.amax(0)
+    n = stack.shape[0]
+    w = weights if weights is not None else torch.ones(n)
+    w = (w / w.sum()).to(stack).view(n, *([1] * (stack.dim() - 1)))
+    if fusion == "mean":
+        return (w * stack).sum(0)
+    if fusion == "geometric_mean":
+        # 0 ** 0 = 1, so a zero-weight layer does not zero the result
+        return stack.pow(w).prod(0)
+    raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
 
 
 Reduction = Callable[[Tensor], Tensor]

@@ -65,13 +65,7 @@ from torch import Tensor, nn
 from xai._typing import LayerLike
 from xai.adapter import Target
 from xai.adapter.capture import warn_if_zero
-from xai.attributions.base import (
-    Attribution,
-    LayerAttribution,
-    normalize_per_sample,
-    register,
-    upsample,
-)
+from xai.attributions.base import FUSIONS, Attribution, LayerAttribution, register
 
 __all__ = [
     "MetaSaliency",
@@ -85,7 +79,7 @@ __all__ = [
 
 VIRTUAL_LAYERS = ("bias", "scaling", "conv1x1", "conv3x3", "conv3x3_depthwise", "proper")
 AGGREGATIONS = ("norm", "sum", "selective", "max", "max_abs")
-FUSIONS = ("product", "geometric_mean", "mean", "max")
+
 
 PRESETS: dict[str, dict[str, object]] = {
     "gradient": {"virtual_layer": "bias", "aggregation": "max_abs"},
@@ -459,24 +453,6 @@ class SpatialContribution(LayerAttribution):
 
     def _layer_map(self, activations, gradients, inputs, target, outputs):  # pragma: no cover
         raise NotImplementedError("SpatialContribution computes its maps in _attribute")
-
-    def _fuse(self, maps: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        size = tuple(inputs.shape[-2:])
-        if len(maps) == 1:
-            (only,) = maps.values()
-            return upsample(only, size) if self.upsample else only
-        stack = torch.stack([normalize_per_sample(upsample(m, size)) for m in maps.values()])
-        if self.fusion == "product":
-            return stack.prod(0)
-        if self.fusion == "max":
-            return stack.amax(0)
-        n = stack.shape[0]
-        w = self.layer_weights if self.layer_weights is not None else torch.ones(n)
-        w = (w / w.sum()).to(stack).view(n, *([1] * (stack.dim() - 1)))
-        if self.fusion == "mean":
-            return (w * stack).sum(0)
-        # geometric mean; 0 ** 0 = 1, so a zero-weight layer does not zero the result
-        return stack.pow(w).prod(0)
 
 
 @register
