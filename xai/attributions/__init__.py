@@ -17,18 +17,6 @@ from xai.attributions.base import (
     register,
     upsample,
 )
-from xai.attributions.cam import (
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    GuidedGradCAM,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from xai.attributions.gradients import IntegratedGradients, Occlusion, Saliency, SmoothGrad
-
 __all__ = [
     "Attribution",
     "LayerAttribution",

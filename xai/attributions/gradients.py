@@ -158,7 +158,6 @@ class SmoothGrad(_CaptumAttribution):
     def _channels(self, inputs, forward, rows):
         from captum.attr import Saliency as _Saliency
 
-        b = inputs.shape[0]
         with torch.no_grad():
             noisy = (inputs[None] + self.noise(inputs)).flatten(0, 1)  # row r: sample r % b
         all_rows = rows.repeat(self.n_samples)
