@@ -95,7 +95,7 @@ def test_stability_and_sparsity_metrics():
     bank = planted_bank(k=4, channels=16)
     perm = torch.tensor([2, 0, 3, 1])
     assert stability(bank, bank[perm]) == pytest.approx(1.0)
-    idx, cos = match_concepts(bank, bank[perm])
+    idx, _ = match_concepts(bank, bank[perm])
     torch.testing.assert_close(bank[perm][idx], bank)
     assert sparsity(torch.tensor([[0.0, 1.0], [0.0, 0.0]])) == pytest.approx(0.75)
     gen = torch.Generator().manual_seed(0)

@@ -59,9 +59,9 @@ def test_h_of_g_is_the_model():
 def test_hooks_removed_after_an_exception():
     model = seeded(RaisingNet())
     model.trap.armed = True
-    with pytest.raises(RuntimeError, match="boom"):
-        with replace_output(model, "features", torch.zeros(1, 8, 8, 8, dtype=torch.float64)):
-            model(torch.zeros(1, 3, 16, 16, dtype=torch.float64))
+    acts = torch.zeros(1, 8, 8, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="boom"), replace_output(model, "features", acts):
+        model(torch.zeros(1, 3, 16, 16, dtype=torch.float64))
     assert hook_count(model) == 0
 
 

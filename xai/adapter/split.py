@@ -17,7 +17,7 @@ Used by concept extraction (CRAFT, Fel et al., CVPR 2023), where ``A = g(x)`` is
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn

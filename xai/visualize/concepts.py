@@ -13,7 +13,8 @@ All return a ``matplotlib.figure.Figure`` (nothing is shown); save with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
