@@ -162,14 +162,17 @@ class Flat(nn.Module):
 class Linear(PlantedNet):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Identity()
+        self.features = nn.Sequential(nn.Identity(), nn.ReLU())
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
 
 
 def test_errors():
     bank = planted_bank()
     x = planted_images(bank, n=2)
-    with pytest.raises(ValueError, match="negative activations.*ReLU"):
-        ConceptExtractor(Linear(), "features", n_concepts=2, patches="positions").fit(x - 0.5)
+    with pytest.raises(ValueError, match="negative activations.*layer='features.1'"):
+        ConceptExtractor(Linear(), "features.0", n_concepts=2, patches="positions").fit(x - 0.5)
     with pytest.raises(ValueError, match="activation rows for n_concepts=50"):
         ConceptExtractor(PlantedNet(), "features", n_concepts=50, patches="positions").fit(x)
     with pytest.raises(ValueError, match="channel axis"):

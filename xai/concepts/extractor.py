@@ -231,12 +231,22 @@ class ConceptExtractor:
             rows.append(_rows(acts, self.layer).mean((1, 2)))
         return torch.cat(rows), boxes
 
+    def _next_nonnegative_layer(self) -> str | None:
+        """The first ReLU-like module registered after the layer (a suggestion for NMF)."""
+        names = [n for n, _ in self.adapter.module.named_modules()]
+        after = names[names.index(self.layer) + 1 :] if self.layer in names else []
+        modules = dict(self.adapter.module.named_modules())
+        kinds = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+        return next((n for n in after if isinstance(modules[n], kinds)), None)
+
     def _check_activations(self, acts: Tensor, factorizer: Factorizer) -> None:
         if getattr(factorizer, "requires_nonnegative", False) and bool((acts < 0).any()):
+            candidate = self._next_nonnegative_layer()
+            hint = f"e.g. layer={candidate!r}, " if candidate else ""
             raise ValueError(
                 f"layer {self.layer!r} has negative activations (min {float(acts.min()):.3g}), "
-                "which NMF cannot factorize; use the output of a ReLU/ReLU6 (e.g. the end of a "
-                "block: 'features.18' for MobileNetV2, 'layer4' for a ResNet) or "
+                f"which NMF cannot factorize; use the output of a ReLU/ReLU6 ({hint}the end of "
+                "a block: 'features.18' for MobileNetV2, 'layer4' for a ResNet) or "
                 "factorizer='pca'/'ica'/'dictionary'"
             )
         if acts.shape[0] < self.n_concepts:
