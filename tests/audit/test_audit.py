@@ -210,3 +210,21 @@ def test_bad_model_and_report_arguments(tmp_path):
                    progress=False)
     with pytest.raises(ValueError, match="'html' or 'markdown'"):
         write_report(result, tmp_path, format="pdf")
+
+
+@needs_fmnist
+def test_concepts_of_the_flagged_class(planted, tmp_path):
+    test = planted["test"]
+    result = audit(planted["shortcut"], test, class_names=test.class_names, concepts=3,
+                   concept_layer="features", progress=False)
+    assert list(result.concepts) == result.flagged_classes == [SHIRT]
+    rows = result.concepts[SHIRT]
+    assert len(rows) == 3
+    assert [r["importance"] for r in rows] == sorted((r["importance"] for r in rows),
+                                                     reverse=True)
+    # one of the shirt's concepts lives where the patch is
+    assert any(_overlap(r["box"], test.info["patch_box"]) for r in rows)
+    text = write_report(result, tmp_path)["report"].read_text()
+    assert "Concepts of the audited classes" in text
+    with pytest.raises(ValueError, match="concept_layer"):
+        audit(planted["shortcut"], test, concepts=2, progress=False)

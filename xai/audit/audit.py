@@ -71,6 +71,10 @@ class AuditResult:
             ``(C, H, W)``, ``map`` ``(H, W)``, ``mask`` ``(H, W)`` or None, ``label``,
             ``prediction``, ``mass_inside``.
         config: the audit's settings.
+        concepts: class -> the class's concepts (``audit(..., concepts=K)``), most important
+            first: ``concept`` (index), ``importance`` (Sobol total index, CRAFT),
+            ``mass_inside`` (share of the concept's map inside the object mask), ``peak_cell``
+            and ``box`` (where its mean map peaks).
     """
 
     classes: list[dict]
@@ -82,6 +86,7 @@ class AuditResult:
     hotspot_counts: Tensor
     worst: dict[int, list[dict]]
     config: dict = field(default_factory=dict)
+    concepts: dict[int, list[dict]] = field(default_factory=dict)
 
     @property
     def flagged_classes(self) -> list[int]:
@@ -99,6 +104,7 @@ class AuditResult:
             "flags": self.flags,
             "samples": self.samples,
             "hotspot_counts": self.hotspot_counts.tolist(),
+            "concepts": self.concepts,
             "worst": {
                 str(k): [{kk: vv for kk, vv in w.items() if kk not in ("image", "map", "mask")}
                          for w in v]
@@ -221,6 +227,8 @@ class _State:
         self.hotspots: dict[int, Tensor] = {}
         self.worst: dict[int, list[dict]] = {}
         self.image_size: tuple[int, int] | None = None
+        self.concept_inputs: dict[int, list[Tensor]] = {}
+        self.concept_masks: dict[int, list[Tensor]] = {}
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -265,6 +273,10 @@ def audit(
     seed: int = 0,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 10,
+    concepts: int = 0,
+    concept_layer: LayerLike | None = None,
+    concept_classes: str | Sequence[int] = "flagged",
+    concept_images: int = 32,
     progress: bool = True,
 ) -> AuditResult:
     """Audit where ``model``'s attributions fall over a dataset, per class and per group.
@@ -303,6 +315,12 @@ def audit(
         checkpoint: a file to save the running state to; an existing one is resumed (its
             batches are skipped: the data must come in the same order).
         checkpoint_every: save every this many batches (and at the end).
+        concepts: number of concepts per class to extract with
+            :class:`xai.concepts.ConceptExtractor` (CRAFT; NMF on ``concept_layer``
+            activations at every position, Sobol importance); 0 (default) skips this step.
+        concept_layer: the layer to factorize (non-negative activations; default ``layer``).
+        concept_classes: ``"flagged"`` (default), ``"all"`` or a list of class indices.
+        concept_images: the first images of each class kept for the concepts (memory bound).
         progress: show a ``tqdm`` progress bar.
 
     Returns:
@@ -327,6 +345,10 @@ def audit(
         if not 0.0 < value <= 1.0:
             raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     method = _resolve_explainer(model, explainer, layer)
+    if not isinstance(concepts, int) or concepts < 0:
+        raise ValueError(f"concepts must be an int >= 0, got {concepts!r}")
+    if concepts and (concept_layer or layer) is None:
+        raise ValueError("concepts need a layer to factorize: pass concept_layer='...'")
     batches, total = _stream(data, labels, masks, groups, batch_size)
     state = _State()
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -350,7 +372,8 @@ def audit(
                 "batch_size and data order"
             )
         _process(method, model, x.to(device), y, _as_tensor(m, "masks"), _as_tensor(g, "groups"),
-                 position, state, grid_size, n_worst, target)  # fmt: skip
+                 position, state, grid_size, n_worst, target,
+                 concept_images if concepts else 0)  # fmt: skip
         position += n
         n_batches += 1
         bar.update(n)
@@ -369,12 +392,66 @@ def audit(
         "n_images": state.seen, "image_size": state.image_size, "has_masks": None,
         "n_bootstrap": n_bootstrap, "seed": seed,
     }  # fmt: skip
-    return _summarize(state, config, class_names, group_names)
+    result = _summarize(state, config, class_names, group_names)
+    if concepts:
+        result.concepts = _concepts(model, state, result, concepts, concept_layer or layer,
+                                    concept_classes, seed, progress)
+        for row in result.classes:
+            row["concepts"] = result.concepts.get(row["class"], [])
+        config.update(concepts=concepts, concept_layer=str(concept_layer or layer))
+    return result
+
+
+def _concepts(
+    model: nn.Module, state: _State, result: AuditResult, n_concepts: int, layer: LayerLike,
+    which: str | Sequence[int], seed: int, progress: bool,
+) -> dict[int, list[dict]]:
+    """Per class: the ``n_concepts`` CRAFT concepts, their importance and where they are."""
+    try:
+        from xai.concepts import ConceptExtractor
+    except ImportError as err:  # pragma: no cover - concepts are part of the package
+        raise ValueError(f"concepts need xai.concepts ({err})") from None
+    if which == "flagged":
+        classes = result.flagged_classes
+    elif which == "all":
+        classes = sorted(state.concept_inputs)
+    else:
+        classes = [int(c) for c in which]
+    grid = result.config["grid_size"]
+    h, w = state.image_size
+    out: dict[int, list[dict]] = {}
+    for c in classes:
+        if c not in state.concept_inputs:
+            continue
+        x = torch.cat(state.concept_inputs[c])
+        masks = state.concept_masks.get(c)
+        extractor = ConceptExtractor(model, layer, n_concepts=n_concepts, patches="positions",
+                                     seed=seed, progress=progress).fit(x, c)
+        importance = extractor.importance().double()
+        maps = extractor.concept_maps(x).double().clamp_min(0)  # (B, K, H, W)
+        mean_map = maps.mean(0)
+        rows = []
+        for k in torch.argsort(importance, descending=True).tolist():
+            flat = int(mean_map[k].flatten().argmax())
+            r, q = (flat // w) * grid // h, (flat % w) * grid // w
+            inside = float("nan")
+            if masks is not None:
+                m = torch.cat(masks)[:, None].double()
+                tot = maps[:, k].flatten(1).sum(1)
+                share = (maps[:, k : k + 1] * m).flatten(1).sum(1) / tot.clamp_min(1e-300)
+                inside = float(share[tot > 0].mean()) if (tot > 0).any() else float("nan")
+            rows.append({"concept": k, "importance": float(importance[k]),
+                         "mass_inside": inside, "peak_cell": (r, q),
+                         "box": (math.ceil(r * h / grid), math.ceil(q * w / grid),
+                                 math.ceil((r + 1) * h / grid), math.ceil((q + 1) * w / grid))})
+        out[c] = rows
+    return out
 
 
 def _process(
     method: Any, model: nn.Module, x: Tensor, y: Tensor, m: Tensor | None, g: Tensor | None,
     start: int, state: _State, grid_size: int, n_worst: int, target: str,
+    keep_for_concepts: int = 0,
 ) -> None:
     from xai.adapter import preserved
 
@@ -448,6 +525,11 @@ def _process(
             state.counts[c] = 0
             state.worst[c] = []
         state.map_sums[c] += norm[i].cpu()
+        kept = state.concept_inputs.setdefault(c, [])
+        if sum(len(t) for t in kept) < keep_for_concepts:
+            kept.append(x[i : i + 1].detach().cpu())
+            if m is not None:
+                state.concept_masks.setdefault(c, []).append(m[i : i + 1].cpu())
         state.counts[c] += 1
         if has_peak[i]:
             state.hotspots[c][cell_r[i], cell_c[i]] += 1

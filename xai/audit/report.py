@@ -23,7 +23,7 @@ from xai.audit.audit import AuditResult
 __all__ = ["figures", "write_report"]
 
 _CLASS_COLUMNS = ("class", "name", "n", "accuracy", "mass_inside", "mass_inside_ci",
-                  "area_inside", "pointing", "hotspots", "flags")
+                  "area_inside", "pointing", "hotspots", "flags")  # concepts: own table
 _GROUP_COLUMNS = ("group", "name", "n", "accuracy", "mass_inside", "area_inside", "pointing")
 _CG_COLUMNS = ("class", "name", "group", "group_name", "n", "accuracy", "mass_inside",
                "pointing")
@@ -137,6 +137,15 @@ def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+_CONCEPT_COLUMNS = ("class", "name", "concept", "importance", "mass_inside", "box")
+
+
+def _concept_rows(result: AuditResult) -> list[dict]:
+    names = {r["class"]: r["name"] for r in result.classes}
+    return [{"class": c, "name": names.get(c, str(c)), **row}
+            for c, rows in sorted(result.concepts.items()) for row in rows]
+
+
 _CAPTIONS = {
     "mass_inside": "Share of positive relevance inside the object mask per class (bars) and "
     "the mask's area share, what a uniform map scores (black ticks).",
@@ -202,6 +211,9 @@ def write_report(
         if result.groups:
             parts += ["<h2>Per group</h2>", _html_table(result.groups, _GROUP_COLUMNS),
                       "<h2>Per class and group</h2>", _html_table(result.class_groups, _CG_COLUMNS)]
+        if result.concepts:
+            parts += ["<h2>Concepts of the audited classes</h2>",
+                      _html_table(_concept_rows(result), _CONCEPT_COLUMNS)]
         parts.append("<h2>Figures</h2>")
         for key in order:
             if key in images:
@@ -218,6 +230,9 @@ def write_report(
             parts += ["## Per group", "", _md_table(result.groups, _GROUP_COLUMNS), "",
                       "## Per class and group", "", _md_table(result.class_groups, _CG_COLUMNS),
                       ""]
+        if result.concepts:
+            parts += ["## Concepts of the audited classes", "",
+                      _md_table(_concept_rows(result), _CONCEPT_COLUMNS), ""]
         parts += ["## Figures", ""]
         for key in order:
             if key in images:
