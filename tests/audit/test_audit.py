@@ -46,8 +46,14 @@ def planted(one_thread):
 @pytest.fixture(scope="module")
 def results(planted):
     test = planted["test"]
-    kw = dict(labels=test.labels, masks=test.masks, groups=test.groups,
-              class_names=test.class_names, group_names=test.group_names, progress=False)
+    kw = {
+        "labels": test.labels,
+        "masks": test.masks,
+        "groups": test.groups,
+        "class_names": test.class_names,
+        "group_names": test.group_names,
+        "progress": False,
+    }
     return {k: audit(planted[k], test.inputs, **kw) for k in ("shortcut", "clean")}
 
 
@@ -116,15 +122,28 @@ def test_tables_match_a_direct_computation(results, planted):
 def test_dataset_loader_and_resume_agree_with_tensors(planted, tmp_path):
     test = planted["test"].subset(slice(0, 200))
     model = planted["shortcut"]
-    ref = audit(model, test.inputs, labels=test.labels, masks=test.masks, groups=test.groups,
-                batch_size=50, progress=False)
+    ref = audit(
+        model,
+        test.inputs,
+        labels=test.labels,
+        masks=test.masks,
+        groups=test.groups,
+        batch_size=50,
+        progress=False,
+    )
     from_set = audit(model, test, batch_size=50, progress=False)
     loader = torch.utils.data.DataLoader(test, batch_size=50)
     from_loader = audit(model, loader, progress=False)
     assert from_set.samples == ref.samples == from_loader.samples
     ckpt = tmp_path / "state.pt"
-    audit(model, test.subset(slice(0, 100)), batch_size=50, checkpoint=ckpt,
-          checkpoint_every=1, progress=False)
+    audit(
+        model,
+        test.subset(slice(0, 100)),
+        batch_size=50,
+        checkpoint=ckpt,
+        checkpoint_every=1,
+        progress=False,
+    )
     resumed = audit(model, test, batch_size=50, checkpoint=ckpt, progress=False)
     assert resumed.samples == ref.samples
     torch.testing.assert_close(resumed.mean_maps, ref.mean_maps)
@@ -138,8 +157,9 @@ def test_report_files_exist_and_parse(results, tmp_path, fmt):
     assert paths["report"].is_file() and paths["json"].is_file()
     data = json.loads(paths["json"].read_text())
     assert [f["class"] for f in data["flags"]] == [f["class"] for f in result.flags]
-    assert len(data["classes"]) == 10 and len(data["samples"]["index"]) == len(result.samples[
-        "index"])
+    assert len(data["classes"]) == 10 and len(data["samples"]["index"]) == len(
+        result.samples["index"]
+    )
     text = paths["report"].read_text()
     assert ("<table" in text) if fmt == "html" else ("| class | name |" in text)
     for row in result.classes:
@@ -152,8 +172,9 @@ def test_report_files_exist_and_parse(results, tmp_path, fmt):
 
 
 def _tiny():
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(),
-                               torch.nn.Linear(2 * 8 * 8, 3))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 3)
+    )
 
 
 def test_no_masks_no_groups_and_model_untouched():
@@ -171,27 +192,78 @@ def test_no_masks_no_groups_and_model_untouched():
 @pytest.mark.parametrize(
     "kwargs, error, fragment",
     [
-        (dict(data=torch.rand(4, 8, 8), labels=torch.zeros(4, dtype=torch.long)), ValueError,
-         "(B, C, H, W)"),
-        (dict(data=torch.rand(4, 1, 8, 8)), ValueError, "labels="),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(3, dtype=torch.long)), ValueError,
-         "rows"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              masks=torch.ones(4, 7, 7)), ValueError, "masks of shape"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              explainer=3), TypeError, "registry name"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              explainer="grad_cma"), ValueError, "grad_cam"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              target="truth"), ValueError, "'label' or 'prediction'"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              batch_size=0), ValueError, "batch_size"),
-        (dict(data=torch.rand(4, 1, 8, 8), labels=torch.zeros(4, dtype=torch.long),
-              mass_threshold=1.5), ValueError, "mass_threshold"),
-        (dict(data=[1, 2, 3], labels=None), ValueError, "(inputs, labels"),
-        (dict(data=42), TypeError, "data must be"),
-        (dict(data=torch.rand(0, 1, 8, 8), labels=torch.zeros(0, dtype=torch.long)), ValueError,
-         "empty"),
+        (
+            {"data": torch.rand(4, 8, 8), "labels": torch.zeros(4, dtype=torch.long)},
+            ValueError,
+            "(B, C, H, W)",
+        ),
+        ({"data": torch.rand(4, 1, 8, 8)}, ValueError, "labels="),
+        (
+            {"data": torch.rand(4, 1, 8, 8), "labels": torch.zeros(3, dtype=torch.long)},
+            ValueError,
+            "rows",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "masks": torch.ones(4, 7, 7),
+            },
+            ValueError,
+            "masks of shape",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "explainer": 3,
+            },
+            TypeError,
+            "registry name",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "explainer": "grad_cma",
+            },
+            ValueError,
+            "grad_cam",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "target": "truth",
+            },
+            ValueError,
+            "'label' or 'prediction'",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "batch_size": 0,
+            },
+            ValueError,
+            "batch_size",
+        ),
+        (
+            {
+                "data": torch.rand(4, 1, 8, 8),
+                "labels": torch.zeros(4, dtype=torch.long),
+                "mass_threshold": 1.5,
+            },
+            ValueError,
+            "mass_threshold",
+        ),
+        ({"data": [1, 2, 3], "labels": None}, ValueError, "(inputs, labels"),
+        ({"data": 42}, TypeError, "data must be"),
+        (
+            {"data": torch.rand(0, 1, 8, 8), "labels": torch.zeros(0, dtype=torch.long)},
+            ValueError,
+            "empty",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, error, fragment):
@@ -206,8 +278,9 @@ def test_bad_model_and_report_arguments(tmp_path):
         audit("model", torch.rand(2, 1, 8, 8), labels=torch.zeros(2, dtype=torch.long))
     with pytest.raises(TypeError, match="AuditResult"):
         write_report({"flags": []}, tmp_path)
-    result = audit(_tiny(), torch.rand(3, 1, 8, 8), labels=torch.zeros(3, dtype=torch.long),
-                   progress=False)
+    result = audit(
+        _tiny(), torch.rand(3, 1, 8, 8), labels=torch.zeros(3, dtype=torch.long), progress=False
+    )
     with pytest.raises(ValueError, match="'html' or 'markdown'"):
         write_report(result, tmp_path, format="pdf")
 
@@ -215,13 +288,18 @@ def test_bad_model_and_report_arguments(tmp_path):
 @needs_fmnist
 def test_concepts_of_the_flagged_class(planted, tmp_path):
     test = planted["test"]
-    result = audit(planted["shortcut"], test, class_names=test.class_names, concepts=3,
-                   concept_layer="features", progress=False)
+    result = audit(
+        planted["shortcut"],
+        test,
+        class_names=test.class_names,
+        concepts=3,
+        concept_layer="features",
+        progress=False,
+    )
     assert list(result.concepts) == result.flagged_classes == [SHIRT]
     rows = result.concepts[SHIRT]
     assert len(rows) == 3
-    assert [r["importance"] for r in rows] == sorted((r["importance"] for r in rows),
-                                                     reverse=True)
+    assert [r["importance"] for r in rows] == sorted((r["importance"] for r in rows), reverse=True)
     # one of the shirt's concepts lives where the patch is
     assert any(_overlap(r["box"], test.info["patch_box"]) for r in rows)
     text = write_report(result, tmp_path)["report"].read_text()

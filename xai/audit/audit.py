@@ -26,9 +26,10 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -336,12 +337,17 @@ def audit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if target not in ("label", "prediction"):
         raise ValueError(f"target must be 'label' or 'prediction', got {target!r}")
-    for name, value in (("batch_size", batch_size), ("grid_size", grid_size),
-                        ("checkpoint_every", checkpoint_every)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("grid_size", grid_size),
+        ("checkpoint_every", checkpoint_every),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("mass_threshold", mass_threshold),
-                        ("hotspot_threshold", hotspot_threshold)):
+    for name, value in (
+        ("mass_threshold", mass_threshold),
+        ("hotspot_threshold", hotspot_threshold),
+    ):
         if not 0.0 < value <= 1.0:
             raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     method = _resolve_explainer(model, explainer, layer)
@@ -394,8 +400,9 @@ def audit(
     }  # fmt: skip
     result = _summarize(state, config, class_names, group_names)
     if concepts:
-        result.concepts = _concepts(model, state, result, concepts, concept_layer or layer,
-                                    concept_classes, seed, progress)
+        result.concepts = _concepts(
+            model, state, result, concepts, concept_layer or layer, concept_classes, seed, progress
+        )
         for row in result.classes:
             row["concepts"] = result.concepts.get(row["class"], [])
         config.update(concepts=concepts, concept_layer=str(concept_layer or layer))
@@ -403,8 +410,14 @@ def audit(
 
 
 def _concepts(
-    model: nn.Module, state: _State, result: AuditResult, n_concepts: int, layer: LayerLike,
-    which: str | Sequence[int], seed: int, progress: bool,
+    model: nn.Module,
+    state: _State,
+    result: AuditResult,
+    n_concepts: int,
+    layer: LayerLike,
+    which: str | Sequence[int],
+    seed: int,
+    progress: bool,
 ) -> dict[int, list[dict]]:
     """Per class: the ``n_concepts`` CRAFT concepts, their importance and where they are."""
     try:
@@ -425,8 +438,9 @@ def _concepts(
             continue
         x = torch.cat(state.concept_inputs[c])
         masks = state.concept_masks.get(c)
-        extractor = ConceptExtractor(model, layer, n_concepts=n_concepts, patches="positions",
-                                     seed=seed, progress=progress).fit(x, c)
+        extractor = ConceptExtractor(
+            model, layer, n_concepts=n_concepts, patches="positions", seed=seed, progress=progress
+        ).fit(x, c)
         importance = extractor.importance().double()
         maps = extractor.concept_maps(x).double().clamp_min(0)  # (B, K, H, W)
         mean_map = maps.mean(0)
@@ -440,17 +454,36 @@ def _concepts(
                 tot = maps[:, k].flatten(1).sum(1)
                 share = (maps[:, k : k + 1] * m).flatten(1).sum(1) / tot.clamp_min(1e-300)
                 inside = float(share[tot > 0].mean()) if (tot > 0).any() else float("nan")
-            rows.append({"concept": k, "importance": float(importance[k]),
-                         "mass_inside": inside, "peak_cell": (r, q),
-                         "box": (math.ceil(r * h / grid), math.ceil(q * w / grid),
-                                 math.ceil((r + 1) * h / grid), math.ceil((q + 1) * w / grid))})
+            rows.append(
+                {
+                    "concept": k,
+                    "importance": float(importance[k]),
+                    "mass_inside": inside,
+                    "peak_cell": (r, q),
+                    "box": (
+                        math.ceil(r * h / grid),
+                        math.ceil(q * w / grid),
+                        math.ceil((r + 1) * h / grid),
+                        math.ceil((q + 1) * w / grid),
+                    ),
+                }
+            )
         out[c] = rows
     return out
 
 
 def _process(
-    method: Any, model: nn.Module, x: Tensor, y: Tensor, m: Tensor | None, g: Tensor | None,
-    start: int, state: _State, grid_size: int, n_worst: int, target: str,
+    method: Any,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    m: Tensor | None,
+    g: Tensor | None,
+    start: int,
+    state: _State,
+    grid_size: int,
+    n_worst: int,
+    target: str,
     keep_for_concepts: int = 0,
 ) -> None:
     from xai.adapter import preserved
@@ -533,8 +566,11 @@ def _process(
         state.counts[c] += 1
         if has_peak[i]:
             state.hotspots[c][cell_r[i], cell_c[i]] += 1
-        badness = -float(mass[i]) if m is not None and not math.isnan(float(mass[i])) else (
-            -float(scores[i]))
+        badness = (
+            -float(mass[i])
+            if m is not None and not math.isnan(float(mass[i]))
+            else (-float(scores[i]))
+        )
         worst = state.worst[c]
         if n_worst > 0 and (len(worst) < n_worst or badness > worst[-1]["badness"]):
             worst.append({
@@ -564,7 +600,9 @@ def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator) -
 
 
 def _summarize(
-    state: _State, config: dict, class_names: Sequence[str] | None,
+    state: _State,
+    config: dict,
+    class_names: Sequence[str] | None,
     group_names: Sequence[str] | None,
 ) -> AuditResult:
     s = {k: np.asarray(v, dtype=object) for k, v in state.samples.items()}
@@ -585,13 +623,20 @@ def _summarize(
     def gname(gid: Any) -> str:
         if gid is None:
             return "all"
-        return str(group_names[gid]) if group_names is not None and gid < len(group_names) else (
-            str(gid))
+        return (
+            str(group_names[gid])
+            if group_names is not None and gid < len(group_names)
+            else (str(gid))
+        )
 
     def stats(sel: np.ndarray) -> dict:
-        return {"n": int(sel.sum()), "accuracy": float(correct[sel].mean()) if sel.any() else
-                float("nan"), "mass_inside": _nanmean(mass[sel]),
-                "area_inside": _nanmean(area[sel]), "pointing": _nanmean(hit[sel])}
+        return {
+            "n": int(sel.sum()),
+            "accuracy": float(correct[sel].mean()) if sel.any() else float("nan"),
+            "mass_inside": _nanmean(mass[sel]),
+            "area_inside": _nanmean(area[sel]),
+            "pointing": _nanmean(hit[sel]),
+        }
 
     classes, flags = [], []
     for c in sorted(state.counts):
@@ -609,36 +654,64 @@ def _summarize(
             if cnt == 0:
                 break
             r, q = divmod(flat, grid)
-            box = (math.ceil(r * h / grid), math.ceil(q * w / grid),
-                   math.ceil((r + 1) * h / grid), math.ceil((q + 1) * w / grid))
+            box = (
+                math.ceil(r * h / grid),
+                math.ceil(q * w / grid),
+                math.ceil((r + 1) * h / grid),
+                math.ceil((q + 1) * w / grid),
+            )
             in_cell = (peaks_r * grid // h == r) & (peaks_c * grid // w == q)
             outside = float(1.0 - np.nanmean(hits_c[in_cell])) if has_masks else float("nan")
-            hotspots.append({"cell": (r, q), "box": box, "share": cnt / state.counts[c],
-                             "outside": outside})
+            hotspots.append(
+                {"cell": (r, q), "box": box, "share": cnt / state.counts[c], "outside": outside}
+            )
         row["hotspots"] = hotspots
         row["flags"] = []
         if row["n"] >= config["min_samples"]:
-            if has_masks and row["mass_inside"] < min(config["mass_threshold"],
-                                                      row["area_inside"]):
+            if has_masks and row["mass_inside"] < min(config["mass_threshold"], row["area_inside"]):
                 row["flags"].append("outside_object")
-                flags.append({"class": c, "name": row["name"], "kind": "outside_object",
-                              "mass_inside": row["mass_inside"], "message": _FLAG_TEXT[
-                                  "outside_object"].format(mass=row["mass_inside"],
-                                                           thr=config["mass_threshold"])})
+                flags.append(
+                    {
+                        "class": c,
+                        "name": row["name"],
+                        "kind": "outside_object",
+                        "mass_inside": row["mass_inside"],
+                        "message": _FLAG_TEXT["outside_object"].format(
+                            mass=row["mass_inside"], thr=config["mass_threshold"]
+                        ),
+                    }
+                )
             top = hotspots[0] if hotspots else None
-            if top is not None and top["share"] >= config["hotspot_threshold"] and (
-                not has_masks or top["outside"] > 0.5
+            if (
+                top is not None
+                and top["share"] >= config["hotspot_threshold"]
+                and (not has_masks or top["outside"] > 0.5)
             ):
                 row["flags"].append("fixed_location")
                 y0, x0, y1, x1 = top["box"]
-                where = (f"; {top['outside']:.0%} of those peaks are outside the object"
-                         if has_masks else "")
-                flags.append({"class": c, "name": row["name"], "kind": "fixed_location",
-                              "box": top["box"], "share": top["share"], "message": _FLAG_TEXT[
-                                  "fixed_location"].format(share=top["share"], y0=y0, y1=y1 - 1,
-                                                           x0=x0, x1=x1 - 1,
-                                                           thr=config["hotspot_threshold"],
-                                                           where=where)})
+                where = (
+                    f"; {top['outside']:.0%} of those peaks are outside the object"
+                    if has_masks
+                    else ""
+                )
+                flags.append(
+                    {
+                        "class": c,
+                        "name": row["name"],
+                        "kind": "fixed_location",
+                        "box": top["box"],
+                        "share": top["share"],
+                        "message": _FLAG_TEXT["fixed_location"].format(
+                            share=top["share"],
+                            y0=y0,
+                            y1=y1 - 1,
+                            x0=x0,
+                            x1=x1 - 1,
+                            thr=config["hotspot_threshold"],
+                            where=where,
+                        ),
+                    }
+                )
         classes.append(row)
     group_ids = [v for v in s["group"].tolist()]
     groups, class_groups = [], []
@@ -650,14 +723,24 @@ def _summarize(
             for c in sorted(state.counts):
                 both = sel & (label == c)
                 if both.any():
-                    class_groups.append({"class": c, "name": cname(c), "group": gv,
-                                         "group_name": gname(gv), **stats(both)})
+                    class_groups.append(
+                        {
+                            "class": c,
+                            "name": cname(c),
+                            "group": gv,
+                            "group_name": gname(gv),
+                            **stats(both),
+                        }
+                    )
     mean_maps = torch.zeros(n_classes, h, w, dtype=torch.float64)
     hot = torch.zeros(n_classes, grid, grid, dtype=torch.long)
     for c, total in state.map_sums.items():
         mean_maps[c] = total / state.counts[c]
         hot[c] = state.hotspots[c]
-    worst = {c: [{k: v for k, v in d.items() if k != "badness"} for d in lst]
-             for c, lst in state.worst.items()}
-    return AuditResult(classes, groups, class_groups, flags, dict(state.samples), mean_maps,
-                       hot, worst, config)
+    worst = {
+        c: [{k: v for k, v in d.items() if k != "badness"} for d in lst]
+        for c, lst in state.worst.items()
+    }
+    return AuditResult(
+        classes, groups, class_groups, flags, dict(state.samples), mean_maps, hot, worst, config
+    )

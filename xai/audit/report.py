@@ -13,8 +13,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,19 +23,31 @@ from xai.audit.audit import AuditResult
 
 __all__ = ["figures", "write_report"]
 
-_CLASS_COLUMNS = ("class", "name", "n", "accuracy", "mass_inside", "mass_inside_ci",
-                  "area_inside", "pointing", "hotspots", "flags")  # concepts: own table
+_CLASS_COLUMNS = (
+    "class",
+    "name",
+    "n",
+    "accuracy",
+    "mass_inside",
+    "mass_inside_ci",
+    "area_inside",
+    "pointing",
+    "hotspots",
+    "flags",
+)  # concepts: own table
 _GROUP_COLUMNS = ("group", "name", "n", "accuracy", "mass_inside", "area_inside", "pointing")
-_CG_COLUMNS = ("class", "name", "group", "group_name", "n", "accuracy", "mass_inside",
-               "pointing")
+_CG_COLUMNS = ("class", "name", "group", "group_name", "n", "accuracy", "mass_inside", "pointing")
 
 
 def _fmt(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if column == "hotspots":
-        return "; ".join(f"rows {h['box'][0]}-{h['box'][2] - 1}, cols {h['box'][1]}-"
-                         f"{h['box'][3] - 1}: {h['share']:.0%}" for h in value[:2])
+        return "; ".join(
+            f"rows {h['box'][0]}-{h['box'][2] - 1}, cols {h['box'][1]}-"
+            f"{h['box'][3] - 1}: {h['share']:.0%}"
+            for h in value[:2]
+        )
     if column == "flags":
         return ", ".join(value)
     if isinstance(value, float):
@@ -71,8 +84,10 @@ def figures(
     n = len(rows)
     cols = min(n, 5)
     nrow = math.ceil(n / cols)
-    for key, data, title in (("mean_maps", result.mean_maps, "mean positive map"),
-                             ("hotspots", result.hotspot_counts, "hot-spot counts")):
+    for key, data, title in (
+        ("mean_maps", result.mean_maps, "mean positive map"),
+        ("hotspots", result.hotspot_counts, "hot-spot counts"),
+    ):
         fig = Figure(figsize=(2.2 * cols, 2.3 * nrow))
         for i, r in enumerate(rows):
             ax = fig.add_subplot(nrow, cols, i + 1)
@@ -88,10 +103,16 @@ def figures(
         x = np.arange(n)
         mass = [r["mass_inside"] for r in rows]
         ax.bar(x, mass, color=["tab:red" if r["class"] in flagged else "tab:blue" for r in rows])
-        ax.scatter(x, [r["area_inside"] for r in rows], color="black", marker="_", s=200,
-                   label="mask area (uniform map)", zorder=3)
-        ax.axhline(result.config["mass_threshold"], color="gray", ls="--", lw=1,
-                   label="threshold")
+        ax.scatter(
+            x,
+            [r["area_inside"] for r in rows],
+            color="black",
+            marker="_",
+            s=200,
+            label="mask area (uniform map)",
+            zorder=3,
+        )
+        ax.axhline(result.config["mass_threshold"], color="gray", ls="--", lw=1, label="threshold")
         ax.set_xticks(x, [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("relevance inside mask")
@@ -99,7 +120,7 @@ def figures(
         figs["mass_inside"] = fig
     chosen = [c for c in sorted(flagged) if result.worst.get(c)]
     if not chosen:
-        by_mass = sorted(rows, key=lambda r: (np.nan_to_num(r["mass_inside"], nan=2.0)))
+        by_mass = sorted(rows, key=lambda r: np.nan_to_num(r["mass_inside"], nan=2.0))
         chosen = [r["class"] for r in by_mass if result.worst.get(r["class"])]
     chosen = chosen[:max_classes]
     if chosen:
@@ -110,8 +131,12 @@ def figures(
                 ax = fig.add_subplot(len(chosen), k, i * k + j + 1)
                 overlay(ex["image"], ex["map"], mean=mean, std=std, ax=ax)
                 if ex["mask"] is not None:
-                    ax.contour(np.asarray(ex["mask"], dtype=float), levels=[0.5],
-                               colors="cyan", linewidths=0.8)
+                    ax.contour(
+                        np.asarray(ex["mask"], dtype=float),
+                        levels=[0.5],
+                        colors="cyan",
+                        linewidths=0.8,
+                    )
                 mass = ex["mass_inside"]
                 pred = names.get(ex["prediction"], ex["prediction"])
                 inside = "" if math.isnan(mass) else f", in {mass:.0%}"
@@ -132,8 +157,7 @@ def _html_table(rows: list[dict], columns: Sequence[str]) -> str:
 def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c), c).replace("|", "/") for c in columns)
-                     + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(c), c).replace("|", "/") for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -142,8 +166,11 @@ _CONCEPT_COLUMNS = ("class", "name", "concept", "importance", "mass_inside", "bo
 
 def _concept_rows(result: AuditResult) -> list[dict]:
     names = {r["class"]: r["name"] for r in result.classes}
-    return [{"class": c, "name": names.get(c, str(c)), **row}
-            for c, rows in sorted(result.concepts.items()) for row in rows]
+    return [
+        {"class": c, "name": names.get(c, str(c)), **row}
+        for c, rows in sorted(result.concepts.items())
+        for row in rows
+    ]
 
 
 _CAPTIONS = {
@@ -181,8 +208,9 @@ def write_report(
         ValueError: an unknown format.
     """
     if not isinstance(result, AuditResult):
-        raise TypeError(f"result must be an AuditResult from xai.audit.audit(), got "
-                        f"{type(result).__name__}")
+        raise TypeError(
+            f"result must be an AuditResult from xai.audit.audit(), got {type(result).__name__}"
+        )
     if format not in ("html", "markdown"):
         raise ValueError(f"format must be 'html' or 'markdown', got {format!r}")
     folder = Path(out)
@@ -192,52 +220,92 @@ def write_report(
     json_path.write_text(json.dumps(payload, indent=1, allow_nan=False))
     images = {k: _png(f) for k, f in figures(result, mean=mean, std=std).items()}
     cfg = result.config
-    summary = (f"{cfg['n_images']} images, explainer {cfg['explainer']}, target "
-               f"{cfg['target']}, masks {'yes' if cfg['has_masks'] else 'no'}; "
-               f"{len(result.flags)} flag(s) on {len(result.flagged_classes)} class(es).")
+    summary = (
+        f"{cfg['n_images']} images, explainer {cfg['explainer']}, target "
+        f"{cfg['target']}, masks {'yes' if cfg['has_masks'] else 'no'}; "
+        f"{len(result.flags)} flag(s) on {len(result.flagged_classes)} class(es)."
+    )
     flag_lines = [f"{f['name']} (class {f['class']}): {f['message']}" for f in result.flags] or [
-        "No class flagged."]
+        "No class flagged."
+    ]
     order = ["mass_inside", "mean_maps", "hotspots", "worst"]
     if format == "html":
         parts = [
             "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;"
-            "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}.flag{color:#b00}</style></head><body>",
+            (
+                f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;"
+                "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+                "td,th{border:1px solid #ccc;padding:3px 6px}.flag{color:#b00}</style></head><body>"
+            ),
             f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p><h2>Flags</h2><ul>",
             *[f"<li class='flag'>{html.escape(line)}</li>" for line in flag_lines],
-            "</ul><h2>Per class</h2>", _html_table(result.classes, _CLASS_COLUMNS),
+            "</ul><h2>Per class</h2>",
+            _html_table(result.classes, _CLASS_COLUMNS),
         ]
         if result.groups:
-            parts += ["<h2>Per group</h2>", _html_table(result.groups, _GROUP_COLUMNS),
-                      "<h2>Per class and group</h2>", _html_table(result.class_groups, _CG_COLUMNS)]
+            parts += [
+                "<h2>Per group</h2>",
+                _html_table(result.groups, _GROUP_COLUMNS),
+                "<h2>Per class and group</h2>",
+                _html_table(result.class_groups, _CG_COLUMNS),
+            ]
         if result.concepts:
-            parts += ["<h2>Concepts of the audited classes</h2>",
-                      _html_table(_concept_rows(result), _CONCEPT_COLUMNS)]
+            parts += [
+                "<h2>Concepts of the audited classes</h2>",
+                _html_table(_concept_rows(result), _CONCEPT_COLUMNS),
+            ]
         parts.append("<h2>Figures</h2>")
         for key in order:
             if key in images:
-                parts.append(f"<figure><img alt='{key}' src='data:image/png;base64,{images[key]}'>"
-                             f"<figcaption>{html.escape(_CAPTIONS[key])}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img alt='{key}' src='data:image/png;base64,{images[key]}'>"
+                    f"<figcaption>{html.escape(_CAPTIONS[key])}</figcaption></figure>"
+                )
         parts.append("</body></html>")
         path = folder / "report.html"
         path.write_text("\n".join(parts), encoding="utf-8")
     else:
-        parts = [f"# {title}", "", summary, "", "## Flags", "",
-                 *[f"- {line}" for line in flag_lines], "", "## Per class", "",
-                 _md_table(result.classes, _CLASS_COLUMNS), ""]
+        parts = [
+            f"# {title}",
+            "",
+            summary,
+            "",
+            "## Flags",
+            "",
+            *[f"- {line}" for line in flag_lines],
+            "",
+            "## Per class",
+            "",
+            _md_table(result.classes, _CLASS_COLUMNS),
+            "",
+        ]
         if result.groups:
-            parts += ["## Per group", "", _md_table(result.groups, _GROUP_COLUMNS), "",
-                      "## Per class and group", "", _md_table(result.class_groups, _CG_COLUMNS),
-                      ""]
+            parts += [
+                "## Per group",
+                "",
+                _md_table(result.groups, _GROUP_COLUMNS),
+                "",
+                "## Per class and group",
+                "",
+                _md_table(result.class_groups, _CG_COLUMNS),
+                "",
+            ]
         if result.concepts:
-            parts += ["## Concepts of the audited classes", "",
-                      _md_table(_concept_rows(result), _CONCEPT_COLUMNS), ""]
+            parts += [
+                "## Concepts of the audited classes",
+                "",
+                _md_table(_concept_rows(result), _CONCEPT_COLUMNS),
+                "",
+            ]
         parts += ["## Figures", ""]
         for key in order:
             if key in images:
-                parts += [f"![{key}](data:image/png;base64,{images[key]})", "",
-                          f"*{_CAPTIONS[key]}*", ""]
+                parts += [
+                    f"![{key}](data:image/png;base64,{images[key]})",
+                    "",
+                    f"*{_CAPTIONS[key]}*",
+                    "",
+                ]
         path = folder / "report.md"
         path.write_text("\n".join(parts), encoding="utf-8")
     return {"report": path, "json": json_path}

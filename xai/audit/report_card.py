@@ -23,16 +23,25 @@ import json
 import math
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["SETS", "main", "report_card", "format_table"]
+__all__ = ["SETS", "format_table", "main", "report_card"]
 
 SETS = ("shortcut", "background")
-_COLUMNS = ("set", "method", "pointing_game", "relevance_mass", "deletion", "insertion",
-            "randomization", "seconds", "error")
+_COLUMNS = (
+    "set",
+    "method",
+    "pointing_game",
+    "relevance_mass",
+    "deletion",
+    "insertion",
+    "randomization",
+    "seconds",
+    "error",
+)
 
 
 def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
@@ -43,9 +52,15 @@ def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
     test = planted_shortcut_set(400, split="test", seed=seed + 1)
     cls = test.info["shortcut_class"]
     pick = ((test.labels == cls) & (test.groups == 1)).nonzero()[:n_images, 0]
-    return {"model": model, "inputs": test.inputs[pick], "target": test.labels[pick],
-            "masks": test.shortcut_masks[pick], "layer": "features", "tolerance": 2,
-            "baseline": 0.0}
+    return {
+        "model": model,
+        "inputs": test.inputs[pick],
+        "target": test.labels[pick],
+        "masks": test.shortcut_masks[pick],
+        "layer": "features",
+        "tolerance": 2,
+        "baseline": 0.0,
+    }
 
 
 def _background_case(n_images: int, seed: int) -> dict[str, Any]:
@@ -55,8 +70,15 @@ def _background_case(n_images: int, seed: int) -> dict[str, Any]:
     train = background_swap_set(80, seed=seed)
     model = train_background_probe(train, load_mobilenet_v2())
     test = background_swap_set(n_images, seed=seed + 1)
-    return {"model": model, "inputs": test.inputs, "target": test.labels, "masks": test.masks,
-            "layer": "features.18", "tolerance": 7, "baseline": 0.0}
+    return {
+        "model": model,
+        "inputs": test.inputs,
+        "target": test.labels,
+        "masks": test.masks,
+        "layer": "features.18",
+        "tolerance": 7,
+        "baseline": 0.0,
+    }
 
 
 _CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
@@ -122,8 +144,11 @@ def report_card(
     names = list(available()) if methods is None else list(methods)
     for name in names:
         get(name)  # raises with close matches
-    for label, value in (("n_images", n_images), ("n_steps", n_steps),
-                         ("n_randomized", n_randomized)):
+    for label, value in (
+        ("n_images", n_images),
+        ("n_steps", n_steps),
+        ("n_randomized", n_randomized),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
     extra = method_kwargs or {}
@@ -150,12 +175,15 @@ def report_card(
                 maps = method(x, target=target)
                 row["seconds"] = (time.perf_counter() - start) / len(x)
                 row["pointing_game"] = PointingGame(case["tolerance"])(
-                    None, x, maps, masks=masks).mean()
+                    None, x, maps, masks=masks
+                ).mean()
                 row["relevance_mass"] = RelevanceMassAccuracy()(None, x, maps, masks=masks).mean()
                 row["deletion"] = Deletion(n_steps, baseline=case["baseline"])(
-                    model, x, maps, target).mean()
+                    model, x, maps, target
+                ).mean()
                 row["insertion"] = Insertion(n_steps, baseline=case["baseline"])(
-                    model, x, maps, target).mean()
+                    model, x, maps, target
+                ).mean()
                 row["randomization"] = mprt(model, x, method, target).mean()
             except Exception as err:  # noqa: BLE001 - one failing method must not hide the rest
                 row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
@@ -165,14 +193,19 @@ def report_card(
 
 def format_table(table: dict[str, list]) -> str:
     """The report card as aligned text (arrows: which direction is better)."""
-    head = (f"{'set':<11}{'method':<24}{'pointing↑':>10}{'mass in↑':>10}{'deletion↓':>11}"
-            f"{'insertion↑':>11}{'random.↓':>10}{'s/img':>9}")
+    head = (
+        f"{'set':<11}{'method':<24}{'pointing↑':>10}{'mass in↑':>10}{'deletion↓':>11}"
+        f"{'insertion↑':>11}{'random.↓':>10}{'s/img':>9}"
+    )
     lines = [head, "-" * len(head)]
     notes = []
 
     def num(v: float, width: int) -> str:
-        return f"{'–':>{width}}" if v is None or (isinstance(v, float) and math.isnan(v)) else (
-            f"{v:>{width}.3f}")
+        return (
+            f"{'–':>{width}}"
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else (f"{v:>{width}.3f}")
+        )
 
     for i in range(len(table["set"])):
         if table["error"][i]:
@@ -196,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         "background swap): pointing game, relevance mass, deletion/insertion AUC, "
         "randomization sanity check.",
     )
-    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated: shortcut,"
-                        "background (default both)")
-    parser.add_argument("--methods", default=None, help="comma-separated registry names "
-                        "(default: all)")
+    parser.add_argument(
+        "--sets", default=",".join(SETS), help="comma-separated: shortcut,background (default both)"
+    )
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated registry names (default: all)"
+    )
     parser.add_argument("--n-images", type=int, default=8, help="images per set (default 8)")
     parser.add_argument("--n-steps", type=int, default=10, help="deletion/insertion steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -207,18 +242,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    methods = None if not args.methods else [m.strip() for m in args.methods.split(",")
-                                             if m.strip()]
+    methods = (
+        None if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
     try:
-        table = report_card(sets, methods, n_images=args.n_images, n_steps=args.n_steps,
-                            seed=args.seed, progress=not args.no_progress)
+        table = report_card(
+            sets,
+            methods,
+            n_images=args.n_images,
+            n_steps=args.n_steps,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     except ValueError as err:
         print(f"xai report-card: error: {err}", file=sys.stderr)
         return 2
     print(format_table(table))
     if args.json:
-        clean = {k: [None if isinstance(v, float) and math.isnan(v) else v for v in col]
-                 for k, col in table.items()}
+        clean = {
+            k: [None if isinstance(v, float) and math.isnan(v) else v for v in col]
+            for k, col in table.items()
+        }
         with open(args.json, "w") as fh:
             json.dump(clean, fh, indent=1)
     ran = [e for e in table["error"] if not e.startswith("skipped")]

@@ -25,9 +25,9 @@ from __future__ import annotations
 import functools
 import gzip
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -102,6 +102,7 @@ class GroundTruthSet:
 
     def subset(self, index: Tensor | Sequence[int] | slice) -> GroundTruthSet:
         """The same set restricted to ``index`` (a slice, indices or a bool mask)."""
+
         def pick(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index]
 
@@ -228,7 +229,9 @@ def planted_shortcut_set(
     if not isinstance(n_images, int) or n_images < 10:
         raise ValueError(f"n_images must be an int >= 10, got {n_images!r}")
     if shortcut_class not in range(10):
-        raise ValueError(f"shortcut_class must be a Fashion-MNIST class 0..9, got {shortcut_class!r}")
+        raise ValueError(
+            f"shortcut_class must be a Fashion-MNIST class 0..9, got {shortcut_class!r}"
+        )
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     y0, x0 = position
@@ -247,7 +250,7 @@ def planted_shortcut_set(
     patched = torch.zeros(len(y), dtype=torch.bool)
     if planted:
         of_class = (y == shortcut_class).nonzero()[:, 0]
-        n_patch = int(round(fraction * len(of_class)))
+        n_patch = round(fraction * len(of_class))
         patched[of_class[torch.randperm(len(of_class), generator=gen)[:n_patch]]] = True
         x[patched, :, y0 : y0 + patch_size, x0 : x0 + patch_size] = 1.0
     shortcut = box[None] & patched[:, None, None]
@@ -353,9 +356,7 @@ def tuxpaint_available(root: str | Path = TUXPAINT_STAMPS) -> bool:
 def _stamp_files(root: Path, category: str) -> list[Path]:
     folder = root / category
     if not folder.is_dir():
-        known = sorted(
-            str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()
-        )
+        known = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir())
         raise ValueError(f"no stamp category {category!r} under {root}; known: {known}")
     return [
         p for p in sorted(folder.rglob("*.png"))
@@ -465,7 +466,7 @@ def background_swap_set(
             raise ValueError(f"no usable RGBA stamps in {cat!r}")
         stamps.append(arrays)
     inputs, masks, labels, groups, plain = [], [], [], [], []
-    side = max(8, int(round(object_size * size)))
+    side = max(8, round(object_size * size))
     for i in range(n_images):
         label = i % 2
         bg = label if rng.random() < correlation else 1 - label
@@ -475,7 +476,7 @@ def background_swap_set(
         rgba = stamps[label][rng.integers(len(stamps[label]))]
         h, w = rgba.shape[:2]
         scale = side / max(h, w)
-        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         resized = torch.nn.functional.interpolate(
             torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None],
             size=(nh, nw), mode="bilinear", align_corners=False, antialias=True,
@@ -580,7 +581,9 @@ def train_background_probe(
     with torch.no_grad():
         coef = torch.from_numpy(clf.coef_).float()
         bias = torch.from_numpy(clf.intercept_).float()
-        if n_classes == 2 and coef.shape[0] == 1:  # binary: logits (-z/2, z/2) give the same softmax
+        if (
+            n_classes == 2 and coef.shape[0] == 1
+        ):  # binary: logits (-z/2, z/2) give the same softmax
             coef = torch.cat([-coef / 2, coef / 2])
             bias = torch.cat([-bias / 2, bias / 2])
         linear.weight.copy_(coef)
