@@ -53,6 +53,8 @@ def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
     cls = test.info["shortcut_class"]
     pick = ((test.labels == cls) & (test.groups == 1)).nonzero()[:n_images, 0]
     return {
+        # grayscale: the salient relevance map sums |R| over the one channel
+        "method_kwargs": {"salient_relevance": {"rgb_mode": "sum_abs"}},
         "model": model,
         "inputs": test.inputs[pick],
         "target": test.labels[pick],
@@ -169,7 +171,11 @@ def report_card(
         for name in tqdm(names, desc=f"report card: {set_name}", disable=not progress):
             row: dict[str, Any] = {"set": set_name, "method": name}
             try:
-                kwargs = {"seed": seed, **extra.get(name, {})}
+                kwargs = {
+                    "seed": seed,
+                    **case.get("method_kwargs", {}).get(name, {}),
+                    **extra.get(name, {}),
+                }
                 method = get(name).create(model, layer=case["layer"], **kwargs)
                 start = time.perf_counter()
                 maps = method(x, target=target)
