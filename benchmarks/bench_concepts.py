@@ -16,7 +16,10 @@ of it resized to 224 px (CRAFT: 64 px crops of 224 px images). Rows:
 - ``fit total``: the whole ``ConceptExtractor.fit`` (activations + factorization + the check
   that the model factors through the layer + the class prediction).
 
-Run: ``python benchmarks/bench_concepts.py [--n-crops 1000] [--threads 2]``. The CPU may be
+- ``floor`` (with ``--floor``): bare ``model.features`` forwards of the same crops, what the
+  backbone alone costs.
+
+Run: ``python benchmarks/bench_concepts.py [--n-crops 1000] [--threads 2] [--floor]``. The CPU may be
 shared: the load average is printed before and after; compare rows, not machines.
 """
 
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bare model.features forwards of the same crops")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,6 +101,12 @@ def main() -> None:
     ce.importance(crops, method="gradient_input")
     rows.append(("importance (gradient x input, 64 crops)", time.perf_counter() - start))
     rows.append(("fit total", fit_total))
+    if args.floor:  # the floor: the backbone alone on the same crops, no hooks, no pooling
+        start = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(ce.patches_), args.batch_size):
+                model.features(ce.crops(ce.patches_[s : s + args.batch_size]))
+        rows.append(("floor: bare model.features forwards", time.perf_counter() - start))
     total = fit_total + rows[2][1]
 
     err = relative_reconstruction_error(ce.activations_, ce.coefficients_, ce.concepts_)
