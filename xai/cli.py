@@ -3,6 +3,7 @@
 Usage:
     xai demo [--out DIR] [--methods grad_cam,score_cam,...] [--images chelsea,coffee,PATH...]
     xai methods
+    xai report-card [--sets shortcut,background] [--methods ...] [--n-images N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=224, help="input size (default 224)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("methods", help="list the attribution methods")
+    sub.add_parser("report-card", add_help=False,
+                   help="every method on the ground-truth sets (xai report-card --help)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report-card"]:
+        from xai.audit.report_card import main as report_card_main
+
+        return report_card_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "methods":

@@ -81,10 +81,12 @@ def relevance_to_rgb(relevance: Tensor, mode: str = "abs_minmax") -> Tensor:
     Args:
         relevance: ``(B, C, H, W)`` input relevance.
         mode: ``"abs_minmax"`` (Li et al.'s export: |R| per colour channel, one min-max over
-            all channels of a sample; needs C = 3) or ``"sum_abs"`` (:math:`\\sum_c |R_c|`,
+            all channels of a sample; C = 3, or C = 1 shown as grey) or ``"sum_abs"`` (:math:`\\sum_c |R_c|`,
             min-max, as a grey image).
     """
     if mode == "abs_minmax":
+        if relevance.shape[1] == 1:  # a grey input: |R| as a grey image
+            relevance = relevance.expand(-1, 3, -1, -1)
         if relevance.shape[1] != 3:
             raise ValueError(
                 f"rgb_mode='abs_minmax' needs 3-channel relevance, got {relevance.shape[1]} "
