@@ -167,4 +167,7 @@ def test_wrapper_errors():
     with pytest.raises(ValueError, match="odd"):
         SalientRelevance(LRP(model), patch_sizes=(7, 4, 3, 3))
     with pytest.raises(ValueError, match="3-channel"):
-        relevance_to_rgb(torch.rand(1, 1, 4, 4))
+        relevance_to_rgb(torch.rand(1, 2, 4, 4))
+    # a grey (1-channel) relevance is shown as a grey image: the same as "sum_abs"
+    grey = torch.randn(1, 1, 4, 4)
+    torch.testing.assert_close(relevance_to_rgb(grey), relevance_to_rgb(grey, "sum_abs"))
