@@ -256,11 +256,6 @@ def explain(explainer: Explainer, inputs: Tensor, target: Any) -> Tensor:
     return as_maps(explainer(inputs, target=target), inputs, name="explainer output")
 
 
-def check_int(value: object, name: str, *, allow_none: bool = False) -> None:
-    """Positive-int check with the library's message."""
-    check_positive_int(value, name, allow_none=allow_none)
-
-
 def check_fraction(value: float, name: str, *, closed: bool = False) -> None:
     """Raise a ``ValueError`` unless ``0 < value < 1`` (``<= 1`` when ``closed``)."""
     ok = 0 < value <= 1 if closed else 0 < value < 1

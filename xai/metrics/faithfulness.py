@@ -31,11 +31,11 @@ from xai.metrics._perturb import (
     resolve_baseline,
     score_rows,
 )
+from xai._checks import check_positive_int
 from xai.metrics.base import (
     ExplanationMetric,
     MetricResult,
     check_fraction,
-    check_int,
     pearson,
     spearman,
 )
@@ -72,8 +72,8 @@ class _PerturbationCurve(ExplanationMetric):
         progress: bool,
     ) -> None:
         check_baseline(baseline)
-        check_int(patch_size, "patch_size")
-        check_int(batch_size, "batch_size", allow_none=True)
+        check_positive_int(patch_size, "patch_size")
+        check_positive_int(batch_size, "batch_size", allow_none=True)
         _check_order(order)
         self.baseline = baseline
         self.patch_size = patch_size
@@ -184,7 +184,7 @@ class Deletion(_PerturbationCurve):
             batch_size=batch_size,
             progress=progress,
         )
-        check_int(n_steps, "n_steps")
+        check_positive_int(n_steps, "n_steps")
         self.n_steps = n_steps
 
     def _counts(self, n_features: int) -> Tensor:
@@ -255,7 +255,7 @@ class PixelFlipping(_PerturbationCurve):
             batch_size=batch_size,
             progress=progress,
         )
-        check_int(features_per_step, "features_per_step")
+        check_positive_int(features_per_step, "features_per_step")
         self.features_per_step = features_per_step
         if order == "lerf":
             self.higher_is_better = True  # type: ignore[misc]
@@ -319,7 +319,7 @@ class RegionPerturbation(_PerturbationCurve):
             progress=progress,
         )
         self.order = order
-        check_int(n_regions, "n_regions")
+        check_positive_int(n_regions, "n_regions")
         self.n_regions = n_regions
         if order == "lerf":
             self.higher_is_better = False  # type: ignore[misc]
@@ -504,20 +504,20 @@ class MuFidelity(ExplanationMetric):
         batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        check_int(grid_size, "grid_size", allow_none=True)
+        check_positive_int(grid_size, "grid_size", allow_none=True)
         check_fraction(subset_fraction, "subset_fraction")
         self._init_common(n_samples, baseline, correlation, seed, batch_size, progress)
         self.grid_size = grid_size
         self.subset_fraction = subset_fraction
 
     def _init_common(self, n_samples, baseline, correlation, seed, batch_size, progress) -> None:
-        check_int(n_samples, "n_samples")
+        check_positive_int(n_samples, "n_samples")
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to compute a correlation")
         check_baseline(baseline)
         if correlation not in ("pearson", "spearman"):
             raise ValueError(f"correlation must be 'pearson' or 'spearman', got {correlation!r}")
-        check_int(batch_size, "batch_size", allow_none=True)
+        check_positive_int(batch_size, "batch_size", allow_none=True)
         self.n_samples = n_samples
         self.baseline = baseline
         self.correlation = correlation
@@ -619,7 +619,7 @@ class FaithfulnessCorrelation(MuFidelity):
         batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        check_int(subset_size, "subset_size")
+        check_positive_int(subset_size, "subset_size")
         self._init_common(n_samples, baseline, correlation, seed, batch_size, progress)
         self.subset_size = subset_size
         self.grid_size = None
@@ -689,8 +689,8 @@ class Infidelity(ExplanationMetric):
                 "perturbation must be None (Gaussian noise) or a callable rows (n, C, H, W) -> "
                 f"perturbation (n, C, H, W), got {type(perturbation).__name__}"
             )
-        check_int(n_samples, "n_samples")
-        check_int(batch_size, "batch_size", allow_none=True)
+        check_positive_int(n_samples, "n_samples")
+        check_positive_int(batch_size, "batch_size", allow_none=True)
         if not noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
         self.perturbation = perturbation

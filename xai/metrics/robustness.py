@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from xai.adapter import Target
-from xai.metrics.base import Explainer, ExplainerMetric, MetricResult, check_int, explain
+from xai._checks import check_positive_int
+from xai.metrics.base import Explainer, ExplainerMetric, MetricResult, explain
 
 __all__ = ["AvgSensitivity", "MaxSensitivity"]
 
@@ -56,8 +57,8 @@ class MaxSensitivity(ExplainerMetric):
         batch_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        check_int(n_samples, "n_samples")
-        check_int(batch_size, "batch_size", allow_none=True)
+        check_positive_int(n_samples, "n_samples")
+        check_positive_int(batch_size, "batch_size", allow_none=True)
         if radius < 0:
             raise ValueError(f"radius must be >= 0, got {radius!r}")
         self.n_samples = n_samples
