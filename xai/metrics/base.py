@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xai._checks import check_inputs, check_positive_int, map_dtype
+from xai._checks import check_inputs, map_dtype
 from xai._typing import TargetLike
 from xai.adapter import Target, as_target, preserved, unwrap_output
 
