@@ -398,3 +398,23 @@ def test_real_mobilenet_relevance_is_mostly_positive_and_conservative(mobilenet)
     total = rel.flatten(1).sum(1)
     assert torch.isfinite(rel).all()
     assert (total > 0).all() and (total <= logit * 1.5).all()
+
+
+@pytest.mark.real_model
+def test_real_mobilenet_lrp_and_sr_maps_peak_on_the_cat(mobilenet):
+    """chelsea's 224 px crop: the face box (rows 40-224, cols 40-224, the eyes-to-nose region
+    measured once for the Grad-CAM test) must hold the maxima of a smoothed LRP map and of
+    the SR map; the fur strip at the left edge and the top rows must not."""
+    from xai.attributions import SalientRelevance
+    from xai.data import sample_batch
+
+    x, _ = sample_batch(["chelsea"])
+    lrp = LRP(mobilenet, "epsilon_plus_flat")
+    heat = lrp(x)[0].abs()
+    # LRP maps are pixel-sparse: compare 16x16 block sums, not single pixels
+    blocks = torch.nn.functional.avg_pool2d(heat[None, None], 16)[0, 0]
+    r, c = divmod(int(blocks.argmax()), blocks.shape[1])
+    assert 40 <= r * 16 + 8 < 224 and 40 <= c * 16 + 8 < 224, (r, c)
+    sr = SalientRelevance(lrp, longest_side=64)(x)[0]
+    r, c = divmod(int(sr.argmax()), 224)
+    assert 40 <= r < 224 and 40 <= c < 224, (r, c)
