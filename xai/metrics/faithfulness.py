@@ -127,6 +127,14 @@ class _PerturbationCurve(ExplanationMetric):
         fractions = counts.to(maps.dtype) / n_features
         return scores.view(batch, n_steps).to(maps.dtype), fractions
 
+    def _evaluate(
+        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
+    ) -> MetricResult:
+        """The curve and its trapezoid area over the fraction perturbed (subclasses may
+        report another score from the same curve)."""
+        curve, steps = self._curve(model, inputs, maps, target)
+        return MetricResult(torch.trapezoid(curve, steps, dim=1), curve, steps)
+
 
 def _linspace_counts(n_features: int, n_steps: int) -> Tensor:
     counts = torch.linspace(0, n_features, n_steps + 1, dtype=torch.float64).round().long()
@@ -189,12 +197,6 @@ class Deletion(_PerturbationCurve):
 
     def _counts(self, n_features: int) -> Tensor:
         return _linspace_counts(n_features, min(self.n_steps, n_features))
-
-    def _evaluate(
-        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
-    ) -> MetricResult:
-        curve, steps = self._curve(model, inputs, maps, target)
-        return MetricResult(torch.trapezoid(curve, steps, dim=1), curve, steps)
 
 
 class Insertion(Deletion):
@@ -263,12 +265,6 @@ class PixelFlipping(_PerturbationCurve):
     def _counts(self, n_features: int) -> Tensor:
         counts = torch.arange(0, n_features, self.features_per_step)
         return torch.cat([counts, torch.tensor([n_features])])
-
-    def _evaluate(
-        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
-    ) -> MetricResult:
-        curve, steps = self._curve(model, inputs, maps, target)
-        return MetricResult(torch.trapezoid(curve, steps, dim=1), curve, steps)
 
 
 class RegionPerturbation(_PerturbationCurve):
