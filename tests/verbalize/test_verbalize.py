@@ -72,17 +72,21 @@ def test_two_blobs_named_by_labels():
     s = block(UL, LR_HALF)
     bird = {"bird": mask(slice(0, 40), slice(0, 40))}
     assert Verbalizer()(s, "cat", bird) == [
-        "The prediction 'cat' relies mostly on a medium-sized region in the upper left peaking "
-        "on the bird (66.7% of the positive relevance, 11.1% of the image). A medium-sized "
-        "region in the lower right is also salient (33.3%). The bird covers 19.8% of the image "
-        "and holds 66.7% of the positive relevance."
+        (
+            "The prediction 'cat' relies mostly on a medium-sized region in the upper left peaking "
+            "on the bird (66.7% of the positive relevance, 11.1% of the image). A medium-sized "
+            "region in the lower right is also salient (33.3%). The bird covers 19.8% of the image "
+            "and holds 66.7% of the positive relevance."
+        )
     ]
     grass = {"grass": mask(slice(45, 90), slice(0, 90))}
     assert Verbalizer()(s, "cat", grass) == [
-        "The prediction 'cat' relies mostly on a medium-sized region in the upper left "
-        "(66.7% of the positive relevance, 11.1% of the image). A medium-sized region in the "
-        "lower right peaking on the grass is also salient (33.3%). The grass covers 50.0% of "
-        "the image and holds 33.3% of the positive relevance."
+        (
+            "The prediction 'cat' relies mostly on a medium-sized region in the upper left "
+            "(66.7% of the positive relevance, 11.1% of the image). A medium-sized region in the "
+            "lower right peaking on the grass is also salient (33.3%). The grass covers 50.0% of "
+            "the image and holds 33.3% of the positive relevance."
+        )
     ]
     # majority naming: the whole upper-left region lies on the bird
     assert " on the bird (66.7%" in Verbalizer(naming="majority")(s, "cat", bird)[0]
@@ -90,7 +94,10 @@ def test_two_blobs_named_by_labels():
 
 def test_region_outside_the_object():
     s = block((slice(1, 11), slice(1, 11), 1.0), (slice(40, 80), slice(30, 60), 0.1))
-    labels = {"patch": mask(slice(1, 11), slice(1, 11)), "shirt": mask(slice(30, 85), slice(20, 70))}
+    labels = {
+        "patch": mask(slice(1, 11), slice(1, 11)),
+        "shirt": mask(slice(30, 85), slice(20, 70)),
+    }
     text = Verbalizer()(s, "shirt", labels, objects=["shirt"])[0]
     # 0.1 * 1200 / (100 + 0.1 * 1200) = 54.5% on the shirt; the patch is outside it
     assert text == (
@@ -104,8 +111,10 @@ def test_region_outside_the_object():
 
 def test_gaussian_and_rest():
     assert Verbalizer()(gaussian(), "dog") == [
-        "The prediction 'dog' relies mostly on a medium-sized region on the left (76.9% of the "
-        "positive relevance, 14.8% of the image). The remaining 23.1% lies outside these regions."
+        (
+            "The prediction 'dog' relies mostly on a medium-sized region on the left (76.9% of the "
+            "positive relevance, 14.8% of the image). The remaining 23.1% lies outside these regions."
+        )
     ]
 
 
@@ -161,13 +170,17 @@ def test_empty_negative_only_and_scattered_maps():
     assert Verbalizer()(torch.zeros(90, 90), "cat") == ["No region stands out for 'cat'."]
     neg = block((*LR_HALF[:2], -1.0))
     assert Verbalizer(sign="both")(neg, "cat") == [
-        "No region stands out for 'cat'. A medium-sized region in the lower right speaks "
-        "against 'cat' (100.0% of the negative relevance)."
+        (
+            "No region stands out for 'cat'. A medium-sized region in the lower right speaks "
+            "against 'cat' (100.0% of the negative relevance)."
+        )
     ]
     one_pixel = block((slice(5, 6), slice(5, 6), 1.0))
     assert Verbalizer()(one_pixel, "cat") == [
-        "The positive relevance for 'cat' is scattered: no region of at least 1% of the image "
-        "stands out."
+        (
+            "The positive relevance for 'cat' is scattered: no region of at least 1% of the image "
+            "stands out."
+        )
     ]
 
 
@@ -181,14 +194,18 @@ def test_centroid_on_a_third_boundary_is_center():
 def test_listing_and_top_share_and_merge():
     s = block(UL, LR_HALF)
     assert Verbalizer().listing(s) == [
-        "Region 1 in the upper left: 66.7% of the positive relevance, 11.1% of the image. "
-        "Region 2 in the lower right: 33.3% of the positive relevance, 11.1% of the image."
+        (
+            "Region 1 in the upper left: 66.7% of the positive relevance, 11.1% of the image. "
+            "Region 2 in the lower right: 33.3% of the positive relevance, 11.1% of the image."
+        )
     ]
     # top share 0.5: the 675 brightest pixels hold half; ties keep the whole block of ones
     assert Verbalizer(threshold="top_share", value=0.5)(s, "cat") == [
-        "The prediction 'cat' relies mostly on a medium-sized region in the upper left (66.7% of "
-        "the positive relevance, 11.1% of the image). The remaining 33.3% lies outside these "
-        "regions."
+        (
+            "The prediction 'cat' relies mostly on a medium-sized region in the upper left (66.7% of "
+            "the positive relevance, 11.1% of the image). The remaining 33.3% lies outside these "
+            "regions."
+        )
     ]
     gap = block((slice(30, 60), slice(10, 40), 1.0), (slice(30, 60), slice(42, 72), 1.0))
     assert len(Verbalizer().regions(gap)[0]) == 2
@@ -205,8 +222,10 @@ def test_translated_templates():
         positions={**ENGLISH.positions, ("upper", "left"): "oben links"},
     )
     assert Verbalizer(templates=german)(block(UL), "Katze") == [
-        "Die Vorhersage 'Katze' stützt sich vor allem auf eine mittelgroße Region oben links "
-        "(100.0 % der positiven Relevanz, 11.1 % des Bildes)."
+        (
+            "Die Vorhersage 'Katze' stützt sich vor allem auf eine mittelgroße Region oben links "
+            "(100.0 % der positiven Relevanz, 11.1 % des Bildes)."
+        )
     ]
 
 
@@ -466,7 +485,8 @@ def test_overlay_caption(tmp_path):
     ax = overlay(image, block(UL, LR_HALF), caption=text)
     (caption,) = ax.texts
     assert caption.get_text().replace("\n", " ") == text
-    assert max(len(line) for line in caption.get_text().splitlines()) <= 48
+    ax2 = add_caption(overlay(image, block(UL)), text, width=30)
+    assert max(len(line) for line in ax2.texts[0].get_text().splitlines()) <= 30
     path = save(ax.figure, tmp_path / "caption.png", dpi=60)
     assert path.stat().st_size > 0
     with pytest.raises(TypeError, match="caption"):

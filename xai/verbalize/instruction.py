@@ -162,8 +162,7 @@ def build_prompt(
     if d.against:
         lines.append(t.prompt_against.format(target=d.target))
         lines += [
-            t.prompt_against_region.format(index=i, **phrase(r))
-            for i, r in enumerate(d.against, 1)
+            t.prompt_against_region.format(index=i, **phrase(r)) for i, r in enumerate(d.against, 1)
         ]
     if d.labels and d.total_positive > 0:
         lines.append(t.prompt_labels)

@@ -265,9 +265,7 @@ def label_masks(
             arr = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
             if shared and arr.ndim == 3:
                 if arr.shape[0] != batch:
-                    raise ValueError(
-                        f"mask {name!r} has {arr.shape[0]} samples for {batch} maps"
-                    )
+                    raise ValueError(f"mask {name!r} has {arr.shape[0]} samples for {batch} maps")
                 arr = arr[b]
             if arr.shape != shape:
                 raise ValueError(

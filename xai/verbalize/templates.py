@@ -106,9 +106,7 @@ class Templates:
         "{area}% of the image"
     )
     prompt_labels: str = "Named areas:"
-    prompt_label: str = (
-        "- the {label}: {area}% of the image, {share}% of the positive relevance"
-    )
+    prompt_label: str = "- the {label}: {area}% of the image, {share}% of the positive relevance"
     prompt_grid: str = (
         "Share of the positive relevance in a 3x3 grid (rows from top to bottom, columns from "
         "left to right):"

@@ -456,7 +456,9 @@ class Verbalizer:
                 found.append(regions)
                 if regions:
                     p = self._phrase(regions[0])
-                    parts.append(part.format(position=p["position"], share=p["share"], **{key: name}))
+                    parts.append(
+                        part.format(position=p["position"], share=p["share"], **{key: name})
+                    )
                 else:
                     parts.append(none.format(**{key: name}))
             text = whole.format(first=_capitalize(parts[0]), second=parts[1])
