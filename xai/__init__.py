@@ -17,6 +17,6 @@ def __getattr__(name: str):
     # heavier subpackages load on first use: `xai.metrics`, `xai.concepts`, `xai.audit`, ...
     import importlib
 
-    if name in ("audit", "concepts", "data", "metrics", "visualize"):
+    if name in ("audit", "concepts", "data", "metrics", "verbalize", "visualize"):
         return importlib.import_module(f"xai.{name}")
     raise AttributeError(f"module 'xai' has no attribute {name!r}")

@@ -399,6 +399,10 @@ def audit(
         "n_bootstrap": n_bootstrap, "seed": seed,
     }  # fmt: skip
     result = _summarize(state, config, class_names, group_names)
+    from xai.verbalize.audit import flag_sentence
+
+    for flag in result.flags:  # the flag in words, with the numbers it quotes
+        flag["sentence"] = flag_sentence(flag, result)
     if concepts:
         result.concepts = _concepts(
             model, state, result, concepts, concept_layer or layer, concept_classes, seed, progress

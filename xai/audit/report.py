@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from xai.audit.audit import AuditResult
+from xai.verbalize.audit import describe_audit
 
 __all__ = ["figures", "write_report"]
 
@@ -228,6 +229,7 @@ def write_report(
     flag_lines = [f"{f['name']} (class {f['class']}): {f['message']}" for f in result.flags] or [
         "No class flagged."
     ]
+    words = describe_audit(result)  # the flags and worst cases in sentences (xai.verbalize)
     order = ["mass_inside", "mean_maps", "hotspots", "worst"]
     if format == "html":
         parts = [
@@ -239,7 +241,9 @@ def write_report(
             ),
             f"<h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p><h2>Flags</h2><ul>",
             *[f"<li class='flag'>{html.escape(line)}</li>" for line in flag_lines],
-            "</ul><h2>Per class</h2>",
+            "</ul><h2>In words</h2>",
+            *[f"<p>{html.escape(p)}</p>" for p in words],
+            "<h2>Per class</h2>",
             _html_table(result.classes, _CLASS_COLUMNS),
         ]
         if result.groups:
@@ -274,6 +278,9 @@ def write_report(
             "",
             *[f"- {line}" for line in flag_lines],
             "",
+            "## In words",
+            "",
+            *[f"{p}\n" for p in words],
             "## Per class",
             "",
             _md_table(result.classes, _CLASS_COLUMNS),

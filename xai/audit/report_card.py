@@ -41,11 +41,13 @@ _COLUMNS = (
     "randomization",
     "seconds",
     "error",
+    "summary",
 )
 
 
 def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
     from xai.data.shortcuts import planted_shortcut_set, train_small_cnn
+    from xai.verbalize import ground_truth_labels
 
     train = planted_shortcut_set(3000, seed=seed)
     model = train_small_cnn(train, seed=seed)
@@ -59,6 +61,10 @@ def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
         "inputs": test.inputs[pick],
         "target": test.labels[pick],
         "masks": test.shortcut_masks[pick],
+        "labels": ground_truth_labels(test, pick),
+        "objects": test.class_names,
+        "truth": "the planted patch",
+        "title": "planted-shortcut set",
         "layer": "features",
         "tolerance": 2,
         "baseline": 0.0,
@@ -68,6 +74,7 @@ def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
 def _background_case(n_images: int, seed: int) -> dict[str, Any]:
     from xai.data import load_mobilenet_v2
     from xai.data.shortcuts import background_swap_set, train_background_probe
+    from xai.verbalize import ground_truth_labels
 
     train = background_swap_set(80, seed=seed)
     model = train_background_probe(train, load_mobilenet_v2())
@@ -77,6 +84,10 @@ def _background_case(n_images: int, seed: int) -> dict[str, Any]:
         "inputs": test.inputs,
         "target": test.labels,
         "masks": test.masks,
+        "labels": ground_truth_labels(test),
+        "objects": test.class_names,
+        "truth": "the object",
+        "title": "background-swap set",
         "layer": "features.18",
         "tolerance": 7,
         "baseline": 0.0,
@@ -123,8 +134,9 @@ def report_card(
     Returns:
         A dict of equal-length lists with the columns ``set``, ``method``, ``pointing_game``,
         ``relevance_mass``, ``deletion``, ``insertion``, ``randomization`` (means over the
-        images; NaN where not computed), ``seconds`` (per image) and ``error`` (``""`` or the
-        message). ``pandas.DataFrame(table)`` works.
+        images; NaN where not computed), ``seconds`` (per image), ``error`` (``""`` or the
+        message) and ``summary`` (the row in words, :mod:`xai.verbalize`).
+        ``pandas.DataFrame(table)`` works.
 
     Raises:
         ValueError: an unknown set or method, or a bad count.
@@ -158,7 +170,7 @@ def report_card(
 
     def add(row: dict[str, Any]) -> None:
         for c in _COLUMNS:
-            table[c].append(row.get(c, float("nan") if c not in ("error",) else ""))
+            table[c].append(row.get(c, float("nan") if c not in ("error", "summary") else ""))
 
     for set_name in sets:
         try:
@@ -191,10 +203,25 @@ def report_card(
                     model, x, maps, target
                 ).mean()
                 row["randomization"] = mprt(model, x, method, target).mean()
+                row["summary"] = _summary(case, name, maps, row)
             except Exception as err:  # noqa: BLE001 - one failing method must not hide the rest
                 row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
             add(row)
     return table
+
+
+def _summary(case: dict[str, Any], method: str, maps: Any, row: dict[str, Any]) -> str:
+    """The row in words: mean relevance mass and pointing on the ground truth, then the first
+    image's map described with its ground-truth areas (:mod:`xai.verbalize`)."""
+    from xai.verbalize import ENGLISH, Verbalizer, percent
+
+    card = ENGLISH.card_row.format(
+        method=method, set=case["title"], truth=case["truth"],
+        mass=percent(row["relevance_mass"]), pointing=percent(row["pointing_game"]),
+    )  # fmt: skip
+    names = [case["objects"][int(t)] for t in case["target"][:1]]
+    words = Verbalizer()(maps[:1], names, case["labels"][:1], objects=case["objects"])[0]
+    return f"{card} First image: {words}"
 
 
 def format_table(table: dict[str, list]) -> str:
@@ -222,6 +249,9 @@ def format_table(table: dict[str, list]) -> str:
             f"{num(table['insertion'][i], 11)}{num(table['randomization'][i], 10)}"
             f"{num(table['seconds'][i], 9)}"
         )
+    words = [s for s in table.get("summary", []) if s]
+    if words:
+        lines += ["", "in words:", *words]
     if notes:
         lines += ["", "errors / skipped:", *notes]
     return "\n".join(lines)

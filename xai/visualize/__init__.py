@@ -7,10 +7,13 @@ work without a display, and saved with :func:`save`.
 import importlib as _importlib
 
 from xai.visualize._image import normalize, to_image, to_map
+from xai.visualize.captions import add_caption
 from xai.visualize.grid import grid, save
 from xai.visualize.overlay import heatmap_rgb, overlay
 
-__all__ = ["grid", "heatmap_rgb", "normalize", "overlay", "save", "to_image", "to_map"]
+__all__ = [
+    "add_caption", "grid", "heatmap_rgb", "normalize", "overlay", "save", "to_image", "to_map"
+]
 
 # Figure families owned by other parts of the library (curves for metrics, similarity and
 # concept figures) are re-exported when present.

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from xai.visualize._image import normalize, resize_map, to_image, to_map
+from xai.visualize.captions import add_caption
 
 
 def _signed_cmap(cmap: str | None, signed: bool) -> str:
@@ -28,6 +29,7 @@ def overlay(
     scale: float | None = None,
     colorbar: bool = False,
     title: str | None = None,
+    caption: str | None = None,
     ax=None,
 ):
     """Draw ``attribution`` over ``image`` on a matplotlib Axes and return the Axes.
@@ -44,6 +46,8 @@ def overlay(
         percentile: values above this percentile are clipped (robust to a few hot pixels).
         scale: a fixed divisor, to share one colour scale across maps.
         colorbar: add a colourbar.
+        caption: a sentence written under the image (e.g. from ``xai.verbalize.Verbalizer``),
+            see :func:`xai.visualize.add_caption`.
         ax: the Axes to draw on (a new figure is made when ``None``).
 
     Returns:
@@ -67,6 +71,8 @@ def overlay(
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_axis_off()
+    if caption is not None:
+        add_caption(ax, caption)
     return ax
 
 
