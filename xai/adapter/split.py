@@ -44,10 +44,15 @@ def _check_tensor(name: str, output: object) -> Tensor:
     return output
 
 
-def layer_output(model: nn.Module, layer: LayerLike, inputs: Tensor) -> Tensor:
+def layer_output(
+    model: nn.Module, layer: LayerLike, inputs: Tensor, *, differentiable: bool = False
+) -> Tensor:
     """``g(inputs)``: the output of ``layer`` (detached), without running the rest of the model.
 
     The model runs in eval mode under ``torch.no_grad()``; its state is restored on exit.
+    With ``differentiable=True`` gradients are enabled instead and the output keeps its
+    autograd graph back to ``inputs`` (a clone, so gradients w.r.t. the pixels of a function
+    of ``g`` can be taken, e.g. concept attribution maps).
 
     Args:
         model: any ``nn.Module``.
@@ -67,10 +72,12 @@ def layer_output(model: nn.Module, layer: LayerLike, inputs: Tensor) -> Tensor:
     found: list[Tensor] = []
 
     def hook(_module: nn.Module, _args: tuple, output: object) -> None:
-        found.append(_check_tensor(name, output).detach().clone())
+        out = _check_tensor(name, output)
+        found.append(out.clone() if differentiable else out.detach().clone())
         raise _Stop
 
-    with preserved(module), torch.no_grad(), hooks(forward={target: hook}):
+    grad_mode = torch.enable_grad() if differentiable else torch.no_grad()
+    with preserved(module), grad_mode, hooks(forward={target: hook}):
         try:
             model(inputs)
         except _Stop:

@@ -1,6 +1,7 @@
 """Concept extraction and concept importance (CRAFT, CVPR 2023; holistic framework, NeurIPS
 2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics."""
 
+from xai.concepts.attribution import concept_attribution_maps, differentiable_encode
 from xai.concepts.extractor import ConceptExtractor
 from xai.concepts.factorizers import (
     FACTORIZERS,
@@ -22,7 +23,9 @@ from xai.concepts.metrics import (
     c_deletion,
     c_insertion,
     c_mufidelity,
+    fid,
     match_concepts,
+    ood_score,
     relative_reconstruction_error,
     sparsity,
     stability,
@@ -42,9 +45,13 @@ __all__ = [
     "c_deletion",
     "c_insertion",
     "c_mufidelity",
+    "concept_attribution_maps",
     "concept_importance",
+    "differentiable_encode",
+    "fid",
     "filter_maps",
     "match_concepts",
+    "ood_score",
     "relative_reconstruction_error",
     "sparsity",
     "stability",

@@ -316,17 +316,113 @@ class ConceptExtractor:
         """Concept coefficients at each position of the layer, ``(B, K, h, w)``."""
         return self.encode(inputs).permute(0, 3, 1, 2)
 
-    def concept_maps(self, inputs: Tensor) -> Tensor:
-        """Where each concept is: coefficients upsampled (bilinear) to the input size,
-        ``(B, K, H, W)``, raw (threshold / normalize for display, e.g. CRAFT keeps values above
-        the 90th percentile)."""
+    def concept_maps(
+        self,
+        inputs: Tensor,
+        *,
+        percentile: float | None = None,
+        order: Literal["upsample", "threshold"] = "upsample",
+    ) -> Tensor:
+        """Where each concept is: coefficient maps at the input size, ``(B, K, H, W)``.
+
+        Args:
+            inputs: ``(B, C, H, W)``.
+            percentile: ``None`` (default): raw coefficients upsampled bilinearly. A number in
+                ``[0, 100]``: keep only the values above that percentile of each map (CRAFT's
+                display uses 90), the rest set to 0.
+            order: with a percentile, ``"upsample"`` (default) upsamples and then thresholds
+                (crisp region borders); ``"threshold"`` thresholds at the layer's resolution
+                and then upsamples, as the CRAFT reference notebook does (soft borders).
+
+        Raises:
+            ValueError: an unknown ``order`` or a percentile outside ``[0, 100]``.
+        """
+        from xai.concepts.maps import filter_maps
+
+        if order not in ("upsample", "threshold"):
+            raise ValueError(f"order must be 'upsample' or 'threshold', got {order!r}")
         coeffs = self.transform(inputs)
-        return F.interpolate(
-            coeffs.to(torch.promote_types(coeffs.dtype, torch.float32)),
-            size=tuple(inputs.shape[2:]),
-            mode="bilinear",
-            align_corners=False,
+        coeffs = coeffs.to(torch.promote_types(coeffs.dtype, torch.float32))
+        if percentile is not None and order == "threshold":
+            coeffs = filter_maps(coeffs, percentile=percentile)
+        maps = F.interpolate(
+            coeffs, size=tuple(inputs.shape[2:]), mode="bilinear", align_corners=False
         )
+        if percentile is not None and order == "upsample":
+            maps = filter_maps(maps, percentile=percentile)
+        return maps
+
+    def concept_attribution_maps(
+        self,
+        inputs: Tensor,
+        concepts: list[int] | None = None,
+        *,
+        method: str = "gradient_input",
+    ) -> Tensor:
+        """Pixel attribution of each concept's coefficient by implicit differentiation
+        through the NNLS encoding, ``(B, len(concepts), H, W)``; see
+        :func:`xai.concepts.attribution.concept_attribution_maps`."""
+        from xai.concepts.attribution import concept_attribution_maps
+
+        return concept_attribution_maps(self, inputs, concepts, method=method)
+
+    def refine(
+        self,
+        concept: int,
+        layer: LayerLike,
+        *,
+        n_concepts: int = 4,
+        top_fraction: float = 0.1,
+        **kwargs: object,
+    ) -> ConceptExtractor:
+        """CRAFT's recursion: split one concept into sub-concepts at an earlier layer.
+
+        The crops that express ``concept`` most (the top ``top_fraction`` of the training
+        rows by its coefficient, at least ``n_concepts`` of them) are taken as images, and a
+        new extractor is fitted on them at ``layer`` (crops are used whole there:
+        ``patches="positions"`` unless ``kwargs`` says otherwise). Fel et al. describe the
+        recursion without a criterion for when to apply it; no reference code implements it.
+
+        Args:
+            concept: index of the concept to split.
+            layer: an earlier layer of the same model.
+            n_concepts: number of sub-concepts (default 4).
+            top_fraction: share of the training rows kept (default 0.1).
+            **kwargs: further :class:`ConceptExtractor` options for the child.
+
+        Returns:
+            The fitted child extractor; ``child.parent_ == (self, concept)``.
+
+        Raises:
+            ValueError: ``concept`` out of range, ``top_fraction`` outside ``(0, 1]``, or the
+                extractor was fitted with ``patches="positions"`` (rows are not crops).
+        """
+        self._check_fitted()
+        k = self.concepts_.shape[0]
+        if not (isinstance(concept, int) and 0 <= concept < k):
+            raise ValueError(f"concept must be an int in 0..{k - 1}, got {concept!r}")
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        if self.patches == "positions":
+            raise ValueError(
+                "refine() needs crops: fit the parent with patches='grid' or 'random'"
+            )
+        n_rows = self.coefficients_.shape[0]
+        n_top = min(n_rows, max(n_concepts, round(top_fraction * n_rows)))
+        top = self.coefficients_[:, concept].topk(n_top).indices
+        crops = self.crops(self.patches_[top])
+        options: dict[str, object] = {
+            "n_concepts": n_concepts, "patches": "positions",
+            "factorizer": self.factorizer if isinstance(self.factorizer, str) else "nmf",
+            "batch_size": self.batch_size, "seed": self.seed, "progress": self.progress,
+            "patch_size": self.patch_size,
+        }
+        options.update(kwargs)
+        child = ConceptExtractor(self.model, layer, **options)  # type: ignore[arg-type]
+        child.fit(crops, self.target_)
+        child.parent_ = (self, concept)
+        child.parent_rows_ = top
+        return child
 
     # ----------------------------------------------------------------- importance
     def importance(

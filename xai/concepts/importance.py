@@ -101,7 +101,9 @@ def concept_importance(
     sampler: str = "sobol",
     scramble: bool = True,
     estimator: str = "jansen",
+    variance: str = "pooled",
     n_steps: int = 32,
+    reference: bool = False,
 ) -> Tensor:
     """Per-image importance of each concept for ``extractor.target_``, ``(B, K)`` float64.
 
@@ -114,13 +116,20 @@ def concept_importance(
         sampler: Sobol design sampler (default ``"sobol"``).
         scramble: scramble the Sobol/Halton sequence (default ``True``).
         estimator: Sobol estimator (default ``"jansen"``, CRAFT).
+        variance: the Sobol estimators' output variance: ``"pooled"`` (default, blocks ``A``
+            and ``B``) or ``"a"`` (block ``A`` alone, ddof 1, as the reference codes).
         n_steps: integrated-gradients steps (default 32).
+        reference: ``True`` reproduces the CRAFT reference code's Sobol importance exactly:
+            unscrambled Halton design (``sampler="halton", scramble=False``), Jansen, the
+            variance of block ``A`` and ``n_designs=32``, overriding those four arguments.
 
     Raises:
         ValueError: an unknown method.
     """
     from xai.attributions.sobol import sobol_indices
 
+    if reference:
+        sampler, scramble, estimator, variance, n_designs = "halton", False, "jansen", "a", 32
     if method == "sobol":
         k = coefficients.shape[-1]
         indices = sobol_indices(
@@ -130,6 +139,7 @@ def concept_importance(
             sampler=sampler,
             scramble=scramble,
             estimator=estimator,
+            variance=variance,
             seed=extractor.seed,
             dtype=torch.float64,
         )

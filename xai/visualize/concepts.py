@@ -24,7 +24,7 @@ from xai.visualize._image import _to_numpy, resize_map, to_image
 if TYPE_CHECKING:
     from xai.concepts import ConceptExtractor
 
-__all__ = ["concept_gallery", "concept_overlay", "strategic_cluster_graph"]
+__all__ = ["concept_gallery", "concept_overlay", "concept_tree", "strategic_cluster_graph"]
 
 _COLORS = [
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
@@ -245,5 +245,78 @@ def strategic_cluster_graph(
     ax.set_xlabel(f"{embedding} 1")
     ax.set_ylabel(f"{embedding} 2")
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def concept_tree(
+    child: ConceptExtractor,
+    *,
+    n_images: int = 5,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    concept_names: Sequence[str] | None = None,
+    title: str | None = None,
+):
+    """One level of CRAFT's concept tree: a concept and its sub-concepts (from
+    :meth:`ConceptExtractor.refine`).
+
+    The top row shows the parent concept's strongest crops (the child's training images);
+    each further row is one sub-concept: the crops where it is strongest, with its coefficient
+    map (child layer, upsampled) over them, bordered in the sub-concept's colour.
+
+    Args:
+        child: the extractor returned by ``parent.refine(concept, layer)``.
+        n_images: crops per row (default 5).
+        mean, std: undo the input normalization.
+        concept_names: labels of the sub-concepts (default ``"sub-concept i"``).
+        title: figure title (default names the parent concept and the two layers).
+
+    Returns:
+        A ``Figure`` with ``1 + K_child`` rows.
+
+    Raises:
+        ValueError: ``child`` was not made by :meth:`ConceptExtractor.refine`.
+    """
+    from matplotlib.figure import Figure
+
+    parent_info = getattr(child, "parent_", None)
+    if parent_info is None:
+        raise ValueError("child must be the result of ConceptExtractor.refine(concept, layer)")
+    parent, concept = parent_info
+    images = child.images_
+    n = min(n_images, images.shape[0])
+    maps = child.concept_maps(images)  # (N, K, H, W)
+    strength = maps.flatten(2).mean(-1)  # (N, K)
+    k = maps.shape[1]
+    names = (
+        list(concept_names) if concept_names is not None else [f"sub-concept {i}" for i in range(k)]
+    )
+    fig = Figure(figsize=(1.6 * n + 1.8, 1.6 * (k + 1)))
+    axes = fig.subplots(k + 1, n, squeeze=False)
+    for col in range(n):
+        axes[0, col].imshow(to_image(images[col], mean=mean, std=std))
+    axes[0, 0].set_ylabel(f"concept {concept}\n({parent.layer})", fontsize=9)
+    for row in range(k):
+        top = torch.argsort(strength[:, row], descending=True)[:n]
+        for col, idx in enumerate(top.tolist()):
+            ax = axes[row + 1, col]
+            ax.imshow(to_image(images[idx], mean=mean, std=std))
+            heat = _to_numpy(maps[idx, row]).astype(float)
+            peak = heat.max()
+            ax.imshow(heat / peak if peak > 0 else heat, cmap="inferno", alpha=0.45,
+                      vmin=0.0, vmax=1.0)
+        axes[row + 1, 0].set_ylabel(f"{names[row]}\n({child.layer})", fontsize=9)
+    for r in range(k + 1):
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(_COLORS[(r - 1) % len(_COLORS)])
+                    spine.set_linewidth(3)
+    fig.suptitle(
+        title or f"Concept {concept} of class {parent.target_} split at {child.layer!r}"
+    )
     fig.tight_layout()
     return fig

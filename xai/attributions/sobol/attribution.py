@@ -85,6 +85,12 @@ class SobolAttribution(Attribution):
             ``None`` evaluates everything at once.
         seed: seed of the design (scrambling or random draws; ``None`` means 0).
         progress: show a ``tqdm`` progress bar over the forward chunks.
+        reference: ``True`` reproduces the authors' PyTorch reference code exactly: an
+            unscrambled Sobol design, the Jansen estimator on the variance of block ``A``,
+            inpainting towards 0, nearest mask upsampling and bicubic map upsampling; it
+            overrides ``sampler``, ``scramble``, ``estimator``, ``order``, ``variance``,
+            ``perturbation``, ``mask_interpolation`` and ``map_interpolation`` (``grid_size``
+            and ``n_designs`` keep their values; the reference defaults are 8 and 32).
 
     Returns (of ``__call__``):
         ``(B, H, W)`` indices (``(B, grid_size, grid_size)`` with ``upsample=False``), raw:
@@ -125,8 +131,14 @@ class SobolAttribution(Attribution):
         batch_size: int | None = 64,
         seed: int | None = None,
         progress: bool = False,
+        reference: bool = False,
     ) -> None:
         super().__init__(model, batch_size=batch_size, seed=seed, progress=progress)
+        if reference:
+            sampler, scramble, estimator, order, variance = "sobol", False, "jansen", "total", "a"
+            perturbation, perturbation_kwargs = "inpainting", None
+            mask_interpolation, map_interpolation = "nearest", "bicubic"
+        self.reference = reference
         check_positive_int(grid_size, "grid_size")
         check_positive_int(n_designs, "n_designs")
         if order not in ("total", "first"):
