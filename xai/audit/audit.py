@@ -343,8 +343,6 @@ def audit(
         TypeError: a bad ``model``, ``data`` or ``explainer``.
         ValueError: bad settings, missing labels, masks/groups/maps whose shapes do not match.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if target not in ("label", "prediction"):

@@ -215,11 +215,11 @@ def _run_shards(
     if not todo:
         return
     ray = _ray(address)
-    import ray.data
+    from ray.data import from_items
 
     source_ref = [ray.put(source)]
     items = [{"shard": i, "start": s, "stop": e} for i, s, e in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = from_items(items, override_num_blocks=len(items))
     results = ds.map_batches(
         _ShardWorker,
         fn_constructor_kwargs={"model": model, "explainer": explainer,
@@ -435,7 +435,7 @@ def _write_shard(out: Path, shard: int, index: np.ndarray, maps: np.ndarray, fmt
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n, h, w = maps.shape
+    _n, h, w = maps.shape
     flat = pa.FixedSizeListArray.from_arrays(pa.array(maps.reshape(-1).astype(np.float32)), h * w)
     table = pa.table({"index": pa.array(index.astype(np.int64)), "map": flat})
     table = table.replace_schema_metadata({"height": str(h), "width": str(w)})
