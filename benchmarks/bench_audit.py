@@ -1,13 +1,18 @@
 """Audit throughput: images per second of ``xai.audit.audit`` against the bare explainer calls.
 
-Prints a table. Not collected by pytest. Needs Debian ``dataset-fashion-mnist``.
+Rows: the bare explainer calls on the same batches (the floor), the in-process engine on
+tensors and on a ``Dataset`` (DataLoader workers), and the Ray engine with 1 and 2 actors
+(a local Ray instance with as many CPUs as actors; its start-up is not timed, the actors' is).
+Prints a table with the overhead against the floor. Not collected by pytest. Needs Debian
+``dataset-fashion-mnist`` (and Ray for the Ray rows).
 
-    python benchmarks/bench_audit.py [--n-images 2000] [--threads 1]
+    python benchmarks/bench_audit.py [--n-images 10000] [--threads 1] [--no-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -19,30 +24,65 @@ from xai.data.shortcuts import planted_shortcut_set, train_small_cnn
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n-images", type=int, default=2000)
+    parser.add_argument("--n-images", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--explainers", default="saliency,grad_cam")
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = train_small_cnn(planted_shortcut_set(3000))
     data = planted_shortcut_set(args.n_images, split="test", seed=1)
+    tensors = {"labels": data.labels, "masks": data.masks, "groups": data.groups}
+    bs = args.batch_size
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    ray = None
+    if not args.no_ray:
+        try:
+            import ray
+        except ImportError:
+            print("(Ray not installed: no Ray rows)")
     print(
-        f"{args.n_images} Fashion-MNIST images, batch {args.batch_size}, {args.threads} thread(s)"
+        f"{args.n_images} Fashion-MNIST images 28x28, batch {bs}, {args.threads} thread(s) per "
+        f"process, load avg {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores"
     )
-    print(f"{'explainer':<22}{'bare img/s':>12}{'audit img/s':>13}{'overhead':>10}")
-    for name in ("saliency", "grad_cam", "integrated_gradients"):
+    print(f"{'explainer':<12}{'engine':<34}{'img/s':>9}{'x bare':>9}")
+    for name in args.explainers.split(","):
         method = get(name).create(model, layer="features")
         method(data.inputs[:8], target=data.labels[:8])  # warm-up
-        start = time.perf_counter()
-        for i in range(0, len(data), args.batch_size):
-            method(
-                data.inputs[i : i + args.batch_size], target=data.labels[i : i + args.batch_size]
-            )
-        bare = time.perf_counter() - start
-        start = time.perf_counter()
-        audit(model, data, explainer=method, batch_size=args.batch_size, progress=False)
-        full = time.perf_counter() - start
-        print(f"{name:<22}{len(data) / bare:>12.0f}{len(data) / full:>13.0f}{full / bare:>9.2f}x")
+
+        def bare(method=method):
+            for i in range(0, len(data), bs):
+                method(data.inputs[i : i + bs], target=data.labels[i : i + bs])
+
+        rows = [("bare explainer calls (floor)", best(bare))]
+        rows.append(("local, tensors", best(lambda m=method: audit(
+            model, data.inputs, explainer=m, batch_size=bs, progress=False, **tensors)))
+        )  # fmt: skip
+        rows.append(("local, Dataset (auto workers)", best(lambda m=method: audit(
+            model, data, explainer=m, batch_size=bs, progress=False)))
+        )  # fmt: skip
+        if ray is not None:
+            for workers in (1, 2):
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}})
+                rows.append((f"ray, {workers} actor(s)", best(lambda m=method, w=workers: audit(
+                    model, data.inputs, explainer=m, batch_size=bs, progress=False,
+                    engine="ray", num_workers=w,
+                    ray_options={"shard_size": max(bs, args.n_images // (4 * w))}, **tensors))))
+                ray.shutdown()
+        floor = rows[0][1]
+        for engine, seconds in rows:
+            print(f"{name:<12}{engine:<34}{len(data) / seconds:>9.0f}{seconds / floor:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ References:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
+from xai.audit.state import AuditState, BatchStats, load_state
 
 __all__ = ["AuditResult", "audit"]
 
@@ -171,7 +173,13 @@ def _unpack(batch: Any) -> tuple[Any, Any, Any, Any]:
 
 
 def _stream(
-    data: Any, labels: Any, masks: Any, groups: Any, batch_size: int
+    data: Any,
+    labels: Any,
+    masks: Any,
+    groups: Any,
+    batch_size: int,
+    num_workers: int | None = 0,
+    pin_memory: bool = False,
 ) -> tuple[Iterable[tuple[Any, Any, Any, Any]], int | None]:
     """Batches ``(inputs, labels, masks, groups)`` from tensors, a Dataset or a DataLoader."""
     if isinstance(data, (Tensor, np.ndarray)):
@@ -200,8 +208,19 @@ def _stream(
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
-        return (_unpack(b) for b in loader), len(data)  # type: ignore[arg-type]
+        n = len(data)  # type: ignore[arg-type]
+        if num_workers is None:  # auto: worker processes pay off from a few batches on
+            cpus = os.cpu_count() or 1
+            num_workers = min(4, cpus - 1) if n >= 4 * batch_size and cpus > 1 else 0
+        loader = DataLoader(
+            data,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+        )
+        return (_unpack(b) for b in loader), n
     if isinstance(data, Iterable):
         total = len(data.dataset) if isinstance(data, DataLoader) else None  # type: ignore
         return (_unpack(b) for b in data), total
@@ -212,30 +231,6 @@ def _stream(
 
 
 # --------------------------------------------------------------------------------- the audit
-
-
-class _State:
-    """Everything the audit accumulates; small enough to checkpoint after each batch."""
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.samples: dict[str, list] = {
-            k: [] for k in ("index", "label", "prediction", "group", "mass_inside", "area_inside",
-                            "hit", "peak_row", "peak_col")
-        }  # fmt: skip
-        self.map_sums: dict[int, Tensor] = {}
-        self.counts: dict[int, int] = {}
-        self.hotspots: dict[int, Tensor] = {}
-        self.worst: dict[int, list[dict]] = {}
-        self.image_size: tuple[int, int] | None = None
-        self.concept_inputs: dict[int, list[Tensor]] = {}
-        self.concept_masks: dict[int, list[Tensor]] = {}
-
-    def state_dict(self) -> dict:
-        return dict(vars(self))
-
-    def load(self, state: dict) -> None:
-        vars(self).update(state)
 
 
 def _resolve_explainer(model: nn.Module, explainer: Any, layer: LayerLike | None) -> Any:
@@ -279,6 +274,9 @@ def audit(
     concept_classes: str | Sequence[int] = "flagged",
     concept_images: int = 32,
     progress: bool = True,
+    engine: str = "local",
+    num_workers: int | None = None,
+    ray_options: dict | None = None,
 ) -> AuditResult:
     """Audit where ``model``'s attributions fall over a dataset, per class and per group.
 
@@ -323,6 +321,20 @@ def audit(
         concept_classes: ``"flagged"`` (default), ``"all"`` or a list of class indices.
         concept_images: the first images of each class kept for the concepts (memory bound).
         progress: show a ``tqdm`` progress bar.
+        engine: ``"local"`` (default): this process, batch after batch. ``"ray"``: shards of
+            the data on a pool of Ray actors, each holding a copy of the model (see
+            :func:`xai.audit.distributed.ray_audit_state`); the result equals the local one
+            to float tolerance. Needs tensors or a map-style ``Dataset`` and Ray
+            (``pip install "ray[data]"``).
+        num_workers: local engine with a ``Dataset``: DataLoader worker processes (``None``,
+            default: up to 4 when the dataset has at least 4 batches and the machine more
+            than one core, else 0). Pinned memory is used when the model is on a GPU. Ray
+            engine: the number of actors (default 2).
+        ray_options: Ray engine settings: ``address`` (an existing cluster, e.g.
+            ``"ray://head:10001"``; default: the running one or a local one), ``shard_size``
+            (images per task, default ``8 * batch_size``), ``num_cpus`` / ``num_gpus`` per
+            actor, ``checkpoint_dir`` (one file per finished shard; a restarted job skips
+            them).
 
     Returns:
         An :class:`AuditResult`; :func:`xai.audit.write_report` turns it into a report.
@@ -331,8 +343,6 @@ def audit(
         TypeError: a bad ``model``, ``data`` or ``explainer``.
         ValueError: bad settings, missing labels, masks/groups/maps whose shapes do not match.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if target not in ("label", "prediction"):
@@ -355,48 +365,38 @@ def audit(
         raise ValueError(f"concepts must be an int >= 0, got {concepts!r}")
     if concepts and (concept_layer or layer) is None:
         raise ValueError("concepts need a layer to factorize: pass concept_layer='...'")
-    batches, total = _stream(data, labels, masks, groups, batch_size)
-    state = _State()
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state.load(torch.load(ckpt, weights_only=False))
-    skip = state.seen
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    bar = tqdm(total=total, desc="audit", unit="img", disable=not progress)
-    position, n_batches = 0, 0
-    for x, y, m, g in batches:
-        x = _as_tensor(x, "inputs")
-        y = _as_tensor(y, "labels")
-        n = x.shape[0]
-        if position + n <= skip:  # already in the checkpoint
-            position += n
-            bar.update(n)
-            continue
-        if position < skip:
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    keep = concept_images if concepts else 0
+    settings = {"grid_size": grid_size, "n_worst": n_worst, "target": target,
+                "keep_for_concepts": keep}  # fmt: skip
+    if engine == "ray":
+        if checkpoint is not None:
             raise ValueError(
-                f"the checkpoint ends inside a batch ({skip} images); resume with the same "
-                "batch_size and data order"
+                "checkpoint= is for the local engine; with engine='ray' pass "
+                "ray_options={'checkpoint_dir': ...} (one file per finished shard)"
             )
-        _process(method, model, x.to(device), y, _as_tensor(m, "masks"), _as_tensor(g, "groups"),
-                 position, state, grid_size, n_worst, target,
-                 concept_images if concepts else 0)  # fmt: skip
-        position += n
-        n_batches += 1
-        bar.update(n)
-        if ckpt is not None and n_batches % checkpoint_every == 0:
-            torch.save(state.state_dict(), ckpt)
-    bar.close()
+        from xai.audit.distributed import ray_audit_state
+
+        state = ray_audit_state(
+            model, data, explainer=method, labels=labels, masks=masks, groups=groups,
+            batch_size=batch_size, num_workers=num_workers or 2, progress=progress,
+            **settings, **(ray_options or {}),
+        )  # fmt: skip
+    else:
+        state = _local_state(
+            model, method, data, labels, masks, groups, batch_size, checkpoint,
+            checkpoint_every, num_workers, progress, **settings,
+        )  # fmt: skip
     if state.seen == 0:
         raise ValueError("the dataset is empty: nothing to audit")
-    if ckpt is not None:
-        torch.save(state.state_dict(), ckpt)
     config = {
         "explainer": getattr(method, "name", type(method).__name__),
         "layer": str(layer) if layer is not None else None,
         "target": target, "grid_size": grid_size, "mass_threshold": mass_threshold,
         "hotspot_threshold": hotspot_threshold, "min_samples": min_samples,
         "n_images": state.seen, "image_size": state.image_size, "has_masks": None,
-        "n_bootstrap": n_bootstrap, "seed": seed,
+        "n_bootstrap": n_bootstrap, "seed": seed, "engine": engine,
     }  # fmt: skip
     result = _summarize(state, config, class_names, group_names)
     from xai.verbalize.audit import flag_sentence
@@ -415,7 +415,7 @@ def audit(
 
 def _concepts(
     model: nn.Module,
-    state: _State,
+    state: AuditState,
     result: AuditResult,
     n_concepts: int,
     layer: LayerLike,
@@ -476,26 +476,112 @@ def _concepts(
     return out
 
 
-def _process(
-    method: Any,
+def _local_state(
     model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    m: Tensor | None,
-    g: Tensor | None,
-    start: int,
-    state: _State,
+    method: Any,
+    data: Any,
+    labels: Any,
+    masks: Any,
+    groups: Any,
+    batch_size: int,
+    checkpoint: str | Path | None,
+    checkpoint_every: int,
+    num_workers: int | None,
+    progress: bool,
+    *,
     grid_size: int,
     n_worst: int,
     target: str,
-    keep_for_concepts: int = 0,
-) -> None:
-    from xai.adapter import preserved
+    keep_for_concepts: int,
+) -> AuditState:
+    """The in-process engine: stream the batches, update one :class:`AuditState`."""
+    from tqdm.auto import tqdm
 
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batches, total = _stream(
+        data, labels, masks, groups, batch_size, num_workers, pin_memory=device.type == "cuda"
+    )
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = load_state(ckpt)
+        if (state.grid_size, state.n_worst, state.keep_for_concepts) != (
+            grid_size, n_worst, keep_for_concepts
+        ):
+            raise ValueError(
+                f"the checkpoint {ckpt} was written by an audit with other settings "
+                "(grid_size, n_worst or concepts); delete it or use another file"
+            )
+    else:
+        state = AuditState(grid_size, n_worst, keep_for_concepts)
+    skip = state.seen
+    bar = tqdm(total=total, desc="audit", unit="img", disable=not progress)
+    position, n_batches = 0, 0
+    for x, y, m, g in batches:
+        x = _as_tensor(x, "inputs")
+        n = x.shape[0]
+        if position + n <= skip:  # already in the checkpoint
+            position += n
+            bar.update(n)
+            continue
+        if position < skip:
+            raise ValueError(
+                f"the checkpoint ends inside a batch ({skip} images); resume with the same "
+                "batch_size and data order"
+            )
+        stats = batch_stats(
+            method, model, x.to(device, non_blocking=True), _as_tensor(y, "labels"),
+            _as_tensor(m, "masks"), _as_tensor(g, "groups"), position, grid_size, target,
+            state.image_size,
+        )  # fmt: skip
+        state.image_size = state.image_size or tuple(x.shape[2:])  # type: ignore[assignment]
+        state.update(stats)
+        position += n
+        n_batches += 1
+        bar.update(n)
+        if ckpt is not None and n_batches % checkpoint_every == 0:
+            state.save(ckpt)
+    bar.close()
+    if ckpt is not None and state.seen:
+        state.save(ckpt)
+    return state
+
+
+def batch_stats(
+    method: Any,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None,
+    m: Tensor | None,
+    g: Tensor | None,
+    start: int,
+    grid_size: int,
+    target: str,
+    image_size: tuple[int, int] | None = None,
+) -> BatchStats:
+    """Explain one batch and compute its per-sample statistics, vectorized over the batch.
+
+    The model's predictions come from the explainer's own forward pass on the clean batch when
+    it makes one (:func:`xai.adapter.observe.observe_outputs`), else from one extra forward.
+
+    Raises:
+        ValueError: shapes that do not match, labels/groups of the wrong length or kind.
+    """
+    from xai.adapter import preserved, unwrap_output
+    from xai.adapter.observe import observe_outputs
+
+    if y is None:
+        raise ValueError("every batch needs labels")
     if x.dim() != 4:
         raise ValueError(f"inputs must be (B, C, H, W) images, got shape {tuple(x.shape)}")
     n, _, h, w = x.shape
-    y = y.reshape(-1).long()
+    if image_size is not None and tuple(image_size) != (h, w):
+        raise ValueError(f"all images must have one size; got {(h, w)} after {image_size}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(
+            f"labels must be integer class indices, got dtype {y.dtype}; convert with "
+            ".long() only if the values are whole numbers"
+        )
+    y = y.reshape(-1).long().cpu()
     if y.shape[0] != n:
         raise ValueError(f"got {y.shape[0]} labels for {n} images")
     if m is not None:
@@ -508,84 +594,65 @@ def _process(
             )
         m = (m != 0).to(x.device)
     if g is not None:
-        g = g.reshape(-1).long()
+        g = g.reshape(-1).long().cpu()
         if g.shape[0] != n:
             raise ValueError(f"got {g.shape[0]} group ids for {n} images")
-    if state.image_size is None:
-        state.image_size = (h, w)
-    elif state.image_size != (h, w):
-        raise ValueError(f"all images must have one size; got {(h, w)} after {state.image_size}")
-    with preserved(model), torch.no_grad():
-        model.eval()
-        logits = model(x)
-    pred = logits.argmax(1).cpu()
-    tgt = y if target == "label" else pred
-    maps = method(x, target=tgt.to(x.device))
+        if bool((g < 0).any()):
+            raise ValueError("group ids must be non-negative integers")
+    tgt = y.to(x.device)
+    if target == "label":
+        with observe_outputs(model, x) as seen:
+            maps = method(x, target=tgt)
+        logits = seen.outputs
+    else:
+        logits = None
+    if logits is None:
+        with preserved(model), torch.no_grad():
+            model.eval()
+            logits = unwrap_output(model(x))
+    pred = logits.argmax(1)
+    if target == "prediction":
+        tgt = pred
+        maps = method(x, target=tgt)
     if not isinstance(maps, Tensor) or tuple(maps.shape) != (n, h, w):
         raise ValueError(
             f"the explainer returned {tuple(getattr(maps, 'shape', ()))}, expected ({n}, {h}, {w})"
             " maps at the input resolution"
         )
     maps = maps.detach().double()
-    pos = maps.clamp_min(0)
-    total = pos.flatten(1).sum(1)
-    peak = maps.flatten(1).argmax(1)
+    flat = maps.flatten(1)
+    pos = flat.clamp_min(0)
+    total = pos.sum(1)
+    peak_value, peak = flat.max(1)
+    has_peak = peak_value > 0  # an all-zero/negative map has no hot spot
     rows, cols = peak // w, peak % w
+    scores = logits.gather(1, tgt.to(logits.device)[:, None])[:, 0].double()
+    nan = torch.full((n,), float("nan"), dtype=torch.float64, device=maps.device)
     if m is not None:
-        inside = (pos * m).flatten(1).sum(1)
-        mass = torch.where(total > 0, inside / total.clamp_min(1e-300), float("nan"))
-        hit = m.flatten(1).gather(1, peak[:, None])[:, 0].double()
-        hit = torch.where(maps.flatten(1).amax(1) > 0, hit, float("nan"))
-        area = m.flatten(1).double().mean(1)
+        mf = m.flatten(1)
+        mass = torch.where(total > 0, (pos * mf).sum(1) / total.clamp_min(1e-300), nan)
+        hit = torch.where(has_peak, mf.gather(1, peak[:, None])[:, 0].double(), nan)
+        area = mf.double().mean(1)
+        badness = torch.where(torch.isnan(mass), -scores.to(mass), -mass)
     else:
-        mass = hit = area = torch.full((n,), float("nan"), dtype=torch.float64)
-    norm = pos / pos.flatten(1).amax(1).clamp_min(1e-300)[:, None, None]
-    has_peak = (maps.flatten(1).amax(1) > 0).cpu()  # an all-zero/negative map has no hot spot
-    cell_r = (rows * grid_size // h).cpu()
-    cell_c = (cols * grid_size // w).cpu()
-    scores = logits.gather(1, tgt.to(logits.device)[:, None])[:, 0].cpu()
-    s = state.samples
-    for i in range(n):
-        c = int(y[i])
-        s["index"].append(start + i)
-        s["label"].append(c)
-        s["prediction"].append(int(pred[i]))
-        s["group"].append(None if g is None else int(g[i]))
-        s["mass_inside"].append(float(mass[i]))
-        s["area_inside"].append(float(area[i]))
-        s["hit"].append(float(hit[i]))
-        s["peak_row"].append(int(rows[i]) if has_peak[i] else -1)
-        s["peak_col"].append(int(cols[i]) if has_peak[i] else -1)
-        if c not in state.map_sums:
-            state.map_sums[c] = torch.zeros(h, w, dtype=torch.float64)
-            state.hotspots[c] = torch.zeros(grid_size, grid_size, dtype=torch.long)
-            state.counts[c] = 0
-            state.worst[c] = []
-        state.map_sums[c] += norm[i].cpu()
-        kept = state.concept_inputs.setdefault(c, [])
-        if sum(len(t) for t in kept) < keep_for_concepts:
-            kept.append(x[i : i + 1].detach().cpu())
-            if m is not None:
-                state.concept_masks.setdefault(c, []).append(m[i : i + 1].cpu())
-        state.counts[c] += 1
-        if has_peak[i]:
-            state.hotspots[c][cell_r[i], cell_c[i]] += 1
-        badness = (
-            -float(mass[i])
-            if m is not None and not math.isnan(float(mass[i]))
-            else (-float(scores[i]))
-        )
-        worst = state.worst[c]
-        if n_worst > 0 and (len(worst) < n_worst or badness > worst[-1]["badness"]):
-            worst.append({
-                "index": start + i, "label": c, "prediction": int(pred[i]),
-                "mass_inside": float(mass[i]), "badness": badness,
-                "image": x[i].detach().cpu().float(), "map": maps[i].cpu().float(),
-                "mask": None if m is None else m[i].cpu(),
-            })  # fmt: skip
-            worst.sort(key=lambda d: -d["badness"])
-            del worst[n_worst:]
-    state.seen += n
+        mass = hit = area = nan
+        badness = -scores.to(maps.device)
+    badness = torch.nan_to_num(badness, nan=-math.inf)
+    norm = (pos / pos.amax(1).clamp_min(1e-300)[:, None]).view(n, h, w)
+    cells = (rows * grid_size // h) * grid_size + cols * grid_size // w
+    minus_one = torch.full_like(rows, -1)
+    columns = {
+        "index": torch.arange(start, start + n),
+        "label": y,
+        "prediction": pred.cpu(),
+        "group": torch.full((n,), -1, dtype=torch.long) if g is None else g,
+        "mass_inside": mass.cpu(), "area_inside": area.cpu(), "hit": hit.cpu(),
+        "peak_row": torch.where(has_peak, rows, minus_one).cpu(),
+        "peak_col": torch.where(has_peak, cols, minus_one).cpu(),
+        "badness": badness.cpu(),
+    }  # fmt: skip
+    return BatchStats(columns, norm.cpu(), has_peak.cpu(), cells.cpu(), x, maps.float(),
+                      None if m is None else m)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -603,13 +670,22 @@ def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator) -
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def _samples(state: AuditState) -> dict[str, list]:
+    """The per-sample columns as lists (``group`` ``None`` where the data has none)."""
+    cols = state.columns()
+    out = {k: v.tolist() for k, v in cols.items() if k != "badness"}
+    out["group"] = [None if v < 0 else v for v in out["group"]]
+    return out
+
+
 def _summarize(
-    state: _State,
+    state: AuditState,
     config: dict,
     class_names: Sequence[str] | None,
     group_names: Sequence[str] | None,
 ) -> AuditResult:
-    s = {k: np.asarray(v, dtype=object) for k, v in state.samples.items()}
+    samples = _samples(state)
+    s = {k: np.asarray(v, dtype=object) for k, v in samples.items()}
     label = s["label"].astype(np.int64)
     correct = (s["prediction"].astype(np.int64) == label).astype(np.float64)
     mass = s["mass_inside"].astype(np.float64)
@@ -746,5 +822,5 @@ def _summarize(
         for c, lst in state.worst.items()
     }
     return AuditResult(
-        classes, groups, class_groups, flags, dict(state.samples), mean_maps, hot, worst, config
+        classes, groups, class_groups, flags, samples, mean_maps, hot, worst, config
     )
