@@ -67,7 +67,7 @@ def main() -> None:
     loop_t, loop_curve = timed(lambda: per_step_loop(model, x, maps, target, args.steps),
                                args.repeat)
     rows.append(("per-step loop (1 image / forward)", loop_t, loop_curve))
-    for bs in (None, 8):
+    for bs in (None, 32, 8):
         metric = Deletion(n_steps=args.steps, batch_size=bs)
         t, res = timed(lambda m=metric: m(model, x, maps, target), args.repeat)
         rows.append((f"Deletion batched, batch_size={bs}", t, res.curve.double().cpu()))

@@ -147,9 +147,15 @@ def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
 
 
 def frozen_target(model: nn.Module, inputs: Tensor, target: TargetLike | Target) -> Target:
-    """Normalize ``target``, check it against the batch and fix an argmax from a clean forward."""
+    """Normalize ``target``, check it against the batch and fix an argmax from a clean forward.
+
+    A target that needs no argmax (class indices, a callable, a task target) costs no forward
+    pass here: it is validated against the model's output by the metric's first forward.
+    """
     tgt = as_target(target)
     tgt.check_batch(inputs.shape[0])
+    if not tgt.needs_freeze:
+        return tgt
     with torch.no_grad():
         outputs = unwrap_output(model(inputs))
     frozen = tgt.freeze(outputs)
