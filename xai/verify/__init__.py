@@ -130,40 +130,86 @@ class BoundedModel:
             parts: return ``(ibp, crown)`` separately instead of their minimum (tests);
                 ``crown`` has ``NaN`` for rows outside ``top_k``.
         """
-        if bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
-        if relu_lower not in RELU_LOWER:
-            raise ValueError(f"relu_lower must be one of {RELU_LOWER}, got {relu_lower!r}")
-        graph = self.graph
-        n_rows = rows.shape[1]
-        out = graph.ops[graph.output]
-        ibp_cut = set(out.inputs) if out.kind == "affine" else {graph.output}
-        crown_rows = n_rows if top_k is None else min(top_k, n_rows)
-        cut = frontier(graph, crown_rows, self.backward_budget) if bound == "crown" else set()
-        keep = {j for op in graph.ops if op.kind != "affine" for j in op.inputs}
-        keep |= ibp_cut | cut | {graph.output}
-        with torch.no_grad():
-            boxes = ibp(graph, ball, keep)
-            upper_ibp = backward(graph, boxes, rows, ball, ibp_cut)
-            if bound == "ibp":
-                return (upper_ibp, None) if parts else upper_ibp
-            if crown_rows < n_rows:
-                top = upper_ibp.topk(crown_rows, dim=1).indices
-                chosen = rows.gather(1, top[..., None].expand(-1, -1, rows.shape[2]))
-                crown = backward(graph, boxes, chosen, ball, cut, relu_lower)
-                upper_crown = torch.full_like(upper_ibp, torch.nan).scatter(1, top, crown)
-                combined = upper_ibp.scatter(1, top, torch.minimum(upper_ibp.gather(1, top),
-                                                                   crown))
-            else:
-                upper_crown = backward(graph, boxes, rows, ball, cut, relu_lower)
-                combined = torch.minimum(upper_ibp, upper_crown)
-        return (upper_ibp, upper_crown) if parts else combined
+        return _upper(self.graph, ball, rows, bound, relu_lower, top_k, parts,
+                      self.backward_budget)
+
+    def hybrid_upper(
+        self,
+        ball: Ball,
+        rows: Tensor,
+        split: int,
+        noise: Tensor,
+        *,
+        chunk: int = 32,
+        bound: str = "crown",
+        relu_lower: str = "adaptive",
+        top_k: int | None = None,
+    ) -> Tensor:
+        """Hybrid empirical/verified bounds (EVA's scaling mode, Fel et al. 2023, Fig. 3).
+
+        Each row's ball is **sampled** (``noise``: ``(N, n_samples, *in_shape)`` in the unit
+        ball of the norm, scaled by ``epsilon`` and the mask; sample 0 should be 0), the
+        network is run up to node ``split``, the elementwise min/max of those activations is
+        taken as the box at ``split``, and the rest of the network is bounded from that box.
+        **Not verified**: the box is an inner estimate of the true reachable set.
+
+        Returns:
+            ``(N, S)`` upper bounds of ``rows @ f`` over the sampled-box set.
+        """
+        n, m = noise.shape[:2]
+        eps = ball._eps()[:, None]
+        points = (ball.center[:, None] + eps * ball.mask[:, None] * noise).flatten(0, 1)
+        acts = []
+        for start in range(0, points.shape[0], chunk):
+            vals = [points[start : start + chunk]]
+            for op in self.graph.ops[1 : split + 1]:
+                vals.append(op.fn(*[vals[j] for j in op.inputs]))
+            acts.append(vals[split])
+            del vals
+        act = torch.cat(acts).view(n, m, *self.graph.ops[split].shape)
+        low, high = act.amin(1), act.amax(1)
+        box = Ball((low + high) / 2, torch.ones_like(ball.epsilon), (high - low) / 2)
+        return _upper(self.graph.tail(split), box, rows, bound, relu_lower, top_k, False,
+                      self.backward_budget)
 
     def node_bounds(self, ball: Ball) -> list[tuple[Tensor, Tensor]]:
         """IBP ``(low, high)`` of every node (the pre-activation bounds the CROWN pass uses)."""
         with torch.no_grad():
             boxes = ibp(self.graph, ball)
         return [boxes[i] for i in range(len(self.graph.ops))]
+
+
+def _upper(graph: Graph, ball: Ball, rows: Tensor, bound: str, relu_lower: str,
+           top_k: int | None, parts: bool, budget: int | None
+           ) -> Tensor | tuple[Tensor, Tensor | None]:
+    """Upper bounds ``(N, S)`` of ``rows @ f`` over ``ball`` (see :meth:`BoundedModel.upper`)."""
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if relu_lower not in RELU_LOWER:
+        raise ValueError(f"relu_lower must be one of {RELU_LOWER}, got {relu_lower!r}")
+    n_rows = rows.shape[1]
+    out = graph.ops[graph.output]
+    ibp_cut = set(out.inputs) if out.kind == "affine" else {graph.output}
+    crown_rows = n_rows if top_k is None else min(top_k, n_rows)
+    cut = frontier(graph, crown_rows, budget) if bound == "crown" else set()
+    keep = {j for op in graph.ops if op.kind != "affine" for j in op.inputs}
+    keep |= ibp_cut | cut | {graph.output}
+    with torch.no_grad():
+        boxes = ibp(graph, ball, keep)
+        upper_ibp = backward(graph, boxes, rows, ball, ibp_cut)
+        if bound == "ibp":
+            return (upper_ibp, None) if parts else upper_ibp
+        if crown_rows < n_rows:
+            top = upper_ibp.topk(crown_rows, dim=1).indices
+            chosen = rows.gather(1, top[..., None].expand(-1, -1, rows.shape[2]))
+            crown = backward(graph, boxes, chosen, ball, cut, relu_lower)
+            upper_crown = torch.full_like(upper_ibp, torch.nan).scatter(1, top, crown)
+            combined = upper_ibp.scatter(1, top, torch.minimum(upper_ibp.gather(1, top),
+                                                               crown))
+        else:
+            upper_crown = backward(graph, boxes, rows, ball, cut, relu_lower)
+            combined = torch.minimum(upper_ibp, upper_crown)
+    return (upper_ibp, upper_crown) if parts else combined
 
 
 def make_ball(

@@ -68,6 +68,7 @@ class Op:
     abs_fn: Callable[..., Tensor] | None = None
     transpose: Callable[[Tensor], list[Tensor]] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    module: str | None = None
 
 
 @dataclass
@@ -80,6 +81,44 @@ class Graph:
     @property
     def output(self) -> int:
         return len(self.ops) - 1
+
+    def split_index(self, layer: str) -> int:
+        """The node whose value is the output of submodule ``layer`` (its last op inside it).
+
+        Raises:
+            ValueError: no op comes from ``layer``, or later ops also read earlier nodes (a
+                skip connection over the split), so the output does not depend on it alone.
+        """
+        inside = [i for i, op in enumerate(self.ops)
+                  if op.module is not None and (op.module == layer or
+                                                op.module.startswith(layer + "."))]
+        if not inside:
+            names = sorted({op.module.rsplit(".", 1)[0] for op in self.ops if op.module})
+            raise ValueError(f"no traced operation comes from layer {layer!r}; modules: "
+                             f"{', '.join(names[:20])}")
+        split = inside[-1]
+        for i in range(split + 1, len(self.ops)):
+            early = [j for j in self.ops[i].inputs if j < split]
+            if early:
+                raise ValueError(
+                    f"layer {layer!r} does not separate the input from the output: "
+                    f"{self.ops[i].name} also reads {self.ops[early[0]].name}"
+                )
+        return split
+
+    def tail(self, split: int) -> "Graph":
+        """The sub-graph after node ``split``, whose input is that node's value."""
+        first = Op(f"split at {self.ops[split].name}", "input", [], lambda t: t,
+                   self.ops[split].shape)
+        ops = [first]
+        for op in self.ops[split + 1:]:
+            ops.append(Op(op.name, op.kind, [j - split for j in op.inputs], op.fn, op.shape,
+                          op.abs_fn, op.transpose, op.params, op.module))
+        consumers: list[list[int]] = [[] for _ in ops]
+        for i, op in enumerate(ops):
+            for j in op.inputs:
+                consumers[j].append(i)
+        return Graph(ops, consumers)
 
 
 # -- tracing -------------------------------------------------------------------------------
@@ -238,6 +277,7 @@ class _Builder:
             spec = make(mod, self.value[first])
             if isinstance(spec, str):
                 raise _unsupported(node, gm, spec)
+            spec["module"] = node.target
             return self._emit(node, desc, [first], spec)
         if node.op == "call_function":
             return self._function(node, desc, node.target, args, kwargs, bounded)
@@ -260,7 +300,7 @@ class _Builder:
             raise _unsupported(node, self.gm, "it does not return a tensor")
         op = Op(desc, spec.pop("kind"), [self.index[n] for n in inputs], spec.pop("fn"),
                 tuple(out.shape[1:]), spec.pop("abs_fn", None), spec.pop("transpose", None),
-                spec)
+                spec, spec.pop("module", None))
         self._add(node, op, out)
 
     def _function(self, node, desc, fn, args, kwargs, bounded) -> None:
