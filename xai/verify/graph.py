@@ -35,7 +35,7 @@ SUPPORTED = (
     "nn.Dropout* / nn.Identity (pass-through, eval)",
     "addition / subtraction of two tensors or of a constant (residuals)",
     "torch.cat",
-    "multiplication / division by a constant",
+    "multiplication / division by a constant (scalar or per-sample-shaped tensor)",
     "a final nn.Softmax / nn.LogSoftmax (stripped: bounds are on the logits)",
 )
 
@@ -406,9 +406,18 @@ class _Builder:
         divide = fn in (operator.truediv, torch.div)
         if divide and x is b:
             raise _unsupported(node, self.gm, "division by a bounded tensor has no rule")
+        if isinstance(c, Tensor) and c.numel() != 1:
+            value = self.value[x]
+            if c.dim() > value.dim() or (c.dim() == value.dim() and c.shape[0] != 1) or (
+                torch.broadcast_shapes(c.shape, value.shape) != value.shape
+            ):
+                raise _unsupported(node, self.gm, "a constant factor must broadcast to one sample")
+            const = c.detach().to(value.dtype)
+            const = 1.0 / const if divide else const
+            spec = {"kind": "affine", "fn": lambda t: t * const,
+                    "abs_fn": lambda r: r * const.abs(), "transpose": lambda lam: [lam * const]}
+            return self._emit(node, desc, [x], spec)
         if isinstance(c, Tensor):
-            if c.numel() != 1:
-                raise _unsupported(node, self.gm, "only scaling by a scalar constant is supported")
             c = float(c)
         if not isinstance(c, (int, float)):
             raise _unsupported(node, self.gm)

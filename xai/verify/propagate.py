@@ -240,26 +240,28 @@ def relu_relaxation(
     Returns:
         ``(a_L, b_L, a_U, b_U)``, each shaped like ``low``.
     """
-    alpha = low_slope
+    one = torch.ones_like(low)
+    alpha = one * low_slope  # tensors of low's dtype: python floats would round to float32
     dead, alive = high <= 0, low >= 0
     unstable = ~(dead | alive)
-    span = torch.where(unstable, high - low, torch.ones_like(high))
+    span = torch.where(unstable, high - low, one)
     g_low = torch.where(low >= 0, low, alpha * low)
     g_high = torch.where(high >= 0, high, alpha * high)
-    a_up = torch.where(unstable, (g_high - g_low) / span, torch.where(alive, 1.0, alpha))
+    stable = torch.where(alive, one, alpha)
+    a_up = torch.where(unstable, (g_high - g_low) / span, stable)
     b_up = torch.where(unstable, g_low - a_up * low, torch.zeros_like(low))
     if relu_lower == "adaptive":
-        slope = torch.where(high > -low, 1.0, alpha)
+        slope = torch.where(high > -low, one, alpha)
     elif relu_lower == "zero":
-        slope = torch.full_like(low, alpha)
+        slope = alpha
     elif relu_lower == "one":
-        slope = torch.ones_like(low)
+        slope = one
     elif relu_lower == "same":
         slope = a_up
     else:
         raise ValueError(f"relu_lower must be one of {RELU_LOWER}, got {relu_lower!r}")
-    a_low = torch.where(unstable, slope, torch.where(alive, 1.0, alpha)).to(low)
-    return a_low, torch.zeros_like(low), a_up.to(low), b_up
+    a_low = torch.where(unstable, slope, stable)
+    return a_low, torch.zeros_like(low), a_up, b_up
 
 
 def clipped_relaxation(
