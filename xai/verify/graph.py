@@ -326,7 +326,7 @@ class _Builder:
             slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
             return self._leaky(node, desc, x, float(slope))
         if fn in _PASS_FUNCS and single:
-            return self._emit(node, desc, [x], _affine(lambda t: t, positive=True))
+            return self._emit(node, desc, [x], _identity_spec())
         if fn in _RESHAPE_FUNCS and single:
             return self._emit(node, desc, [x], _reshape_spec(self.value[x], fn, args, kwargs))
         if fn is F.linear and single and not self._bounded(args[1:]):
@@ -360,7 +360,7 @@ class _Builder:
         if not single:
             raise _unsupported(node, self.gm)
         if name in _PASS_METHODS:
-            return self._emit(node, desc, [x], _affine(lambda t: t, positive=True))
+            return self._emit(node, desc, [x], _identity_spec())
         if name in _RESHAPE_METHODS:
             method = getattr(torch.Tensor, name)
             return self._emit(node, desc, [x], _reshape_spec(self.value[x], method, args, kwargs))
@@ -473,6 +473,12 @@ def _affine(fn: Callable[..., Tensor], positive: bool | None) -> dict:
     return spec
 
 
+def _identity_spec() -> dict:
+    spec = _affine(lambda t: t, positive=True)
+    spec["passthrough"] = True
+    return spec
+
+
 def _scale_spec(fn: Callable[[Tensor], Tensor], factor: float) -> dict:
     return {"kind": "affine", "fn": fn, "abs_fn": lambda r: r * abs(factor),
             "transpose": lambda lam: [lam * factor]}
@@ -577,7 +583,9 @@ def _reshape_spec(value: Tensor, fn, args, kwargs) -> dict:
         raise UnsupportedOperationError(
             f"a reshape that mixes samples (shape {tuple(value.shape)} -> {tuple(out.shape)})"
         )
-    return _affine(lambda t: t.reshape(t.shape[0], *shape), positive=True)
+    spec = _affine(lambda t: t.reshape(t.shape[0], *shape), positive=True)
+    spec["passthrough"] = True
+    return spec
 
 
 def _module_rule(mod: nn.Module):
@@ -611,7 +619,7 @@ def _module_rule(mod: nn.Module):
     if isinstance(mod, nn.Flatten):
         return lambda m, v: _reshape_spec(v, m.forward, (v,), {})
     if isinstance(mod, _PASS_MODULES):
-        return lambda m, v: _affine(lambda t: t, positive=True)
+        return lambda m, v: _identity_spec()
     return None
 
 

@@ -92,10 +92,15 @@ def ibp(graph: Graph, ball: Ball, keep: set[int] | None = None) -> dict[int, tup
         for j in op.inputs:
             last_use[j] = max(last_use[j], i)
     boxes: dict[int, tuple[Tensor, Tensor]] = {0: ball.box()}
+    # the input and its reshapes: a Linear/Conv2d reading them is bounded with the dual norm
+    raw: dict[int, tuple[Tensor, Tensor]] = {0: (ball.center, ball.mask)}
     for i, op in enumerate(ops[1:], start=1):
         ins = [boxes[j] for j in op.inputs]
         if op.kind == "affine":
-            boxes[i] = _ibp_affine(op, ins, ball if op.inputs == [0] else None)
+            source = raw.get(op.inputs[0]) if len(op.inputs) == 1 else None
+            if source is not None and op.params.get("passthrough"):
+                raw[i] = (op.fn(source[0]), op.fn(source[1]))
+            boxes[i] = _ibp_affine(op, ins, ball, source)
         elif op.kind == "relu":
             low, high = ins[0]
             boxes[i] = (op.fn(low), op.fn(high))
@@ -111,16 +116,17 @@ def ibp(graph: Graph, ball: Ball, keep: set[int] | None = None) -> dict[int, tup
     return boxes
 
 
-def _ibp_affine(op: Op, ins: list[tuple[Tensor, Tensor]], ball: Ball | None) -> tuple[Tensor,
-                                                                                      Tensor]:
-    mids = [(lo + hi) / 2 for lo, hi in ins]
-    center = op.fn(*mids)
-    if ball is not None and ball.norm == "l2" and "dual" in op.params:
+def _ibp_affine(op: Op, ins: list[tuple[Tensor, Tensor]], ball: Ball,
+                source: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    if source is not None and ball.norm == "l2" and "dual" in op.params:
         # exact over the L2 ball: max_{||d * m|| <= eps} w.d = eps * ||w * m||_2 (m is 0/1)
-        center = op.fn(ball.center)
-        radius = ball._eps() * op.params["dual"](ball.mask).clamp_min(0).sqrt()
+        center, mask = source
+        center = op.fn(center)
+        radius = op.params["dual"](mask).clamp_min(0).sqrt()
+        radius = radius * ball.epsilon.view(-1, *([1] * (radius.dim() - 1)))
     else:
         assert op.abs_fn is not None
+        center = op.fn(*[(lo + hi) / 2 for lo, hi in ins])
         radius = op.abs_fn(*[(hi - lo) / 2 for lo, hi in ins])
     return center - radius, center + radius
 
