@@ -41,12 +41,14 @@ def test_hand_derived_values_of_the_spec(spec):
     expected = torch.tensor([[[0.75, 2.25], [0.0, 0.0]]], dtype=torch.float64)
     torch.testing.assert_close(raw, expected, rtol=0, atol=1e-12)
     ibp = EVA(model, 1.0, grid_size=2, bound="ibp")(x, target=0)
-    torch.testing.assert_close(ibp, torch.tensor([[[1.5, 1.5], [0.0, 0.0]]],
-                                                 dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        ibp, torch.tensor([[[1.5, 1.5], [0.0, 0.0]]], dtype=torch.float64), rtol=0, atol=1e-12
+    )
     l2 = EVA(model, 1.0, grid_size=2, bound="ibp", norm="l2")(x, target=0)
     v = 2 * math.sqrt(2) - 2
-    torch.testing.assert_close(l2, torch.tensor([[[v, v], [0.0, 0.0]]], dtype=torch.float64),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        l2, torch.tensor([[[v, v], [0.0, 0.0]]], dtype=torch.float64), rtol=0, atol=1e-12
+    )
     # monotone clamps AO(B_u) at AO(B): fixing x2 gives -0.5 < 1.75, unchanged here
     mono = EVA(model, 1.0, grid_size=2)(x, target=0)
     torch.testing.assert_close(mono, expected, rtol=0, atol=1e-12)
@@ -55,8 +57,9 @@ def test_hand_derived_values_of_the_spec(spec):
 def test_epsilon_zero_gives_a_zero_map(spec):
     model, x = spec
     for bound in ("ibp", "crown"):
-        assert torch.equal(EVA(model, 0.0, grid_size=2, bound=bound)(x), torch.zeros(1, 2, 2,
-                                                                                    dtype=x.dtype))
+        assert torch.equal(
+            EVA(model, 0.0, grid_size=2, bound=bound)(x), torch.zeros(1, 2, 2, dtype=x.dtype)
+        )
 
 
 class Planted(nn.Module):
@@ -94,8 +97,9 @@ def test_batch_size_and_chunking_do_not_change_the_map():
     model = seeded(Planted())
     x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = EVA(model, 0.05, grid_size=4)(x)
-    torch.testing.assert_close(EVA(model, 0.05, grid_size=4, batch_size=3)(x), ref,
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        EVA(model, 0.05, grid_size=4, batch_size=3)(x), ref, rtol=1e-12, atol=1e-12
+    )
     # a smaller backward budget stops the CROWN pass early: still sound, only looser, and the
     # full-ball bound can only grow
     loose = EVA(model, 0.05, grid_size=4, backward_budget=10)
@@ -115,7 +119,7 @@ def test_hybrid_mode_bounds_its_own_samples():
     rows = margin_rows(bm.forward(x).argmax(1), 3, torch.float64)
     upper = bm.hybrid_upper(ball, rows, split, noise)
     with torch.no_grad():
-        out = bm.forward((x + 0.2 * noise[0]))
+        out = bm.forward(x + 0.2 * noise[0])
     margins = out - out[:, rows[0, 0].argmin()][:, None]
     c = int(bm.forward(x).argmax())
     others = [j for j in range(3) if j != c]

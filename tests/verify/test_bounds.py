@@ -87,7 +87,7 @@ def _sample(x, eps, mask, norm, n, gen, clip=None):
     """Uniform points of the masked box (L-inf) or ball (L2), plus the box corners."""
     shape = (n, *x.shape)
     if norm == "linf":
-        d = (torch.rand(shape, generator=gen, dtype=x.dtype) * 2 - 1)
+        d = torch.rand(shape, generator=gen, dtype=x.dtype) * 2 - 1
         d[: n // 4] = d[: n // 4].sign()  # corners
         pts = x + eps * mask * d
         if clip is not None:
@@ -117,8 +117,11 @@ def _pgd(model, x, eps, mask, norm, classes, steps=20, clip=None):
                 delta.clamp_(-eps, eps)
             else:
                 g = grad * mask
-                delta += step * g / g.flatten(1).norm(dim=1).clamp_min(1e-30).view(
-                    -1, *([1] * (x.dim() - 1)))
+                delta += (
+                    step
+                    * g
+                    / g.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
+                )
                 norms = (delta * mask).flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
                 delta *= torch.clamp(eps / norms.clamp_min(1e-30), max=1.0)
     pts = (x + delta * mask).detach()
@@ -180,8 +183,13 @@ def test_sound_on_a_residual_net():
 def test_exact_on_affine_models():
     torch.manual_seed(0)
     # a single linear layer and a conv -> BN -> avgpool -> flatten -> linear chain
-    chain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2), nn.BatchNorm2d(3),
-                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 4))
+    chain = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, stride=2),
+        nn.BatchNorm2d(3),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 4),
+    )
     chain = _randomize_bn(chain).double().eval()
     x = torch.rand(2, 2, 8, 8, dtype=torch.float64)
     mask = (torch.rand(2, 2, 8, 8) > 0.5).double()
@@ -203,8 +211,9 @@ def test_exact_on_affine_models():
     cw = rows @ lin.weight
     expected = -((cw @ x[:, :, None])[..., 0] + rows @ lin.bias + 0.1 * cw.abs().sum(2)).amax(1)
     for bound in ("ibp", "crown"):
-        torch.testing.assert_close(certified_margin(lin, x, 0.1, bound=bound), expected,
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            certified_margin(lin, x, 0.1, bound=bound), expected, rtol=0, atol=1e-10
+        )
 
 
 def test_epsilon_zero_gives_the_point_value():
@@ -218,8 +227,9 @@ def test_epsilon_zero_gives_the_point_value():
         torch.testing.assert_close(got.upper, y, rtol=0, atol=1e-12)
         torch.testing.assert_close(got.lower, y, rtol=0, atol=1e-12)
     top2 = y.topk(2, dim=1).values
-    torch.testing.assert_close(certified_margin(model, x, 0.0), top2[:, 0] - top2[:, 1],
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        certified_margin(model, x, 0.0), top2[:, 0] - top2[:, 1], rtol=0, atol=1e-12
+    )
 
 
 def test_crown_with_zero_lower_slope_is_never_looser_than_ibp():
@@ -272,8 +282,10 @@ def test_hand_derived_example_of_the_spec():
         lam = torch.tensor([[[-0.375, -1.625]]], dtype=torch.float64)
         assert float((lam[0] @ p[0]) + 0.9375) == value
     # L2, IBP with the dual norm on the first layer
-    l2 = {k: float(bm.upper(make_ball(x, 1.0, mask=m, norm="l2"), rows, bound="ibp"))
-          for k, m in masks.items()}
+    l2 = {
+        k: float(bm.upper(make_ball(x, 1.0, mask=m, norm="l2"), rows, bound="ibp"))
+        for k, m in masks.items()
+    }
     assert l2["full"] == pytest.approx(2 * math.sqrt(2) - 1, abs=1e-12)
     assert l2["fix x1"] == pytest.approx(1.0, abs=1e-12)
     assert l2["fix x2"] == pytest.approx(1.0, abs=1e-12)
@@ -310,8 +322,11 @@ def test_maxpool_relaxation_holds_on_random_boxes():
 def test_hand_written_transposes_equal_the_generic_vjp():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.BatchNorm2d(6),
-        nn.Conv2d(6, 3, 2, stride=3, dilation=2), nn.Flatten(), nn.Linear(3 * 2 * 2, 5),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
+        nn.BatchNorm2d(6),
+        nn.Conv2d(6, 3, 2, stride=3, dilation=2),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 5),
     )
     model = _randomize_bn(model).double().eval()
     x = torch.randn(1, 4, 11, 11, dtype=torch.float64)
@@ -377,10 +392,14 @@ def _small_vgg() -> nn.Module:
     classifier with dropout) with small widths: the full vgg11 classifier has 100M weights."""
     from torchvision.models.vgg import VGG, make_layers
 
-    model = VGG(make_layers([8, "M", 16, "M", 16, 16, "M"], batch_norm=True), num_classes=4,
-                init_weights=False)
-    model.classifier = nn.Sequential(nn.Linear(16 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(32, 4))
+    model = VGG(
+        make_layers([8, "M", 16, "M", 16, 16, "M"], batch_norm=True),
+        num_classes=4,
+        init_weights=False,
+    )
+    model.classifier = nn.Sequential(
+        nn.Linear(16 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 4)
+    )
     return _randomize_bn(model)
 
 
@@ -389,7 +408,7 @@ def test_torchvision_architectures_trace_and_bound_soundly(arch):
     import torchvision
 
     torch.manual_seed(0)
-    model = (_small_vgg() if arch == "vgg" else torchvision.models.resnet18(num_classes=4))
+    model = _small_vgg() if arch == "vgg" else torchvision.models.resnet18(num_classes=4)
     model = model.eval()
     x = torch.rand(1, 3, 32, 32)
     bm = BoundedModel(model, x)
@@ -411,8 +430,12 @@ def test_sound_on_the_real_mobilenet_v2(mobilenet):
         bm = BoundedModel(model, x)
         classes = bm.forward(x).argmax(1)
         margin = certified_margin(model, x, eps, top_k=3)
-        pts = torch.cat([_sample(x, eps, torch.ones_like(x), "linf", 24, gen)[:, 0],
-                         _pgd(model, x, eps, torch.ones_like(x), "linf", classes, steps=5)])
+        pts = torch.cat(
+            [
+                _sample(x, eps, torch.ones_like(x), "linf", 24, gen)[:, 0],
+                _pgd(model, x, eps, torch.ones_like(x), "linf", classes, steps=5),
+            ]
+        )
         with torch.no_grad():
             out = model(pts)
         true = out[:, classes[0]]

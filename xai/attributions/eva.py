@@ -79,7 +79,15 @@ class EVA(Attribution):
         clip: ``(low, high)`` valid input range intersected with the ball (L-inf only).
         backward_budget: coefficients per bound the CROWN pass may carry before it stops on
             IBP boxes (memory control; see :class:`xai.verify.BoundedModel`).
-        batch_size: bound computations per chunk (``None``: 32).
+        split: hybrid mode (the paper's scaling for large models, Fig. 3; **not verified**):
+            the name of a submodule whose output separates input and output (e.g.
+            ``"features.18"``). Each set is sampled with ``n_samples`` points (the first is
+            ``x`` itself), the network runs up to ``split``, and the box of those activations
+            is propagated through the rest. ``None`` (default): exact bounds.
+        n_samples: points per set in the hybrid mode (default 16; the paper's N is unknown).
+        batch_size: bound computations per chunk (``None``: 32); in the hybrid mode, forward
+            passes per chunk.
+        seed: seed of the hybrid mode's samples (shared by every image).
         progress: tqdm bar over the chunks.
 
     Returns (on call):
@@ -102,7 +110,7 @@ class EVA(Attribution):
     HYBRID_PARAMETERS: ClassVar[int] = 1_000_000
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer=None, **kwargs) -> "EVA":
+    def create(cls, model: nn.Module, *, layer=None, **kwargs) -> EVA:
         """Registry construction with cheap settings (see ``registry_defaults``)."""
         defaults = dict(cls.registry_defaults)
         n_params = sum(p.numel() for p in model.parameters())
@@ -133,8 +141,10 @@ class EVA(Attribution):
         check_positive_int(n_samples, "n_samples")
         if split is not None and not isinstance(split, str):
             raise TypeError(f"split must be a submodule name (str), got {type(split).__name__}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
-            0 <= float(epsilon) < float("inf")
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, (int, float))
+            or not (0 <= float(epsilon) < float("inf"))
         ):
             raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
         check_positive_int(grid_size, "grid_size")
@@ -165,8 +175,9 @@ class EVA(Attribution):
         n, _, h, w = inputs.shape
         s = self.grid_size
         if s > min(h, w):
-            raise ValueError(f"grid_size={s} exceeds the image size {h}x{w}; use at most "
-                             f"{min(h, w)}")
+            raise ValueError(
+                f"grid_size={s} exceeds the image size {h}x{w}; use at most {min(h, w)}"
+            )
         if not bool(torch.isfinite(inputs).all()):
             raise ValueError("inputs contain NaN or infinite values")
         x = inputs.to(_param_dtype(self.model, inputs.dtype))
@@ -194,17 +205,24 @@ class EVA(Attribution):
                 idx = torch.arange(part.start, part.stop, device=x.device)
                 image, subset = idx // n_sets, idx % n_sets
                 mask = masks[subset][:, None].expand(-1, x.shape[1], -1, -1)
-                ball = make_ball(x[image], self.epsilon, norm=self.norm, mask=mask,
-                                 clip=self.clip)
+                ball = make_ball(x[image], self.epsilon, norm=self.norm, mask=mask, clip=self.clip)
                 rows = margin_rows(classes[image], k, x.dtype)
                 if split is None:
-                    upper = bm.upper(ball, rows, bound=self.bound, relu_lower=self.relu_lower,
-                                     top_k=top_k)
+                    upper = bm.upper(
+                        ball, rows, bound=self.bound, relu_lower=self.relu_lower, top_k=top_k
+                    )
                 else:
                     noise = torch.stack([self._noise(int(i), masks[i], x) for i in subset])
-                    upper = bm.hybrid_upper(ball, rows, split, noise, bound=self.bound,
-                                            relu_lower=self.relu_lower, top_k=top_k,
-                                            chunk=self.batch_size or DEFAULT_CHUNK)
+                    upper = bm.hybrid_upper(
+                        ball,
+                        rows,
+                        split,
+                        noise,
+                        bound=self.bound,
+                        relu_lower=self.relu_lower,
+                        top_k=top_k,
+                        chunk=self.batch_size or DEFAULT_CHUNK,
+                    )
                 overlap[part] = upper.amax(1)
         overlap = overlap.view(n, n_sets)
         full, fixed = overlap[:, :1], overlap[:, 1:]
@@ -213,14 +231,14 @@ class EVA(Attribution):
         scores = full - fixed  # (N, s*s)
         return scores[:, cell]
 
-
     def _noise(self, subset: int, mask: Tensor, x: Tensor) -> Tensor:
         """``(n_samples, *in_shape)`` points of the unit ball, sample 0 at the center.
 
         Drawn from ``seed`` and the set's index only, so every image sees the same draws (a
         batch equals its samples one by one)."""
-        gen = torch.Generator().manual_seed((0 if self.seed is None else int(self.seed))
-                                            * 1_000_003 + subset)
+        gen = torch.Generator().manual_seed(
+            (0 if self.seed is None else int(self.seed)) * 1_000_003 + subset
+        )
         shape = (self.n_samples, *x.shape[1:])
         if self.norm == "linf":
             noise = torch.rand(shape, generator=gen, dtype=x.dtype) * 2 - 1
@@ -229,7 +247,8 @@ class EVA(Attribution):
             direction = torch.randn(shape, generator=gen, dtype=x.dtype) * m
             norms = direction.flatten(1).norm(dim=1).clamp_min(1e-30)
             radius = torch.rand(shape[0], generator=gen, dtype=x.dtype) ** (
-                1.0 / max(1.0, float(m.sum())))
+                1.0 / max(1.0, float(m.sum()))
+            )
             noise = direction * (radius / norms).view(-1, *([1] * (len(shape) - 1)))
         noise[0] = 0
         return noise.to(x.device)

@@ -37,8 +37,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -130,8 +130,7 @@ class BoundedModel:
             parts: return ``(ibp, crown)`` separately instead of their minimum (tests);
                 ``crown`` has ``NaN`` for rows outside ``top_k``.
         """
-        return _upper(self.graph, ball, rows, bound, relu_lower, top_k, parts,
-                      self.backward_budget)
+        return _upper(self.graph, ball, rows, bound, relu_lower, top_k, parts, self.backward_budget)
 
     def hybrid_upper(
         self,
@@ -169,8 +168,9 @@ class BoundedModel:
         act = torch.cat(acts).view(n, m, *self.graph.ops[split].shape)
         low, high = act.amin(1), act.amax(1)
         box = Ball((low + high) / 2, torch.ones_like(ball.epsilon), (high - low) / 2)
-        return _upper(self.graph.tail(split), box, rows, bound, relu_lower, top_k, False,
-                      self.backward_budget)
+        return _upper(
+            self.graph.tail(split), box, rows, bound, relu_lower, top_k, False, self.backward_budget
+        )
 
     def node_bounds(self, ball: Ball) -> list[tuple[Tensor, Tensor]]:
         """IBP ``(low, high)`` of every node (the pre-activation bounds the CROWN pass uses)."""
@@ -179,9 +179,16 @@ class BoundedModel:
         return [boxes[i] for i in range(len(self.graph.ops))]
 
 
-def _upper(graph: Graph, ball: Ball, rows: Tensor, bound: str, relu_lower: str,
-           top_k: int | None, parts: bool, budget: int | None
-           ) -> Tensor | tuple[Tensor, Tensor | None]:
+def _upper(
+    graph: Graph,
+    ball: Ball,
+    rows: Tensor,
+    bound: str,
+    relu_lower: str,
+    top_k: int | None,
+    parts: bool,
+    budget: int | None,
+) -> Tensor | tuple[Tensor, Tensor | None]:
     """Upper bounds ``(N, S)`` of ``rows @ f`` over ``ball`` (see :meth:`BoundedModel.upper`)."""
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
@@ -204,8 +211,7 @@ def _upper(graph: Graph, ball: Ball, rows: Tensor, bound: str, relu_lower: str,
             chosen = rows.gather(1, top[..., None].expand(-1, -1, rows.shape[2]))
             crown = backward(graph, boxes, chosen, ball, cut, relu_lower)
             upper_crown = torch.full_like(upper_ibp, torch.nan).scatter(1, top, crown)
-            combined = upper_ibp.scatter(1, top, torch.minimum(upper_ibp.gather(1, top),
-                                                               crown))
+            combined = upper_ibp.scatter(1, top, torch.minimum(upper_ibp.gather(1, top), crown))
         else:
             upper_crown = backward(graph, boxes, rows, ball, cut, relu_lower)
             combined = torch.minimum(upper_ibp, upper_crown)
@@ -228,8 +234,9 @@ def make_ball(
     if eps.dim() == 0:
         eps = eps.expand(n)
     if eps.shape != (n,):
-        raise ValueError(f"epsilon must be a number or one per sample ({n},), got "
-                         f"{tuple(eps.shape)}")
+        raise ValueError(
+            f"epsilon must be a number or one per sample ({n},), got {tuple(eps.shape)}"
+        )
     if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
         raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
     if mask is None:
@@ -368,8 +375,13 @@ def certified_margin(
         if k < 2:
             raise ValueError("a margin needs a model with at least 2 outputs")
         rows = margin_rows(classes, k, x.dtype)
-        up = bm.upper(ball, rows, bound=bound, relu_lower=relu_lower,
-                      top_k=default_top_k(k) if top_k is None else top_k)
+        up = bm.upper(
+            ball,
+            rows,
+            bound=bound,
+            relu_lower=relu_lower,
+            top_k=default_top_k(k) if top_k is None else top_k,
+        )
     return -up.amax(1)
 
 

@@ -11,15 +11,16 @@ Any other operation raises :class:`UnsupportedOperationError` naming the node.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Graph", "Op", "UnsupportedOperationError", "SUPPORTED", "trace"]
+__all__ = ["SUPPORTED", "Graph", "Op", "UnsupportedOperationError", "trace"]
 
 SUPPORTED = (
     "nn.Linear / F.linear",
@@ -89,13 +90,16 @@ class Graph:
             ValueError: no op comes from ``layer``, or later ops also read earlier nodes (a
                 skip connection over the split), so the output does not depend on it alone.
         """
-        inside = [i for i, op in enumerate(self.ops)
-                  if op.module is not None and (op.module == layer or
-                                                op.module.startswith(layer + "."))]
+        inside = [
+            i
+            for i, op in enumerate(self.ops)
+            if op.module is not None and (op.module == layer or op.module.startswith(layer + "."))
+        ]
         if not inside:
             names = sorted({op.module.rsplit(".", 1)[0] for op in self.ops if op.module})
-            raise ValueError(f"no traced operation comes from layer {layer!r}; modules: "
-                             f"{', '.join(names[:20])}")
+            raise ValueError(
+                f"no traced operation comes from layer {layer!r}; modules: {', '.join(names[:20])}"
+            )
         split = inside[-1]
         for i in range(split + 1, len(self.ops)):
             early = [j for j in self.ops[i].inputs if j < split]
@@ -106,14 +110,26 @@ class Graph:
                 )
         return split
 
-    def tail(self, split: int) -> "Graph":
+    def tail(self, split: int) -> Graph:
         """The sub-graph after node ``split``, whose input is that node's value."""
-        first = Op(f"split at {self.ops[split].name}", "input", [], lambda t: t,
-                   self.ops[split].shape)
+        first = Op(
+            f"split at {self.ops[split].name}", "input", [], lambda t: t, self.ops[split].shape
+        )
         ops = [first]
-        for op in self.ops[split + 1:]:
-            ops.append(Op(op.name, op.kind, [j - split for j in op.inputs], op.fn, op.shape,
-                          op.abs_fn, op.transpose, op.params, op.module))
+        for op in self.ops[split + 1 :]:
+            ops.append(
+                Op(
+                    op.name,
+                    op.kind,
+                    [j - split for j in op.inputs],
+                    op.fn,
+                    op.shape,
+                    op.abs_fn,
+                    op.transpose,
+                    op.params,
+                    op.module,
+                )
+            )
         consumers: list[list[int]] = [[] for _ in ops]
         for i, op in enumerate(ops):
             for j in op.inputs:
@@ -161,8 +177,7 @@ def trace(model: nn.Module, example: Tensor) -> Graph:
     return builder.graph()
 
 
-_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-                 nn.Identity)
+_PASS_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 _PASS_FUNCS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
 _PASS_METHODS = ("contiguous", "clone", "detach")
 _RESHAPE_FUNCS = (torch.flatten, torch.reshape)
@@ -190,7 +205,7 @@ class _Builder:
 
     # helpers
     def _arg(self, a: Any) -> Any:
-        return torch.fx.node.map_arg(a, lambda n: self.const[n] if n in self.const else n)
+        return torch.fx.node.map_arg(a, lambda n: self.const.get(n, n))
 
     def _bounded(self, a: Any) -> list[torch.fx.Node]:
         found: list[torch.fx.Node] = []
@@ -213,8 +228,9 @@ class _Builder:
         output_node = None
         for node in nodes:
             if node.op == "placeholder":
-                self._add(node, Op("input", "input", [], lambda x: x, tuple(example.shape[1:])),
-                          example)
+                self._add(
+                    node, Op("input", "input", [], lambda x: x, tuple(example.shape[1:])), example
+                )
             elif node.op == "get_attr":
                 self.const[node] = _fetch_attr(self.gm, node.target)
             elif node.op == "output":
@@ -292,15 +308,24 @@ class _Builder:
         self.index[node] = self.index[src]
         self.value[node] = self.value[src]
 
-    def _emit(self, node: torch.fx.Node, desc: str, inputs: list[torch.fx.Node], spec: dict
-              ) -> None:
+    def _emit(
+        self, node: torch.fx.Node, desc: str, inputs: list[torch.fx.Node], spec: dict
+    ) -> None:
         values = [self.value[n] for n in inputs]
         out = spec["fn"](*values)
         if not isinstance(out, Tensor):
             raise _unsupported(node, self.gm, "it does not return a tensor")
-        op = Op(desc, spec.pop("kind"), [self.index[n] for n in inputs], spec.pop("fn"),
-                tuple(out.shape[1:]), spec.pop("abs_fn", None), spec.pop("transpose", None),
-                spec, spec.pop("module", None))
+        op = Op(
+            desc,
+            spec.pop("kind"),
+            [self.index[n] for n in inputs],
+            spec.pop("fn"),
+            tuple(out.shape[1:]),
+            spec.pop("abs_fn", None),
+            spec.pop("transpose", None),
+            spec,
+            spec.pop("module", None),
+        )
         self._add(node, op, out)
 
     def _function(self, node, desc, fn, args, kwargs, bounded) -> None:
@@ -337,8 +362,7 @@ class _Builder:
             return self._emit(node, desc, [x], _conv_functional(args, kwargs))
         if fn in (F.avg_pool2d, F.adaptive_avg_pool2d) and single:
             rest, kw = args[1:], kwargs
-            return self._emit(node, desc, [x],
-                              _affine(lambda t: fn(t, *rest, **kw), positive=True))
+            return self._emit(node, desc, [x], _affine(lambda t: fn(t, *rest, **kw), positive=True))
         if fn is F.max_pool2d and single:
             spec = _maxpool_spec(*args[1:], **kwargs)
             if isinstance(spec, str):
@@ -370,8 +394,12 @@ class _Builder:
             self.const[node] = getattr(self.value[x], name)(*args[1:], **kwargs)
             return None
         if name in ("add", "sub", "mul", "div") and not kwargs:
-            fn = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
-                  "div": operator.truediv}[name]
+            fn = {
+                "add": operator.add,
+                "sub": operator.sub,
+                "mul": operator.mul,
+                "div": operator.truediv,
+            }[name]
             if name in ("add", "sub"):
                 return self._add_sub(node, desc, fn, args, bounded)
             return self._scale(node, desc, fn, args, bounded)
@@ -408,14 +436,20 @@ class _Builder:
             raise _unsupported(node, self.gm, "division by a bounded tensor has no rule")
         if isinstance(c, Tensor) and c.numel() != 1:
             value = self.value[x]
-            if c.dim() > value.dim() or (c.dim() == value.dim() and c.shape[0] != 1) or (
-                torch.broadcast_shapes(c.shape, value.shape) != value.shape
+            if (
+                c.dim() > value.dim()
+                or (c.dim() == value.dim() and c.shape[0] != 1)
+                or (torch.broadcast_shapes(c.shape, value.shape) != value.shape)
             ):
                 raise _unsupported(node, self.gm, "a constant factor must broadcast to one sample")
             const = c.detach().to(value.dtype)
             const = 1.0 / const if divide else const
-            spec = {"kind": "affine", "fn": lambda t: t * const,
-                    "abs_fn": lambda r: r * const.abs(), "transpose": lambda lam: [lam * const]}
+            spec = {
+                "kind": "affine",
+                "fn": lambda t: t * const,
+                "abs_fn": lambda r: r * const.abs(),
+                "transpose": lambda lam: [lam * const],
+            }
             return self._emit(node, desc, [x], spec)
         if isinstance(c, Tensor):
             c = float(c)
@@ -466,6 +500,7 @@ def _affine(fn: Callable[..., Tensor], positive: bool | None) -> dict:
     """An affine op; ``positive=True`` when its linear part has nonnegative coefficients."""
     spec: dict[str, Any] = {"kind": "affine", "fn": fn}
     if positive:
+
         def abs_fn(*rs: Tensor) -> Tensor:
             return fn(*rs) - fn(*[torch.zeros_like(r[:1]) for r in rs])
 
@@ -480,8 +515,12 @@ def _identity_spec() -> dict:
 
 
 def _scale_spec(fn: Callable[[Tensor], Tensor], factor: float) -> dict:
-    return {"kind": "affine", "fn": fn, "abs_fn": lambda r: r * abs(factor),
-            "transpose": lambda lam: [lam * factor]}
+    return {
+        "kind": "affine",
+        "fn": fn,
+        "abs_fn": lambda r: r * abs(factor),
+        "transpose": lambda lam: [lam * factor],
+    }
 
 
 def _relu_spec(low_slope: float, cap: float | None) -> dict:
@@ -518,8 +557,9 @@ def _conv_spec(weight: Tensor, bias: Tensor | None, stride, padding, dilation, g
         out = F.conv_transpose2d(lam, w, None, stride, padding, 0, groups, dilation)
         pad_h, pad_w = in_shape[-2] - out.shape[-2], in_shape[-1] - out.shape[-1]
         if pad_h or pad_w:
-            out = F.conv_transpose2d(lam, w, None, stride, padding, (pad_h, pad_w), groups,
-                                     dilation)
+            out = F.conv_transpose2d(
+                lam, w, None, stride, padding, (pad_h, pad_w), groups, dilation
+            )
         return [out]
 
     return {
@@ -539,8 +579,14 @@ def _conv_functional(args, kwargs) -> dict:
     padding = bound.get("padding", 0)
     if isinstance(padding, str):
         raise TypeError("string padding of F.conv2d is not supported; use integers")
-    return _conv_spec(bound["weight"], bound.get("bias"), bound.get("stride", 1), padding,
-                      bound.get("dilation", 1), bound.get("groups", 1))
+    return _conv_spec(
+        bound["weight"],
+        bound.get("bias"),
+        bound.get("stride", 1),
+        padding,
+        bound.get("dilation", 1),
+        bound.get("groups", 1),
+    )
 
 
 def _bn_spec(mod: nn.modules.batchnorm._BatchNorm, value: Tensor) -> dict | str:
@@ -554,12 +600,17 @@ def _bn_spec(mod: nn.modules.batchnorm._BatchNorm, value: Tensor) -> dict | str:
         shift = shift + mod.bias.detach()
     view = (1, -1) + (1,) * (value.dim() - 2)
     s, t = scale.to(value.dtype).view(view), shift.to(value.dtype).view(view)
-    return {"kind": "affine", "fn": lambda x: x * s + t, "abs_fn": lambda r: r * s.abs(),
-            "transpose": lambda lam: [lam * s]}
+    return {
+        "kind": "affine",
+        "fn": lambda x: x * s + t,
+        "abs_fn": lambda r: r * s.abs(),
+        "transpose": lambda lam: [lam * s],
+    }
 
 
-def _maxpool_spec(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                  return_indices=False) -> dict | str:
+def _maxpool_spec(
+    kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+) -> dict | str:
     pair = nn.modules.utils._pair
     if return_indices:
         return "return_indices=True"
@@ -570,8 +621,13 @@ def _maxpool_spec(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     k = pair(kernel_size)
     s = pair(stride) if stride is not None and stride != [] else k
     p = pair(padding)
-    return {"kind": "maxpool", "fn": lambda t: F.max_pool2d(t, k, s, p), "kernel": k,
-            "stride": s, "padding": p}
+    return {
+        "kind": "maxpool",
+        "fn": lambda t: F.max_pool2d(t, k, s, p),
+        "kernel": k,
+        "stride": s,
+        "padding": p,
+    }
 
 
 def _reshape_spec(value: Tensor, fn, args, kwargs) -> dict:
@@ -596,8 +652,7 @@ def _module_rule(mod: nn.Module):
             return lambda m, v: f"padding_mode={m.padding_mode!r}"
         if isinstance(mod.padding, str):
             return _string_padding_conv
-        return lambda m, v: _conv_spec(m.weight, m.bias, m.stride, m.padding, m.dilation,
-                                       m.groups)
+        return lambda m, v: _conv_spec(m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return _bn_spec
     if isinstance(mod, nn.ReLU):
@@ -605,15 +660,21 @@ def _module_rule(mod: nn.Module):
     if isinstance(mod, nn.ReLU6):
         return lambda m, v: _relu_spec(0.0, 6.0)
     if isinstance(mod, nn.Hardtanh):
-        return lambda m, v: (_relu_spec(0.0, float(m.max_val)) if m.min_val == 0.0
-                             else "only Hardtanh(0, max_val) (ReLU6-like) is supported")
+        return lambda m, v: (
+            _relu_spec(0.0, float(m.max_val))
+            if m.min_val == 0.0
+            else "only Hardtanh(0, max_val) (ReLU6-like) is supported"
+        )
     if isinstance(mod, nn.LeakyReLU):
-        return lambda m, v: (_relu_spec(float(m.negative_slope), None)
-                             if 0.0 <= m.negative_slope <= 1.0
-                             else "LeakyReLU needs a negative slope in [0, 1]")
+        return lambda m, v: (
+            _relu_spec(float(m.negative_slope), None)
+            if 0.0 <= m.negative_slope <= 1.0
+            else "LeakyReLU needs a negative slope in [0, 1]"
+        )
     if isinstance(mod, nn.MaxPool2d):
-        return lambda m, v: _maxpool_spec(m.kernel_size, m.stride, m.padding, m.dilation,
-                                          m.ceil_mode, m.return_indices)
+        return lambda m, v: _maxpool_spec(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices
+        )
     if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
         return lambda m, v: _affine(lambda t: m(t), positive=True)
     if isinstance(mod, nn.Flatten):

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from xai.verify.graph import Graph, Op
 
-__all__ = ["Ball", "ibp", "backward", "frontier", "RELU_LOWER"]
+__all__ = ["RELU_LOWER", "Ball", "backward", "frontier", "ibp"]
 
 RELU_LOWER = ("adaptive", "zero", "one", "same")
 
@@ -101,10 +101,7 @@ def ibp(graph: Graph, ball: Ball, keep: set[int] | None = None) -> dict[int, tup
             if source is not None and op.params.get("passthrough"):
                 raw[i] = (op.fn(source[0]), op.fn(source[1]))
             boxes[i] = _ibp_affine(op, ins, ball, source)
-        elif op.kind == "relu":
-            low, high = ins[0]
-            boxes[i] = (op.fn(low), op.fn(high))
-        elif op.kind == "maxpool":
+        elif op.kind in ("relu", "maxpool"):  # monotone: map the two ends
             low, high = ins[0]
             boxes[i] = (op.fn(low), op.fn(high))
         else:  # pragma: no cover - the graph builder only emits these kinds
@@ -116,8 +113,9 @@ def ibp(graph: Graph, ball: Ball, keep: set[int] | None = None) -> dict[int, tup
     return boxes
 
 
-def _ibp_affine(op: Op, ins: list[tuple[Tensor, Tensor]], ball: Ball,
-                source: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+def _ibp_affine(
+    op: Op, ins: list[tuple[Tensor, Tensor]], ball: Ball, source: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor]:
     if source is not None and ball.norm == "l2" and "dual" in op.params:
         # exact over the L2 ball: max_{||d * m|| <= eps} w.d = eps * ||w * m||_2 (m is 0/1)
         center, mask = source
@@ -191,8 +189,9 @@ def backward(
             continue
         if i in cut:
             low, high = boxes[i]
-            beta = beta + _box_max(lam_i.flatten(2), low.flatten(1)[:, None],
-                                   high.flatten(1)[:, None])
+            beta = beta + _box_max(
+                lam_i.flatten(2), low.flatten(1)[:, None], high.flatten(1)[:, None]
+            )
             continue
         if op.kind == "affine":
             ins, bias = _back_affine(op, lam_i, [ops[j].shape for j in op.inputs])
@@ -208,8 +207,9 @@ def backward(
     return beta
 
 
-def _back_affine(op: Op, lam: Tensor, in_shapes: list[tuple[int, ...]]) -> tuple[list[Tensor],
-                                                                                   Tensor]:
+def _back_affine(
+    op: Op, lam: Tensor, in_shapes: list[tuple[int, ...]]
+) -> tuple[list[Tensor], Tensor]:
     n, s = lam.shape[:2]
     flat = lam.reshape(n * s, *op.shape)
     zeros = [flat.new_zeros(1, *shape) for shape in in_shapes]
@@ -306,8 +306,9 @@ def clipped_relaxation(
     return a_l, b_l, a_u, b_u
 
 
-def _back_relu(op: Op, lam: Tensor, low: Tensor, high: Tensor, mode: str) -> tuple[list[Tensor],
-                                                                                     Tensor]:
+def _back_relu(
+    op: Op, lam: Tensor, low: Tensor, high: Tensor, mode: str
+) -> tuple[list[Tensor], Tensor]:
     alpha, cap = op.params["low_slope"], op.params["cap"]
     if cap is None:
         a_l, b_l, a_u, b_u = relu_relaxation(low, high, alpha, mode)
