@@ -25,26 +25,7 @@ import os
 import time
 
 import torch
-
-
-def load_model():
-    from xai.data import load_mobilenet_v2
-
-    try:
-        return load_mobilenet_v2(), "ImageNet weights"
-    except FileNotFoundError:
-        import torchvision
-
-        return torchvision.models.mobilenet_v2().eval(), "random init (weights missing)"
-
-
-def load_image(size: int) -> torch.Tensor:
-    try:
-        from xai.data import sample_batch
-
-        return sample_batch(["chelsea"], size=size)[0]
-    except Exception:  # noqa: BLE001 - no offline photos: a random image is as good for timing
-        return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+from bench_sobol import load_image, load_model  # the same model and photo as the Sobol bench
 
 
 def timed(fn, repeats: int = 1) -> float:

@@ -361,6 +361,27 @@ def test_unsupported_operations_raise_naming_the_node():
         bounds(Square(), x, 0.1)
 
 
+def test_reductions_indexing_and_a_final_softmax():
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 5, 3)
+            self.fc = nn.Linear(5, 6)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x)).mean((2, 3)) + 0.5 * x.sum(dim=(2, 3))[:, :1]
+            return self.fc(h)[:, :4].softmax(1)
+
+    torch.manual_seed(0)
+    model = Head().double().eval()
+    x = torch.rand(2, 2, 6, 6, dtype=torch.float64)
+    bm = BoundedModel(model, x)
+    assert bm.n_outputs == 4
+    logits = model.fc(torch.relu(model.conv(x)).mean((2, 3)) + 0.5 * x.sum((2, 3))[:, :1])[:, :4]
+    torch.testing.assert_close(bm.forward(x), logits)
+    _check_sound(model, x, 0.05, torch.ones_like(x), "linf", n=300)
+
+
 def test_bad_arguments_raise_clear_errors():
     model = _mlp(0)
     x = torch.randn(2, 6, dtype=torch.float64)

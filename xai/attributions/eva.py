@@ -24,7 +24,7 @@ from xai.verify.propagate import RELU_LOWER
 
 __all__ = ["EVA"]
 
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 16
 """Rows (bound computations) per chunk when ``batch_size`` is ``None``: the CROWN pass holds
 ``rows x top_k`` copies of the largest activation it reaches, so "no bound" is not an option."""
 
@@ -85,7 +85,7 @@ class EVA(Attribution):
             ``x`` itself), the network runs up to ``split``, and the box of those activations
             is propagated through the rest. ``None`` (default): exact bounds.
         n_samples: points per set in the hybrid mode (default 16; the paper's N is unknown).
-        batch_size: bound computations per chunk (``None``: 32); in the hybrid mode, forward
+        batch_size: bound computations per chunk (``None``: 16); in the hybrid mode, forward
             passes per chunk.
         seed: seed of the hybrid mode's samples (shared by every image).
         progress: tqdm bar over the chunks.
@@ -270,7 +270,7 @@ def _cell_index(h: int, w: int, s: int, device: torch.device) -> Tensor:
 
 def _classes(target: Target, logits: Tensor) -> Tensor:
     """The explained class of each sample: EVA bounds ``f_j - f_c``, so it needs a class."""
-    if type(target) is ClassTarget:
+    if isinstance(target, ClassTarget):  # also ProbabilityTarget: same class, same margin
         return target.indices(logits)
     if isinstance(target, CallableTarget):
         # accept callables that pick one logit per sample (out[:, k], out.gather(...)): their

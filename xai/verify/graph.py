@@ -33,6 +33,7 @@ SUPPORTED = (
     "nn.AvgPool2d / F.avg_pool2d",
     "nn.AdaptiveAvgPool2d / F.adaptive_avg_pool2d",
     "nn.Flatten / torch.flatten / view / reshape",
+    "mean / sum over per-sample dimensions, indexing that keeps the batch (t[:, :k])",
     "nn.Dropout* / nn.Identity (pass-through, eval)",
     "addition / subtraction of two tensors or of a constant (residuals)",
     "torch.cat",
@@ -166,7 +167,11 @@ def trace(model: nn.Module, example: Tensor) -> Graph:
     """
     try:
         gm = torch.fx.symbolic_trace(model)
-    except torch.fx.proxy.TraceError as err:
+    except (torch.fx.proxy.TraceError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not any(
+            word in str(err) for word in ("symbolic", "Proxy", "trac")
+        ):
+            raise  # an error of the model itself, not of tracing
         raise TypeError(
             f"{type(model).__name__} cannot be traced by torch.fx ({err}); bound propagation "
             "needs a static graph: pass a wrapper module without data-dependent control flow"
@@ -376,6 +381,10 @@ class _Builder:
             return self._emit(node, desc, [x], _scale_spec(lambda t: -t, 1.0))
         if fn is torch.cat:
             return self._cat(node, desc, args, kwargs, bounded)
+        if fn in (torch.mean, torch.sum) and single:
+            return self._reduce(node, fn, args, kwargs)
+        if fn is operator.getitem and single:
+            return self._getitem(node, args[1])
         raise _unsupported(node, gm)
 
     def _method(self, node, desc, name, args, kwargs, bounded) -> None:
@@ -383,6 +392,8 @@ class _Builder:
         single = len(bounded) == 1 and x is bounded[0]
         if not single:
             raise _unsupported(node, self.gm)
+        if name in ("softmax", "log_softmax"):
+            return self._strip(node, x, desc)
         if name in _PASS_METHODS:
             return self._emit(node, desc, [x], _identity_spec())
         if name in _RESHAPE_METHODS:
@@ -390,6 +401,8 @@ class _Builder:
             return self._emit(node, desc, [x], _reshape_spec(self.value[x], method, args, kwargs))
         if name == "relu":
             return self._emit(node, desc, [x], _relu_spec(0.0, None))
+        if name in ("mean", "sum"):
+            return self._reduce(node, getattr(torch, name), args, kwargs)
         if name in ("size", "dim"):
             self.const[node] = getattr(self.value[x], name)(*args[1:], **kwargs)
             return None
@@ -405,6 +418,30 @@ class _Builder:
             return self._scale(node, desc, fn, args, bounded)
         raise _unsupported(node, self.gm)
 
+    def _reduce(self, node, fn, args, kwargs) -> None:
+        """``mean``/``sum`` over per-sample dimensions (global average pooling written out)."""
+        x, rest = args[0], args[1:]
+        value = self.value[x]
+        dims = kwargs.get("dim", rest[0] if rest else None)
+        dims = [dims] if isinstance(dims, int) else dims
+        if dims is None or any(d % value.dim() == 0 for d in dims) or kwargs.get("dtype"):
+            raise _unsupported(node, self.gm, "a reduction over the batch dimension")
+        spec = _affine(lambda t: fn(t, *rest, **kwargs), positive=True)
+        return self._emit(node, _describe(node, self.gm), [x], spec)
+
+    def _getitem(self, node, index) -> None:
+        """Indexing that keeps the batch dimension whole (``t[:, :k]``, ``t[:, 0]``)."""
+        index = index if isinstance(index, tuple) else (index,)
+        if (
+            not index
+            or index[0] != slice(None)
+            or any(isinstance(i, (Tensor, list)) or i is None for i in index)
+        ):
+            raise _unsupported(node, self.gm, "only indexing that keeps the batch dimension")
+        x = node.args[0]
+        spec = _affine(lambda t: t[index], positive=True)
+        return self._emit(node, _describe(node, self.gm), [x], spec)
+
     def _leaky(self, node, desc, x, slope: float) -> None:
         if not 0.0 <= slope <= 1.0:
             raise _unsupported(node, self.gm, "LeakyReLU needs a negative slope in [0, 1]")
@@ -416,7 +453,8 @@ class _Builder:
         if len(bounded) == 2 and a is not b and a in self.index and b in self.index:
             spec = _affine(lambda s, t: s + sign * t, positive=None)
             spec["abs_fn"] = lambda s, t: s + t
-            spec["transpose"] = lambda lam: [lam, sign * lam]
+            if self.value[a].shape == self.value[b].shape:  # else broadcasting: generic vjp
+                spec["transpose"] = lambda lam: [lam, sign * lam]
             return self._emit(node, desc, [a, b], spec)
         if len(bounded) == 1 and (a is bounded[0]) != (b is bounded[0]):
             if a is bounded[0]:
