@@ -82,7 +82,10 @@ def width_table(model, size: int) -> None:
     bm = BoundedModel(model, x)
     ops = bm.graph.ops
     blocks = ["features.1", "features.3", "features.6", "features.10", "features.14", "features.18"]
-    idx = [bm.graph.split_index(b) for b in blocks] + [len(ops) - 1]
+    # the last layer inside each block (before a residual addition, if any)
+    idx = [
+        max(i for i, op in enumerate(ops) if (op.module or "").startswith(b + ".")) for b in blocks
+    ] + [len(ops) - 1]
     names = blocks + ["logits"]
     with torch.no_grad():
         logits = bm.forward(x)
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--sobol-grid", type=int, default=8)
     parser.add_argument("--sobol-designs", type=int, default=8)
     parser.add_argument("--full", action="store_true", help="also run exact EVA (minutes)")
+    parser.add_argument("--skip-cost", action="store_true", help="only the width tables")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("XAI_BENCH_THREADS", "2")))
     model, weights = load_model()
@@ -127,7 +131,8 @@ def main() -> None:
         f"MobileNetV2 ({weights}); torch {torch.__version__}; threads "
         f"{torch.get_num_threads()}; load average {load[0]:.1f} {load[1]:.1f}"
     )
-    cost_table(model, args.size, args)
+    if not args.skip_cost:
+        cost_table(model, args.size, args)
     width_table(model, args.width_size)
 
 
