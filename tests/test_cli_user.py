@@ -50,10 +50,17 @@ def _reference_batch(folder):
     from PIL import Image
     from torchvision import transforms as T
 
-    tf = T.Compose([T.Resize(round(SIZE / 0.875)), T.CenterCrop(SIZE), T.ToTensor(),
-                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    return torch.stack([tf(Image.open(folder / f"{n}.png").convert("RGB"))
-                        for n in ("chelsea", "coffee")])
+    tf = T.Compose(
+        [
+            T.Resize(round(SIZE / 0.875)),
+            T.CenterCrop(SIZE),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    return torch.stack(
+        [tf(Image.open(folder / f"{n}.png").convert("RGB")) for n in ("chelsea", "coffee")]
+    )
 
 
 def _one_line_error(capsys) -> str:
@@ -65,9 +72,26 @@ def _one_line_error(capsys) -> str:
 def test_explain_state_dict_on_a_photo_folder(resnet, photos, tmp_path, capsys):
     model, weights = resnet
     out = tmp_path / "out"
-    assert main(["explain", "--model", "resnet18", "--weights", str(weights), "--images",
-                 str(photos), "--size", str(SIZE), "--methods", "grad_cam,saliency",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "resnet18",
+                "--weights",
+                str(weights),
+                "--images",
+                str(photos),
+                "--size",
+                str(SIZE),
+                "--methods",
+                "grad_cam,saliency",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["layer"] == "layer4" and summary["methods"] == ["grad_cam", "saliency"]
     # the weights were loaded (7 classes inferred from the state dict) and the images read and
@@ -95,8 +119,12 @@ def test_explain_state_dict_on_a_photo_folder(resnet, photos, tmp_path, capsys):
     xr = ours[:1].clone().requires_grad_(True)
     model(xr)[0, summary["images"][0]["target"]].backward()
     expected = xr.grad.abs().amax(1)[0].numpy()
-    np.testing.assert_allclose(np.load(summary["images"][0]["maps"]["saliency"]), expected,
-                               rtol=1e-3, atol=1e-4 * expected.max())
+    np.testing.assert_allclose(
+        np.load(summary["images"][0]["maps"]["saliency"]),
+        expected,
+        rtol=1e-3,
+        atol=1e-4 * expected.max(),
+    )
 
 
 def test_explain_torchscript_file(resnet, photos, tmp_path, capsys):
@@ -106,9 +134,24 @@ def test_explain_torchscript_file(resnet, photos, tmp_path, capsys):
         warnings.simplefilter("ignore")  # torch.jit.trace is deprecated, still what users have
         torch.jit.trace(model, torch.rand(1, 3, SIZE, SIZE)).save(str(path))
     out = tmp_path / "out"
-    assert main(["explain", "--model", str(path), "--images", str(photos / "*.png"),
-                 "--size", str(SIZE), "--methods", "saliency,grad_cam", "--out",
-                 str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(path),
+                "--images",
+                str(photos / "*.png"),
+                "--size",
+                str(SIZE),
+                "--methods",
+                "saliency,grad_cam",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_kind"] == "torchscript" and summary["methods"] == ["saliency"]
     assert "TorchScript takes no hooks" in summary["skipped"]["grad_cam"]
@@ -119,11 +162,15 @@ def test_explain_torchscript_file(resnet, photos, tmp_path, capsys):
     target = summary["images"][1]["target"]
     model(x)[0, target].backward()
     expected = x.grad.abs().amax(1)[0].numpy()
-    np.testing.assert_allclose(np.load(summary["images"][1]["maps"]["saliency"]), expected,
-                               rtol=1e-3, atol=1e-4 * expected.max())
+    np.testing.assert_allclose(
+        np.load(summary["images"][1]["maps"]["saliency"]),
+        expected,
+        rtol=1e-3,
+        atol=1e-4 * expected.max(),
+    )
 
 
-_FACTORY = '''
+_FACTORY = """
 import torch
 from torch import nn
 
@@ -132,7 +179,7 @@ def build():
     torch.manual_seed(1)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-'''
+"""
 
 
 def test_explain_module_function_and_file_function(photos, tmp_path, monkeypatch, capsys):
@@ -141,22 +188,69 @@ def test_explain_module_function_and_file_function(photos, tmp_path, monkeypatch
     monkeypatch.syspath_prepend(str(tmp_path))
     for spec in ("my_factory_mod:build", str(tmp_path / "my_factory_mod.py") + ":build"):
         out = tmp_path / f"out{len(spec)}"
-        assert main(["explain", "--model", spec, "--layer", "2", "--target", "1",
-                     "--images", str(photos / "chelsea.png"), "--size", "32",
-                     "--methods", "grad_cam", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "explain",
+                    "--model",
+                    spec,
+                    "--layer",
+                    "2",
+                    "--target",
+                    "1",
+                    "--images",
+                    str(photos / "chelsea.png"),
+                    "--size",
+                    "32",
+                    "--methods",
+                    "grad_cam",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert summary["layer"] == "2" and summary["images"][0]["target"] == 1
         assert np.load(summary["images"][0]["maps"]["grad_cam"]).shape == (32, 32)
     sys.modules.pop("my_factory_mod", None)
-    assert main(["explain", "--model", "my_factory_mod:biuld", "--images", str(photos),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "my_factory_mod:biuld",
+                "--images",
+                str(photos),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "did you mean build" in _one_line_error(capsys)
 
 
 def test_wrong_layer_lists_close_matches(resnet, photos, tmp_path, capsys):
     _, weights = resnet
-    assert main(["explain", "--model", "resnet18", "--weights", str(weights), "--layer",
-                 "layer5", "--images", str(photos), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "resnet18",
+                "--weights",
+                str(weights),
+                "--layer",
+                "layer5",
+                "--images",
+                str(photos),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = _one_line_error(capsys)
     assert "layer4" in err and "xai layers resnet18" in err
     assert main(["layers", "resnet18", "--size", "32"]) == 0
@@ -192,8 +286,22 @@ def test_malicious_checkpoint_is_refused(photos, tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": _Payload(marker)}, evil)
-    assert main(["explain", "--model", "resnet18", "--weights", str(evil), "--images",
-                 str(photos), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                "resnet18",
+                "--weights",
+                str(evil),
+                "--images",
+                str(photos),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "refused" in _one_line_error(capsys)
     assert not marker.exists()
     # the payload is real: an unsafe load runs it
@@ -205,13 +313,13 @@ def test_malicious_checkpoint_is_refused(photos, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------- audit
 
-_SHORTCUT_FACTORY = '''
+_SHORTCUT_FACTORY = """
 from xai.data.shortcuts import SmallCNN
 
 
 def build():
     return SmallCNN()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -225,7 +333,9 @@ def test_audit_on_an_image_folder_finds_the_planted_shortcut(tmp_path, capsys):
     )
 
     if not fashion_mnist_available():
-        pytest.skip("needs /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            "needs /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)"
+        )
     shirt = 6
     model = train_small_cnn(planted_shortcut_set(3000, shortcut_class=shirt))
     torch.save(model.state_dict(), tmp_path / "cnn.pt")
@@ -242,10 +352,32 @@ def test_audit_on_an_image_folder_finds_the_planted_shortcut(tmp_path, capsys):
     with (tmp_path / "groups.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     out = tmp_path / "report"
-    args = ["audit", "--model", str(tmp_path / "shortcut_factory.py") + ":build", "--weights",
-            str(tmp_path / "cnn.pt"), "--data", str(data), "--masks", str(masks), "--groups",
-            str(tmp_path / "groups.csv"), "--size", "28", "--crop", "1", "--normalize", "none",
-            "--method", "saliency", "--batch-size", "100", "--no-progress", "--out", str(out)]
+    args = [
+        "audit",
+        "--model",
+        str(tmp_path / "shortcut_factory.py") + ":build",
+        "--weights",
+        str(tmp_path / "cnn.pt"),
+        "--data",
+        str(data),
+        "--masks",
+        str(masks),
+        "--groups",
+        str(tmp_path / "groups.csv"),
+        "--size",
+        "28",
+        "--crop",
+        "1",
+        "--normalize",
+        "none",
+        "--method",
+        "saliency",
+        "--batch-size",
+        "100",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert "FLAG" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())

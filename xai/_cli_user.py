@@ -28,9 +28,10 @@ import pickle
 import sys
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -170,7 +171,7 @@ def read_weights(path: str | Path) -> dict:
             "torch.save(model.state_dict(), path)"
         )
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -189,9 +190,14 @@ def _load_state(model, state: dict, spec: str) -> None:
     except RuntimeError as err:
         missing = [k for k in model.state_dict() if k not in state]
         unexpected = [k for k in state if k not in model.state_dict()]
-        detail = (f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-                  f"(e.g. {unexpected[:2]})") if missing or unexpected else \
-            str(err).strip().splitlines()[-1].strip()[:200]
+        detail = (
+            (
+                f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:2]})"
+            )
+            if missing or unexpected
+            else str(err).strip().splitlines()[-1].strip()[:200]
+        )
         raise CliError(
             f"--weights do not fit --model {spec!r}: {detail}; check the architecture name "
             "(or --num-classes)"
@@ -228,7 +234,7 @@ def default_layer(model, name: str, kind: str) -> str | None:
         if base.startswith(prefix) and layer in named:
             return layer
     features = named.get("features")
-    if features is not None and (base.startswith(_FEATURE_FAMILIES) or kind == "function"):
+    if features is not None and base.startswith(_FEATURE_FAMILIES):
         children = [n for n, _ in features.named_children()]
         if children:
             return f"features.{children[-1]}"
@@ -262,8 +268,10 @@ def load_model(
         model = torch.jit.load(str(path), map_location=device)
         kind, name = "torchscript", path.name
         if weights:
-            raise CliError("--weights goes with an architecture name or module:function, "
-                           "not with a TorchScript file (its weights are inside)")
+            raise CliError(
+                "--weights goes with an architecture name or module:function, "
+                "not with a TorchScript file (its weights are inside)"
+            )
     elif ":" in spec and not spec.startswith("timm:"):
         model = _call_factory(spec)
         kind, name = "function", spec
@@ -283,8 +291,9 @@ def load_model(
         model = model.to(device).eval()
     except (RuntimeError, AssertionError) as err:
         raise CliError(f"--device {device!r}: {str(err).splitlines()[0]}") from None
-    return LoadedModel(model, kind, name, default_layer(model, name, kind),
-                       _first_conv_channels(model))
+    return LoadedModel(
+        model, kind, name, default_layer(model, name, kind), _first_conv_channels(model)
+    )
 
 
 def check_layer(model: LoadedModel, layer: str | None) -> str | None:
@@ -298,8 +307,9 @@ def check_layer(model: LoadedModel, layer: str | None) -> str | None:
         return key
     close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
     hint = f" (close matches: {', '.join(close)})" if close else ""
-    raise CliError(f"--layer {layer!r} is not in the model{hint}; list them with "
-                   f"`xai layers {model.name}`")
+    raise CliError(
+        f"--layer {layer!r} is not in the model{hint}; list them with `xai layers {model.name}`"
+    )
 
 
 # ------------------------------------------------------------------------------------- images
@@ -318,8 +328,9 @@ def collect_images(specs: Sequence[str]) -> list[Path]:
         elif p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise CliError(f"--images {spec!r}: the folder holds no image "
-                               f"({', '.join(IMAGE_SUFFIXES)})")
+                raise CliError(
+                    f"--images {spec!r}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
+                )
         elif p.is_file():
             files = [p]
         else:
@@ -339,8 +350,9 @@ def parse_normalization(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]
         mean = tuple(float(v) for v in mean_s.split(","))
         std = tuple(float(v) for v in std_s.split(","))
     except ValueError:
-        raise CliError(f"--normalize {spec!r}: use imagenet, none, or MEAN/STD such as "
-                       "0.5,0.5,0.5/0.5,0.5,0.5") from None
+        raise CliError(
+            f"--normalize {spec!r}: use imagenet, none, or MEAN/STD such as 0.5,0.5,0.5/0.5,0.5,0.5"
+        ) from None
     if len(mean) != len(std) or any(s <= 0 for s in std):
         raise CliError(f"--normalize {spec!r}: as many means as stds, stds > 0")
     return mean, std
@@ -359,8 +371,12 @@ class Preprocess:
     def _geometry(self, t, interpolation):
         import torchvision.transforms.functional as TF
 
-        t = TF.resize(t, int(round(self.size / self.crop)), interpolation=interpolation,
-                      antialias=interpolation != TF.InterpolationMode.NEAREST)
+        t = TF.resize(
+            t,
+            round(self.size / self.crop),
+            interpolation=interpolation,
+            antialias=interpolation != TF.InterpolationMode.NEAREST,
+        )
         return TF.center_crop(t, self.size)
 
     def image(self, path: Path):
@@ -382,8 +398,9 @@ class Preprocess:
             mean, std = self.normalization
             if len(mean) not in (1, t.shape[0]):
                 raise CliError(f"--normalize has {len(mean)} values for {t.shape[0]} channels")
-            t = TF.normalize(t, list(mean) * (t.shape[0] // len(mean)),
-                             list(std) * (t.shape[0] // len(std)))
+            t = TF.normalize(
+                t, list(mean) * (t.shape[0] // len(mean)), list(std) * (t.shape[0] // len(std))
+            )
         return t
 
     def mask(self, path: Path):
@@ -417,8 +434,10 @@ def run_layers(args) -> int:
     from xai.adapter import list_layers
 
     if model.kind == "torchscript":
-        print(f"{model.name} is TorchScript: hooks cannot be registered on it, so layer methods "
-              "(grad_cam, ...) do not run; use saliency, integrated_gradients, occlusion, ...")
+        print(
+            f"{model.name} is TorchScript: hooks cannot be registered on it, so layer methods "
+            "(grad_cam, ...) do not run; use saliency, integrated_gradients, occlusion, ..."
+        )
         for n, m in model.module.named_modules():
             if n:
                 print(f"  {n:<40} {getattr(m, 'original_name', type(m).__name__)}")
@@ -427,8 +446,9 @@ def run_layers(args) -> int:
     try:
         infos = list_layers(model.module, x)
     except RuntimeError as err:
-        raise CliError(f"a forward pass at --size {args.size} failed: "
-                       f"{str(err).splitlines()[0]}") from None
+        raise CliError(
+            f"a forward pass at --size {args.size} failed: {str(err).splitlines()[0]}"
+        ) from None
     print(f"{'layer':<40} {'type':<24} output shape")
     for info in infos:
         mark = "  (default)" if info.name == model.default_layer else ""
@@ -471,6 +491,15 @@ def _targets(spec: str, logits) -> list[int]:
     return [cls] * logits.shape[0]
 
 
+def _class_names(n: int) -> list[str]:
+    """ImageNet category names for a 1,000-class model, else ``class K``."""
+    if n == 1000:
+        from xai.data import imagenet_categories
+
+        return list(imagenet_categories())
+    return [f"class {k}" for k in range(n)]
+
+
 def _stems(paths: Sequence[Path]) -> list[str]:
     stems, seen = [], {}
     for p in paths:
@@ -491,8 +520,12 @@ def run_explain(args) -> dict:
     layer = check_layer(model, args.layer)
     methods = _methods(args.methods, model)
     paths = collect_images(args.images)
-    pre = Preprocess(args.size, args.crop, parse_normalization(args.normalize),
-                     args.channels or model.in_channels)
+    pre = Preprocess(
+        args.size,
+        args.crop,
+        parse_normalization(args.normalize),
+        args.channels or model.in_channels,
+    )
     out = Path(args.out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -501,8 +534,10 @@ def run_explain(args) -> dict:
         with torch.no_grad():
             logits = model.module(x)
     except RuntimeError as err:
-        raise CliError(f"the model failed on the images ({tuple(x.shape)}): "
-                       f"{str(err).splitlines()[0][:160]}; check --size, --channels") from None
+        raise CliError(
+            f"the model failed on the images ({tuple(x.shape)}): "
+            f"{str(err).splitlines()[0][:160]}; check --size, --channels"
+        ) from None
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -517,22 +552,31 @@ def run_explain(args) -> dict:
         start = time.perf_counter()
         try:
             method = cls.create(model.module, layer=layer, batch_size=args.batch_size)
-            parts = [method(x[i:i + args.batch_size], target=targets[i:i + args.batch_size])
-                     for i in range(0, len(paths), args.batch_size)]
+            parts = [
+                method(x[i : i + args.batch_size], target=targets[i : i + args.batch_size])
+                for i in range(0, len(paths), args.batch_size)
+            ]
         except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
             text = str(err).strip().splitlines()
             skipped[name] = f"{type(err).__name__}: {text[0] if text else ''}"[:300]
             if model.kind == "torchscript":
-                skipped[name] = ("TorchScript takes no hooks, so a method that reads a layer "
-                                 f"cannot run ({skipped[name]})")
+                skipped[name] = (
+                    "TorchScript takes no hooks, so a method that reads a layer "
+                    f"cannot run ({skipped[name]})"
+                )
+            elif layer is None:
+                skipped[name] += f"; pass --layer (list them with `xai layers {model.name}`)"
             print(f"xai explain: skipped {name}: {skipped[name]}", file=sys.stderr)
             continue
         maps[name] = torch.cat(parts).detach().float().cpu()
         seconds[name] = round((time.perf_counter() - start) / len(paths), 4)
     if not maps:
-        raise CliError("no method could explain the model: "
-                       + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        raise CliError(
+            "no method could explain the model: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
     mean, std = _mean_std_for_display(pre)
+    names = _class_names(logits.shape[1])
     rows = []
     for i, (path, stem) in enumerate(zip(paths, _stems(paths))):
         files = {}
@@ -540,12 +584,17 @@ def run_explain(args) -> dict:
             f = out / "maps" / f"{stem}__{name}.npy"
             np.save(f, m[i].numpy())
             files[name] = str(f)
-        fig = viz.grid(x[i:i + 1].cpu(), {k: v[i:i + 1] for k, v in maps.items()},
-                       titles=[f"{stem}\nclass {targets[i]} p={probs[i, targets[i]]:.2f}"],
-                       mean=mean, std=std)
+        fig = viz.grid(
+            x[i : i + 1].cpu(),
+            {k: v[i : i + 1] for k, v in maps.items()},
+            titles=[f"{stem}\n{names[targets[i]]} p={probs[i, targets[i]]:.2f}"],
+            mean=mean,
+            std=std,
+        )
         figure = viz.save(fig, out / "figures" / f"{stem}.png", dpi=args.dpi)
         rows.append({
             "image": str(path), "name": stem, "target": targets[i],
+            "target_name": names[targets[i]],
             "prediction": int(logits[i].argmax()), "probability": round(float(probs[i, targets[i]]), 4),
             "figure": str(figure), "maps": files,
         })  # fmt: skip
@@ -588,8 +637,10 @@ def _image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
         raise CliError(f"--data {str(root)!r}: no such folder (expected DATA/<class>/<image>)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise CliError(f"--data {str(root)!r} has no class sub-folders; lay it out as "
-                       "DATA/<class name>/<image> (torchvision ImageFolder)")
+        raise CliError(
+            f"--data {str(root)!r} has no class sub-folders; lay it out as "
+            "DATA/<class name>/<image> (torchvision ImageFolder)"
+        )
     files, labels = [], []
     for k, c in enumerate(classes):
         for f in sorted((root / c).rglob("*")):
@@ -611,8 +662,10 @@ def _mask_files(masks: Path, root: Path, files: Sequence[Path]) -> list[Path]:
             missing.append(str(rel))
         out.append(hit)
     if missing:
-        raise CliError(f"--masks {str(masks)!r}: no mask for {len(missing)} image(s), e.g. "
-                       f"{missing[0]!r}; give MASKS/<class>/<same name>.png for every image")
+        raise CliError(
+            f"--masks {str(masks)!r}: no mask for {len(missing)} image(s), e.g. "
+            f"{missing[0]!r}; give MASKS/<class>/<same name>.png for every image"
+        )
     return out
 
 
@@ -626,8 +679,10 @@ def _group_ids(path: Path, root: Path, files: Sequence[Path]) -> tuple[list[int]
     table = {}
     for row in rows:
         if len(row) < 2:
-            raise CliError(f"--groups {str(path)!r}: every row must be 'path,group' "
-                           f"(relative to --data), got {row!r}")
+            raise CliError(
+                f"--groups {str(path)!r}: every row must be 'path,group' "
+                f"(relative to --data), got {row!r}"
+            )
         table[Path(row[0].strip()).as_posix()] = row[1].strip()
     names = sorted(set(table.values()))
     ids, missing = [], []
@@ -638,8 +693,10 @@ def _group_ids(path: Path, root: Path, files: Sequence[Path]) -> tuple[list[int]
             continue
         ids.append(names.index(table[rel]))
     if missing:
-        raise CliError(f"--groups {str(path)!r} has no row for {len(missing)} image(s), e.g. "
-                       f"{missing[0]!r}; add 'path,group' rows relative to --data")
+        raise CliError(
+            f"--groups {str(path)!r} has no row for {len(missing)} image(s), e.g. "
+            f"{missing[0]!r}; add 'path,group' rows relative to --data"
+        )
     return ids, names
 
 
@@ -654,10 +711,15 @@ def run_audit(args) -> dict:
     root = Path(args.data)
     classes, files, labels = _image_folder(root)
     masks = _mask_files(Path(args.masks), root, files) if args.masks else None
-    groups, group_names = _group_ids(Path(args.groups), root, files) if args.groups else (None,
-                                                                                         None)
-    pre = Preprocess(args.size, args.crop, parse_normalization(args.normalize),
-                     args.channels or model.in_channels)
+    groups, group_names = (
+        _group_ids(Path(args.groups), root, files) if args.groups else (None, None)
+    )
+    pre = Preprocess(
+        args.size,
+        args.crop,
+        parse_normalization(args.normalize),
+        args.channels or model.in_channels,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "audit-checkpoint.pt"
@@ -665,9 +727,18 @@ def run_audit(args) -> dict:
         checkpoint.unlink()
     data = _FolderDataset(files, labels, pre, masks, groups)
     try:
-        result = audit(model.module, data, explainer=method, layer=layer, class_names=classes,
-                       group_names=group_names, target=args.target, batch_size=args.batch_size,
-                       checkpoint=checkpoint, progress=not args.no_progress)
+        result = audit(
+            model.module,
+            data,
+            explainer=method,
+            layer=layer,
+            class_names=classes,
+            group_names=group_names,
+            target=args.target,
+            batch_size=args.batch_size,
+            checkpoint=checkpoint,
+            progress=not args.no_progress,
+        )
     except (ValueError, TypeError) as err:
         raise CliError(f"audit: {str(err).splitlines()[0]}") from None
     mean, std = _mean_std_for_display(pre)
@@ -676,34 +747,69 @@ def run_audit(args) -> dict:
         fmt = fmt.strip()
         if fmt not in ("html", "markdown"):
             raise CliError(f"--format {fmt!r}: use html, markdown or html,markdown")
-        written.update({f"{fmt}_{k}": str(v) for k, v in write_report(
-            result, out, format=fmt, title=args.title, mean=mean, std=std).items()})
-    return {"flags": result.flags, "files": written, "n_images": len(files),
-            "checkpoint": str(checkpoint)}
+        written.update(
+            {
+                f"{fmt}_{k}": str(v)
+                for k, v in write_report(
+                    result, out, format=fmt, title=args.title, mean=mean, std=std
+                ).items()
+            }
+        )
+    return {
+        "flags": result.flags,
+        "files": written,
+        "n_images": len(files),
+        "checkpoint": str(checkpoint),
+    }
 
 
 # ------------------------------------------------------------------------------------ parsers
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="torchvision/timm architecture (resnet18, timm:convnext_tiny), a "
-                   "TorchScript file, or module:function / file.py:function returning an nn.Module")
-    p.add_argument("--weights", default=None,
-                   help="state dict or checkpoint, loaded with torch.load(weights_only=True)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the architecture (default: from --weights, else 1000)")
-    p.add_argument("--layer", default=None,
-                   help="layer of the CAM methods (default for known architectures; list them "
-                   "with `xai layers MODEL`)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="torchvision/timm architecture (resnet18, timm:convnext_tiny), a "
+        "TorchScript file, or module:function / file.py:function returning an nn.Module",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="state dict or checkpoint, loaded with torch.load(weights_only=True)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the architecture (default: from --weights, else 1000)",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        help="layer of the CAM methods (default for known architectures; list them "
+        "with `xai layers MODEL`)",
+    )
     p.add_argument("--size", type=int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--crop", type=float, default=0.875,
-                   help="center-crop fraction after resizing the short side to size/crop "
-                   "(default 0.875 = 224/256, ImageNet; 1: no crop)")
-    p.add_argument("--normalize", default="imagenet",
-                   help="imagenet (default), none, or MEAN/STD e.g. 0.5,0.5,0.5/0.5,0.5,0.5")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="image channels (default: the first convolution's)")
+    p.add_argument(
+        "--crop",
+        type=float,
+        default=0.875,
+        help="center-crop fraction after resizing the short side to size/crop "
+        "(default 0.875 = 224/256, ImageNet; 1: no crop)",
+    )
+    p.add_argument(
+        "--normalize",
+        default="imagenet",
+        help="imagenet (default), none, or MEAN/STD e.g. 0.5,0.5,0.5/0.5,0.5,0.5",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="image channels (default: the first convolution's)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--batch-size", type=int, default=16, help="images per pass (default 16)")
 
@@ -712,32 +818,59 @@ def add_parsers(sub) -> None:
     """Add ``explain``, ``audit`` and ``layers`` to the ``xai`` sub-command parser."""
     ex = sub.add_parser("explain", help="explain your own model on your own images")
     _model_options(ex)
-    ex.add_argument("--images", nargs="+", required=True,
-                    help="image files, folders (searched recursively) or glob patterns")
-    ex.add_argument("--methods", default=None,
-                    help="comma-separated registry names or 'all' (default grad_cam,saliency; "
-                    "saliency for TorchScript)")
-    ex.add_argument("--target", default="pred",
-                    help="'pred' (each image's predicted class, default) or a class index")
+    ex.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        help="image files, folders (searched recursively) or glob patterns",
+    )
+    ex.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated registry names or 'all' (default grad_cam,saliency; "
+        "saliency for TorchScript)",
+    )
+    ex.add_argument(
+        "--target",
+        default="pred",
+        help="'pred' (each image's predicted class, default) or a class index",
+    )
     ex.add_argument("--out", default="xai-explain", help="output folder (default xai-explain)")
     ex.add_argument("--dpi", type=int, default=150, help="figure resolution (default 150)")
     au = sub.add_parser("audit", help="audit where your model looks over an image folder")
     _model_options(au)
     au.add_argument("--data", required=True, help="ImageFolder tree: DATA/<class>/<image>")
-    au.add_argument("--masks", default=None,
-                    help="object masks: MASKS/<class>/<image name>.png (non-zero = object)")
-    au.add_argument("--groups", default=None,
-                    help="CSV of 'path,group' rows, path relative to --data")
-    au.add_argument("--method", default=None,
-                    help="attribution method (default grad_cam; saliency for TorchScript)")
-    au.add_argument("--target", choices=("label", "prediction"), default="label",
-                    help="explain the true class (default) or the prediction")
+    au.add_argument(
+        "--masks",
+        default=None,
+        help="object masks: MASKS/<class>/<image name>.png (non-zero = object)",
+    )
+    au.add_argument(
+        "--groups", default=None, help="CSV of 'path,group' rows, path relative to --data"
+    )
+    au.add_argument(
+        "--method",
+        default=None,
+        help="attribution method (default grad_cam; saliency for TorchScript)",
+    )
+    au.add_argument(
+        "--target",
+        choices=("label", "prediction"),
+        default="label",
+        help="explain the true class (default) or the prediction",
+    )
     au.add_argument("--out", default="xai-audit", help="output folder (default xai-audit)")
-    au.add_argument("--format", default="html,markdown",
-                    help="report formats: html, markdown or html,markdown (default)")
+    au.add_argument(
+        "--format",
+        default="html,markdown",
+        help="report formats: html, markdown or html,markdown (default)",
+    )
     au.add_argument("--title", default="Attribution audit", help="report title")
-    au.add_argument("--restart", action="store_true",
-                    help="ignore OUT/audit-checkpoint.pt (default: resume from it)")
+    au.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore OUT/audit-checkpoint.pt (default: resume from it)",
+    )
     au.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ly = sub.add_parser("layers", help="list a model's layers with output shapes")
     ly.add_argument("model", help="architecture name, TorchScript file or module:function")
@@ -768,8 +901,7 @@ def run(args) -> int:
             print(f"{k:<23} {v:.3f}")
         for k, v in summary["skipped"].items():
             print(f"{k:<23} skipped: {v}")
-        print(f"wrote {out / 'summary.json'}, figures/ and maps/ ({len(summary['images'])} "
-              "images)")
+        print(f"wrote {out / 'summary.json'}, figures/ and maps/ ({len(summary['images'])} images)")
         return 0
     result = run_audit(args)
     for flag in result["flags"]:

@@ -18,9 +18,17 @@ from xai.audit.report import GLOSSARY, PRINT_DPI, figures, group_accuracy_flags
 
 
 def _result(rows_cg, classes, min_samples=5):
-    return AuditResult(classes=classes, groups=[], class_groups=rows_cg, flags=[], samples={},
-                       mean_maps=torch.zeros(1, 4, 4), hotspot_counts=torch.zeros(1, 2, 2),
-                       worst={}, config={"min_samples": min_samples})
+    return AuditResult(
+        classes=classes,
+        groups=[],
+        class_groups=rows_cg,
+        flags=[],
+        samples={},
+        mean_maps=torch.zeros(1, 4, 4),
+        hotspot_counts=torch.zeros(1, 2, 2),
+        worst={},
+        config={"min_samples": min_samples},
+    )
 
 
 def _wilson_closed_form(k, n, z=1.959963984540054):
@@ -31,16 +39,44 @@ def _wilson_closed_form(k, n, z=1.959963984540054):
 
 
 def test_group_accuracy_gap_is_flagged_beyond_the_wilson_interval():
-    classes = [{"class": 0, "name": "shirt", "n": 120, "accuracy": (19 + 30) / 120},
-               {"class": 1, "name": "coat", "n": 120, "accuracy": (10 + 55) / 120}]
-    cg = [{"class": 0, "name": "shirt", "group": 1, "group_name": "patch", "n": 20,
-           "accuracy": 19 / 20},
-          {"class": 0, "name": "shirt", "group": 0, "group_name": "no patch", "n": 100,
-           "accuracy": 30 / 100},
-          {"class": 1, "name": "coat", "group": 1, "group_name": "patch", "n": 20,
-           "accuracy": 10 / 20},
-          {"class": 1, "name": "coat", "group": 0, "group_name": "no patch", "n": 100,
-           "accuracy": 55 / 100}]
+    classes = [
+        {"class": 0, "name": "shirt", "n": 120, "accuracy": (19 + 30) / 120},
+        {"class": 1, "name": "coat", "n": 120, "accuracy": (10 + 55) / 120},
+    ]
+    cg = [
+        {
+            "class": 0,
+            "name": "shirt",
+            "group": 1,
+            "group_name": "patch",
+            "n": 20,
+            "accuracy": 19 / 20,
+        },
+        {
+            "class": 0,
+            "name": "shirt",
+            "group": 0,
+            "group_name": "no patch",
+            "n": 100,
+            "accuracy": 30 / 100,
+        },
+        {
+            "class": 1,
+            "name": "coat",
+            "group": 1,
+            "group_name": "patch",
+            "n": 20,
+            "accuracy": 10 / 20,
+        },
+        {
+            "class": 1,
+            "name": "coat",
+            "group": 0,
+            "group_name": "no patch",
+            "n": 100,
+            "accuracy": 55 / 100,
+        },
+    ]
     flags = group_accuracy_flags(_result(cg, classes))
     # shirt: 95% of 20 vs 30% of the rest, far outside; coat: 50% of 20 vs 55%, inside
     assert [(f["class"], f["group"]) for f in flags] == [(0, 1), (0, 0)]
@@ -74,8 +110,9 @@ def test_report_without_masks_glossary_colorbars_and_print_resolution(tmp_path, 
     x = torch.rand(12, 1, 16, 16)
     y = torch.tensor([0, 1] * 6)
     g = torch.tensor([0] * 6 + [1] * 6)
-    result = audit(_Tiny(), x, labels=y, groups=g, group_names=["a", "b"], min_samples=2,
-                   progress=False)
+    result = audit(
+        _Tiny(), x, labels=y, groups=g, group_names=["a", "b"], min_samples=2, progress=False
+    )
     figs = figures(result)
     for key in ("mean_maps", "hotspots"):
         fig = figs[key]

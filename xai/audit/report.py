@@ -67,6 +67,12 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _print_width(b64: str) -> str:
+    """CSS width of an embedded PNG at its print size (pixels / PRINT_DPI inches)."""
+    header = base64.b64decode(b64[:32])  # the PNG signature and IHDR: width at bytes 16-20
+    return f"{int.from_bytes(header[16:20], 'big') / PRINT_DPI:.2f}in"
+
+
 def figures(
     result: AuditResult,
     *,
@@ -92,9 +98,8 @@ def figures(
     counts = result.hotspot_counts.double()
     shares = counts / counts.flatten(1).sum(1).clamp_min(1)[:, None, None]
     for key, data, title, label in (
-        ("mean_maps", result.mean_maps, "mean positive map",
-         "mean of max-normalized positive maps"),
-        ("hotspots", shares, "hot-spot share", "share of the class's maps peaking in the cell"),
+        ("mean_maps", result.mean_maps, "mean positive map", "mean normalized map"),
+        ("hotspots", shares, "hot-spot share", "share of maps peaking here"),
     ):
         fig = Figure(figsize=(2.4 * cols + 0.8, 2.4 * nrow), layout="constrained")
         axes = []
@@ -369,7 +374,8 @@ def write_report(
         for key in order:
             if key in images:
                 parts.append(
-                    f"<figure><img alt='{key}' src='data:image/png;base64,{images[key]}'>"
+                    f"<figure><img alt='{key}' style='width:{_print_width(images[key])}' "
+                    f"src='data:image/png;base64,{images[key]}'>"
                     f"<figcaption>{html.escape(captions[key])}</figcaption></figure>"
                 )
         parts.append("</body></html>")
