@@ -464,12 +464,14 @@ def run_layers(args) -> int:
 # ------------------------------------------------------------------------------- xai explain
 
 
-def _methods(spec: str | None, model: LoadedModel) -> list[str]:
+def pick_methods(spec: str | None, default: Sequence[str]) -> list[str]:
+    """Registry names from a comma-separated ``spec`` (``"all"``: every method; empty:
+    ``default``); an unknown name is a :class:`CliError` with close matches."""
     from xai.attributions import available
 
     names = available()
     if not spec:
-        return ["saliency"] if model.kind == "torchscript" else ["grad_cam", "saliency"]
+        return list(default)
     chosen = names if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     for name in chosen:
         if name not in names:
@@ -477,6 +479,21 @@ def _methods(spec: str | None, model: LoadedModel) -> list[str]:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise CliError(f"unknown method {name!r}{hint}; run `xai methods` to list them")
     return chosen
+
+
+def _methods(spec: str | None, model: LoadedModel) -> list[str]:
+    return pick_methods(
+        spec, ["saliency"] if model.kind == "torchscript" else ["grad_cam", "saliency"]
+    )
+
+
+def _preprocess(args, model: LoadedModel) -> Preprocess:
+    return Preprocess(
+        args.size,
+        args.crop,
+        parse_normalization(args.normalize),
+        args.channels or model.in_channels,
+    )
 
 
 def _targets(spec: str, logits) -> list[int]:
@@ -520,12 +537,7 @@ def run_explain(args) -> dict:
     layer = check_layer(model, args.layer)
     methods = _methods(args.methods, model)
     paths = collect_images(args.images)
-    pre = Preprocess(
-        args.size,
-        args.crop,
-        parse_normalization(args.normalize),
-        args.channels or model.in_channels,
-    )
+    pre = _preprocess(args, model)
     out = Path(args.out)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -714,12 +726,7 @@ def run_audit(args) -> dict:
     groups, group_names = (
         _group_ids(Path(args.groups), root, files) if args.groups else (None, None)
     )
-    pre = Preprocess(
-        args.size,
-        args.crop,
-        parse_normalization(args.normalize),
-        args.channels or model.in_channels,
-    )
+    pre = _preprocess(args, model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "audit-checkpoint.pt"

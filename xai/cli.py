@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from xai._cli_user import CliError, add_parsers, run
+from xai._cli_user import CliError, add_parsers, pick_methods, run
 
 DEFAULT_IMAGES = ["chelsea", "coffee"]
 FULL_IMAGES = ["chelsea", "coffee", "grace_hopper", "imagenet_16_251"]
@@ -67,16 +67,7 @@ _SECTIONS = [
 def _pick_methods(spec: str | None) -> list[str]:
     from xai.attributions import available
 
-    names = available()
-    if not spec or spec == "all":
-        return names
-    chosen = [s.strip() for s in spec.split(",") if s.strip()]
-    for name in chosen:
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise CliError(f"unknown method {name!r}{hint}; run `xai methods` to list them")
-    return chosen
+    return pick_methods(spec, available())
 
 
 def _load_images(spec: str | None, size: int):
