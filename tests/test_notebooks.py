@@ -75,14 +75,6 @@ def _figure_cells_without_image(nb) -> list[str]:
     return bad
 
 
-def _figure_cell_count(nb) -> int:
-    return sum(
-        1 for c in nb.cells if c.cell_type == "code" and any(
-            "image/png" in o.get("data", {}) for o in c.get("outputs", [])
-        )
-    )
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")

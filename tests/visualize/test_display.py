@@ -47,3 +47,24 @@ def test_outside_ipython_nothing_happens(monkeypatch):
 
     monkeypatch.delitem(sys.modules, "IPython", raising=False)
     assert register_figure_formatter() is False
+
+
+def test_in_a_real_kernel_a_figure_cell_shows_a_png_only_after_import_xai(tmp_path):
+    """The notebook test's check fails on the bug and passes with the fix."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    from tests.test_notebooks import _figure_cells_without_image
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        pytest.skip("no python3 Jupyter kernel (pip install ipykernel)")
+    make = "from matplotlib.figure import Figure\nfig = Figure(figsize=(2, 1))\nfig.add_subplot()\n"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(make + "fig"),
+                nbformat.v4.new_code_cell("import xai\n" + make + "fig")]  # fmt: skip
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert [b.split(":")[0] for b in _figure_cells_without_image(nb)] == ["cell 0"]
+    assert "image/png" in nb.cells[1].outputs[0]["data"]
