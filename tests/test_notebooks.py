@@ -75,8 +75,8 @@ def _figure_cells_without_image(nb) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def notebook_tools():
+    """``(nbformat, nbclient)``; skips the test without them or without a python3 kernel."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -85,6 +85,12 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no python3 Jupyter kernel (pip install ipykernel)")
+    return nbformat, nbclient
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+    nbformat, nbclient = notebook_tools()
     nb = nbformat.read(path, as_version=4)
     for requirement in sorted(_requirements(nb)):
         reason = _missing(requirement)

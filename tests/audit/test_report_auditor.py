@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests._models import TinyConvNet
 from xai.audit import AuditResult, audit, write_report
 from xai.audit.report import GLOSSARY, PRINT_DPI, figures, group_accuracy_flags
 
@@ -88,17 +88,6 @@ def test_group_accuracy_gap_is_flagged_beyond_the_wilson_interval():
     assert group_accuracy_flags(_result(cg, classes, min_samples=21)) == []
 
 
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-
 def _png_size(b64: str) -> tuple[int, int]:
     from PIL import Image
 
@@ -107,11 +96,17 @@ def _png_size(b64: str) -> tuple[int, int]:
 
 
 def test_report_without_masks_glossary_colorbars_and_print_resolution(tmp_path, monkeypatch):
-    x = torch.rand(12, 1, 16, 16)
+    x = torch.rand(12, 3, 16, 16)
     y = torch.tensor([0, 1] * 6)
     g = torch.tensor([0] * 6 + [1] * 6)
     result = audit(
-        _Tiny(), x, labels=y, groups=g, group_names=["a", "b"], min_samples=2, progress=False
+        TinyConvNet(n_classes=2),
+        x,
+        labels=y,
+        groups=g,
+        group_names=["a", "b"],
+        min_samples=2,
+        progress=False,
     )
     figs = figures(result)
     for key in ("mean_maps", "hotspots"):

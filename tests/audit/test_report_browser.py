@@ -14,8 +14,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from tests._models import TinyConvNet
 from xai.audit import audit, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,24 +42,18 @@ def _colored(img: np.ndarray) -> int:
     return int(((img.max(2) - img.min(2)) > 60).sum())
 
 
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-
 def test_report_renders_its_figures_in_chromium(tmp_path):
     torch.manual_seed(0)
-    x = torch.rand(12, 1, 16, 16)
+    x = torch.rand(12, 3, 16, 16)
     masks = torch.zeros(12, 16, 16, dtype=torch.bool)
     masks[:, 4:12, 4:12] = True
     result = audit(
-        _Tiny(), x, labels=torch.tensor([0, 1] * 6), masks=masks, min_samples=2, progress=False
+        TinyConvNet(n_classes=2),
+        x,
+        labels=torch.tensor([0, 1] * 6),
+        masks=masks,
+        min_samples=2,
+        progress=False,
     )
     page = write_report(result, tmp_path / "report")["report"]
     html = page.read_text()

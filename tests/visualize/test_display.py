@@ -51,16 +51,9 @@ def test_outside_ipython_nothing_happens(monkeypatch):
 
 def test_in_a_real_kernel_a_figure_cell_shows_a_png_only_after_import_xai(tmp_path):
     """The notebook test's check fails on the bug and passes with the fix."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from tests.test_notebooks import _figure_cells_without_image, notebook_tools
 
-    from tests.test_notebooks import _figure_cells_without_image
-
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-    except NoSuchKernel:
-        pytest.skip("no python3 Jupyter kernel (pip install ipykernel)")
+    nbformat, nbclient = notebook_tools()
     make = "from matplotlib.figure import Figure\nfig = Figure(figsize=(2, 1))\nfig.add_subplot()\n"
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(make + "fig"),
