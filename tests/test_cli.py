@@ -54,3 +54,45 @@ def test_demo_writes_figures_and_table(mobilenet, tmp_path, monkeypatch):
     assert set(summary["seconds_per_image"]) == {"grad_cam", "saliency"}
     assert (tmp_path / "methods_grid.png").stat().st_size > 10_000
     assert (tmp_path / "methods_grid.pdf").exists()
+
+
+def test_demo_settings_are_constructor_arguments_of_registered_methods():
+    import inspect
+
+    import xai.cli
+    from xai.attributions import available, get
+
+    for name, settings in xai.cli.DEMO_SETTINGS.items():
+        assert name in available(), f"DEMO_SETTINGS names an unknown method {name!r}"
+        accepted = inspect.signature(get(name).__init__).parameters
+        assert set(settings) - {"layer"} <= set(accepted), name
+    # a method without an entry (e.g. added later) gets its defaults and the demo layer
+    assert xai.cli.demo_settings("no_such_method") == {
+        "layer": xai.cli.DEMO_LAYER, "batch_size": xai.cli.DEMO_BATCH_SIZE}
+    assert xai.cli.demo_settings("sobol_attribution", full=True)["layer"] == xai.cli.DEMO_LAYER
+    assert "grid_size" not in xai.cli.demo_settings("sobol_attribution", full=True)
+
+
+@pytest.mark.real_model
+def test_demo_skips_a_method_that_cannot_run(mobilenet, tmp_path, monkeypatch, capsys):
+    import xai.cli
+    from xai.attributions import base
+    from xai.attributions.cam import GradCAM
+
+    class NeedsAttention(GradCAM):
+        """A transformer-only method."""
+
+        name = "needs_attention"
+
+        def __init__(self, model, layer, **kwargs):
+            raise ValueError("no attention modules in MobileNetV2; give a ViT")
+
+    monkeypatch.setitem(base._REGISTRY, "needs_attention", NeedsAttention)
+    monkeypatch.setattr(xai.cli, "_SECTIONS", [])
+    assert main(["demo", "--methods", "needs_attention,hires_cam", "--images", "chelsea",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "skipped needs_attention: ValueError: no attention" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["seconds_per_image"]) == ["hires_cam"]
+    assert "needs_attention" in summary["skipped"]
+    assert "skipped" in (tmp_path / "summary.txt").read_text()

@@ -1,6 +1,9 @@
 """Execute every notebook in notebooks/ top to bottom (nbclient, kernel python3).
 
-A notebook fails the test if any cell raises. A notebook whose offline assets are missing is
+A notebook fails the test if any cell raises, or if a figure cell shows no image: every output
+that displays a matplotlib Figure (its ``text/plain`` is ``<Figure size ...>``) must carry an
+``image/png`` too, and every cell tagged ``figure`` (cell metadata ``tags``) must produce one.
+The check is generic, so notebooks added later are covered without editing this file. A notebook whose offline assets are missing is
 skipped: requirements come from the notebook's metadata (``metadata["xai"]["requires"]``: any
 of ``mobilenet_v2``, ``fashion_mnist``, ``tuxpaint_stamps``, ``module:<name>``) and, for
 notebooks without that key, from the loaders their code calls.
@@ -54,8 +57,26 @@ def _requirements(nb) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def _figure_cells_without_image(nb) -> list[str]:
+    """Cells (``"cell N: first line"``) that displayed a Figure, or are tagged ``figure``,
+    without an ``image/png`` output."""
+    bad = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        datas = [o.get("data", {}) for o in cell.get("outputs", [])
+                 if o.get("output_type") in ("display_data", "execute_result")]
+        figures = [d for d in datas if str(d.get("text/plain", "")).startswith("<Figure size")]
+        tagged = "figure" in cell.get("metadata", {}).get("tags", [])
+        if any("image/png" not in d for d in figures) or (
+            tagged and not any("image/png" in d for d in datas)
+        ):
+            bad.append(f"cell {i}: {cell.source.strip().splitlines()[-1][:60]!r}")
+    return bad
+
+
+def notebook_tools():
+    """``(nbformat, nbclient)``; skips the test without them or without a python3 kernel."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -64,6 +85,12 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no python3 Jupyter kernel (pip install ipykernel)")
+    return nbformat, nbclient
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+    nbformat, nbclient = notebook_tools()
     nb = nbformat.read(path, as_version=4)
     for requirement in sorted(_requirements(nb)):
         reason = _missing(requirement)
@@ -77,3 +104,5 @@ def test_notebook_runs(path: Path, tmp_path: Path) -> None:
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()  # raises CellExecutionError naming the cell and the error
+    bad = _figure_cells_without_image(nb)
+    assert not bad, f"{path.name}: figure shown as text, not as an image: {bad}"

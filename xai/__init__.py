@@ -6,7 +6,10 @@ hook-based model adapter (``xai.adapter``).
 """
 
 from xai import adapter, attributions
+from xai._display import register_figure_formatter as _register_figure_formatter
 from xai.adapter import ModelAdapter, list_layers
+
+_register_figure_formatter()  # figures show as images in Jupyter (no-op outside IPython)
 
 __version__ = "0.1.0"
 
