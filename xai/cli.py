@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from xai._cli_user import CliError, add_parsers, pick_methods, run
+from xai._presets import CHEAP_SETTINGS
 
 DEFAULT_IMAGES = ["chelsea", "coffee"]
 FULL_IMAGES = ["chelsea", "coffee", "grace_hopper", "imagenet_16_251"]
@@ -31,23 +32,10 @@ FULL_IMAGES = ["chelsea", "coffee", "grace_hopper", "imagenet_16_251"]
 # path/noise/mask methods (IG, SmoothGrad, Score-CAM, Sobol, Occlusion) keep memory bounded.
 DEMO_BATCH_SIZE = 64
 DEMO_LAYER = "features.18"
-# The demo's cheap settings, per registry key: constructor arguments (plus ``layer``) that replace
-# the paper defaults so that the default demo stays under 2 minutes on 2 CPU cores. ``--full``
-# ignores this table (paper defaults, ``DEMO_LAYER``). A method missing here (e.g. one added
-# later) runs with its own defaults; a method that cannot explain MobileNetV2 is skipped with
-# its reason. Forward passes per image are for a 224 x 224 input.
-DEMO_SETTINGS: dict[str, dict] = {
-    # 160 channels of the last 7x7 block instead of the 1,280 of features.18: 160 masked passes
-    "score_cam": {"layer": "features.16"},
-    # grid 4 x 4, 8 designs: 8 * (16 + 2) = 144 passes (paper: grid 8-11, 32 designs, >= 2,112)
-    "sobol_attribution": {"grid_size": 4, "n_designs": 8},
-    # 48-pixel windows every 24 pixels: 8 * 8 = 64 passes (default 16/8: 729)
-    "occlusion": {"window_size": 48, "stride": 24},
-    # 16 quadrature points (default 50); the completeness error stays small on MobileNetV2
-    "integrated_gradients": {"n_steps": 16},
-    # 10 noisy copies (default 50, Smilkov et al.): a visibly noisier but recognisable map
-    "smooth_grad": {"n_samples": 10},
-}
+# The demo's cheap settings, per registry key (shared with the report card): see
+# xai._presets.CHEAP_SETTINGS. ``--full`` ignores them (paper defaults, ``DEMO_LAYER``); a method
+# that cannot explain MobileNetV2 is skipped with its reason.
+DEMO_SETTINGS: dict[str, dict] = CHEAP_SETTINGS
 # The same for the demo's sections (keyword arguments their functions accept; others ignored).
 DEMO_SECTION_SETTINGS: dict[str, dict] = {
     # 24 random crops instead of 48: the NMF fit and the gradient x input pass halve
