@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from xai._checks import map_dtype
 from xai.adapter import Target
 from xai.attributions.base import Attribution, reduce_channels, register
 
@@ -30,7 +31,10 @@ class _CaptumAttribution(Attribution):
 
     def _forward_fn(self, target: Target) -> Callable[[Tensor, Tensor], Tensor]:
         def forward(x: Tensor, rows: Tensor) -> Tensor:
-            return target.select(rows)(self.adapter.forward(x))
+            scores = target.select(rows)(self.adapter.forward(x))
+            # captum subtracts and accumulates scores in their dtype: bfloat16 differences
+            # (8 significant bits) round small occlusion effects to zero, so promote them
+            return scores.to(map_dtype(scores))
 
         return forward
 

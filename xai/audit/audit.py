@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xai._checks import check_inputs
 from xai._typing import LayerLike
+from xai.adapter.targets import class_indices
 
 __all__ = ["AuditResult", "audit"]
 
@@ -232,10 +234,38 @@ class _State:
         self.concept_masks: dict[int, list[Tensor]] = {}
 
     def state_dict(self) -> dict:
-        return dict(vars(self))
+        """The state as tensors and plain Python types only (``torch.load(weights_only=True)``
+        can read it back: no pickled classes, so a checkpoint can never run code)."""
+        return {"format": _CHECKPOINT_FORMAT, **vars(self)}
 
-    def load(self, state: dict) -> None:
-        vars(self).update(state)
+    def load(self, state: object, path: Path) -> None:
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != _CHECKPOINT_FORMAT
+            or set(state) - {"format"} != set(vars(self))
+        ):
+            raise ValueError(
+                f"checkpoint {str(path)!r} is not an audit checkpoint of this version; delete it "
+                "to start the audit again"
+            )
+        vars(self).update({k: v for k, v in state.items() if k != "format"})
+
+
+_CHECKPOINT_FORMAT = "xai.audit/1"
+
+
+def _load_checkpoint(path: Path) -> object:
+    """Read a checkpoint with ``weights_only=True``: a file holding anything but tensors and
+    plain types (e.g. a pickle that would run code) is refused, never executed."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r} cannot be read safely (only tensors and plain types are "
+            f"accepted; it may have been tampered with): {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _resolve_explainer(model: nn.Module, explainer: Any, layer: LayerLike | None) -> Any:
@@ -359,7 +389,7 @@ def audit(
     state = _State()
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
-        state.load(torch.load(ckpt, weights_only=False))
+        state.load(_load_checkpoint(ckpt), ckpt)
     skip = state.seen
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     bar = tqdm(total=total, desc="audit", unit="img", disable=not progress)
@@ -488,10 +518,11 @@ def _process(
 ) -> None:
     from xai.adapter import preserved
 
-    if x.dim() != 4:
-        raise ValueError(f"inputs must be (B, C, H, W) images, got shape {tuple(x.shape)}")
+    check_inputs(x, name="inputs")  # also NaN/Inf: the argmax of a NaN row is class 0
     n, _, h, w = x.shape
-    y = y.reshape(-1).long()
+    y = torch.as_tensor(class_indices(y.reshape(-1), "labels")).reshape(-1)
+    if bool((y < 0).any()):
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
     if y.shape[0] != n:
         raise ValueError(f"got {y.shape[0]} labels for {n} images")
     if m is not None:

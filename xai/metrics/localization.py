@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xai._checks import warn
 from xai.adapter import Target
 from xai.metrics.base import ExplanationMetric, MetricResult, as_mask
 
@@ -54,6 +55,11 @@ class _Localization(ExplanationMetric):
         mask = as_mask(kwargs["masks"], inputs)
         scores = self._score(maps, mask).to(maps.dtype)
         empty = mask.flatten(1).sum(1) == 0
+        if bool(empty.any()):
+            warn(
+                f"{type(self).__name__}: the masks of sample(s) {empty.nonzero()[:, 0].tolist()} "
+                "are empty (no object pixel); score NaN for those samples"
+            )
         return MetricResult(torch.where(empty, torch.full_like(scores, float("nan")), scores))
 
     def _score(self, maps: Tensor, mask: Tensor) -> Tensor:
@@ -126,6 +132,7 @@ class RelevanceMassAccuracy(_Localization):
     """
 
     name: ClassVar[str] = "relevance_mass_accuracy"
+    constant_maps: ClassVar[str] = "score"
 
     def __init__(self, relevance: str = "positive") -> None:
         if relevance not in ("positive", "abs", "raw"):
