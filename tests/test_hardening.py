@@ -290,3 +290,46 @@ def test_eigen_cam_names_non_finite_activations():
     x = _images(2, 16, torch.float32)
     with pytest.raises(ValueError, match=r"layer '1' are NaN or Inf for inputs sample"):
         EigenCAM(model, "1")(x)
+
+
+# --- Score-CAM: masks built per chunk --------------------------------------------------------
+
+
+def _score_cam_all_masks_first(model, layer, x, target, align_corners):
+    """The previous algorithm, literally: every B x K mask upsampled and normalized up front."""
+    import torch.nn.functional as F
+
+    acts = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(
+        lambda _m, _i, out: acts.setdefault("a", out.detach().clone())
+    )
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    a = acts["a"]
+    b = a.shape[0]
+    masks = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=align_corners)
+    flat = masks.flatten(2)
+    lo, hi = flat.min(2).values, flat.max(2).values
+    span = (hi - lo)[..., None, None]
+    masks = torch.where(span > 0, (masks - lo[..., None, None]) / span.clamp_min(1e-12), 0.0)
+    with torch.no_grad():
+        probs = torch.stack(
+            [model(x[i : i + 1] * masks[i, :, None]).softmax(1)[:, target[i]] for i in range(b)]
+        ).float()
+    cam = torch.relu((probs.to(a.dtype)[:, :, None, None] * a).sum(1))
+    return F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[
+        :, 0
+    ]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_score_cam_chunked_masks_equal_the_all_at_once_algorithm(net, align_corners):
+    x = _images(2, 20)
+    ours = attributions.get("score_cam")(
+        net.eval(), "features", batch_size=3, align_corners=align_corners
+    )(x, target=[1, 4])
+    ref = _score_cam_all_masks_first(net, "features.4", x, [1, 4], align_corners)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-9)

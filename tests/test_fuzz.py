@@ -1,0 +1,294 @@
+"""Fuzz matrix: every registered method x a catalogue of bad inputs and awkward models.
+
+Generated from the registry like ``tests/test_contract.py`` (whose cheap settings, ``FAST``,
+are reused): a method registered with ``@register`` joins every row without editing this file.
+Each case asserts one of two outcomes:
+
+* **an error of the documented type whose message names the argument** (``inputs``,
+  ``target``, ``layer``, ``attributions``, ``labels`` ...), raised before any hook is left;
+* **the reference result**: the same map as the plain case (non-contiguous and channels_last
+  inputs, NumPy targets, tuple/dict outputs, train flags, frozen parameters, DataParallel,
+  float64), or, where no reference exists (float16/bfloat16, one channel, non-square images),
+  finite maps of the documented shape and dtype.
+
+Metrics, the concept extractor, similarity maps and the audit get the same treatment below.
+Everything runs on 16 px images and an 8-channel net: each case takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests._models import GapLinear, TinyConvNet, seeded
+from tests.conftest import hook_count
+from tests.test_contract import FAST, LAYER
+from xai import attributions
+
+METHODS = attributions.available()
+F64 = torch.float64
+SIZE = 16
+
+
+def make(name: str, model: nn.Module, layer: object = LAYER, **kwargs):
+    return attributions.get(name).create(model, layer=layer, **{**FAST.get(name, {}), **kwargs})
+
+
+def images(n: int = 2, size: tuple[int, int] = (SIZE, SIZE), channels: int = 3, dtype=F64):
+    gen = torch.Generator().manual_seed(3)
+    return torch.rand(n, channels, *size, generator=gen, dtype=dtype)
+
+
+def net() -> nn.Module:
+    return seeded(TinyConvNet())
+
+
+_REFERENCE: dict[str, torch.Tensor] = {}
+
+
+def reference(name: str) -> torch.Tensor:
+    """The plain case: float64 net, contiguous images, target [1, 3]; computed once."""
+    if name not in _REFERENCE:
+        _REFERENCE[name] = make(name, net())(images(), target=[1, 3])
+    return _REFERENCE[name]
+
+
+# --- bad inputs and targets: (id, inputs, target, error type, message fragment) -------------
+
+_nan, _inf = images(), images()
+_nan[1, 2, 3, 4] = float("nan")
+_inf[0, 0, 0, 0] = -float("inf")
+
+BAD_CALLS = [
+    ("rank3", images()[0], None, ValueError, r"inputs .*unsqueeze"),
+    ("rank2", images()[0, 0], None, ValueError, r"inputs must have shape"),
+    ("rank5", images()[None], None, ValueError, r"inputs must have shape"),
+    ("uint8", (images() * 255).to(torch.uint8), None, TypeError, r"inputs must be a floating"),
+    ("int64", images().long(), None, TypeError, r"inputs must be a floating"),
+    ("bool", images() > 0.5, None, TypeError, r"inputs must be a floating"),
+    ("numpy", images().numpy(), None, TypeError, r"inputs must be a torch.Tensor"),
+    ("nan", _nan, None, ValueError, r"inputs contains 1 NaN or Inf"),
+    ("inf", _inf, None, ValueError, r"inputs contains 1 NaN or Inf"),
+    ("empty", images(0), None, ValueError, r"inputs is an empty batch"),
+    (
+        "meta",
+        torch.empty(2, 3, SIZE, SIZE, device="meta"),
+        None,
+        ValueError,
+        r"inputs is on the meta",
+    ),
+    ("target_0d_float", images(), torch.tensor(1.7), TypeError, r"target .*integer class"),
+    ("target_float", images(), 1.0, TypeError, r"target must be"),
+    ("target_np_float", images(), np.float32(2.0), TypeError, r"target must be"),
+    ("target_float_list", images(), [1.0, 2.0], TypeError, r"target .*integer class"),
+    ("target_float_array", images(), np.array([1.0, 2.0]), TypeError, r"target .*integer class"),
+    ("target_bool", images(), True, TypeError, r"target must be"),
+    ("target_str", images(), "cat", TypeError, r"target must be"),
+    ("target_2d", images(), torch.tensor([[1, 2]]), ValueError, r"per-sample target"),
+    ("target_too_long", images(), [1, 2, 3], ValueError, r"3 targets for a batch of 2"),
+    ("target_too_short", images(), [1], ValueError, r"1 targets for a batch of 2"),
+    ("target_99", images(), 99, ValueError, r"target class 99 is out of range"),
+    ("target_negative", images(), -1, ValueError, r"target class -1 is out of range"),
+    ("target_negative_row", images(), [0, -2], ValueError, r"target class -2 is out of range"),
+    ("target_np_out_of_range", images(), np.int64(5), ValueError, r"target class 5 is out"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize("name", METHODS)
+def test_bad_call_raises_naming_the_argument(name, case):
+    _, inputs, target, error, message = case
+    model = net()
+    method = make(name, model)
+    with pytest.raises(error, match=message):
+        method(inputs, target=target)
+    assert hook_count(model) == 0
+
+
+# --- layers: unknown, off the forward path, without spatial axes ---------------------------
+
+
+class WithSpare(TinyConvNet):
+    """TinyConvNet with a module that is never called in the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = nn.Conv2d(8, 8, 1)
+
+
+@pytest.mark.parametrize(
+    "layer, error, message",
+    [
+        ("featurez", ValueError, r"unknown layer 'featurez'.*'features'"),
+        ("spare", RuntimeError, r"layer 'spare' was not called"),
+        ("fc", ValueError, r"layer 'fc' has output shape .* no spatial axes"),
+    ],
+    ids=["unknown", "off_path", "no_spatial_axes"],
+)
+@pytest.mark.parametrize("name", METHODS)
+def test_bad_layer_raises_or_is_ignored(name, layer, error, message):
+    """Layer methods name the layer; input-space methods ignore ``layer`` (the reference map):
+    a layer method that silently ignored a bad layer would not give the reference map."""
+    model = seeded(WithSpare())
+    try:
+        maps = make(name, model, layer)(images(), target=[1, 3])
+    except error as err:
+        assert re.search(message, str(err)), str(err)
+    else:
+        torch.testing.assert_close(maps, reference(name))
+    assert hook_count(model) == 0
+
+
+# --- equivalent inputs and targets: the reference map -------------------------------------
+
+
+def _non_contiguous(x: torch.Tensor) -> torch.Tensor:
+    out = x.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not out.is_contiguous()
+    return out
+
+
+SAME_CALLS: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], object]] = [
+    ("non_contiguous", _non_contiguous, [1, 3]),
+    ("channels_last", lambda x: x.contiguous(memory_format=torch.channels_last), [1, 3]),
+    ("strided_view", lambda x: x.repeat_interleave(2, dim=3)[..., ::2], [1, 3]),
+    ("numpy_targets", lambda x: x, np.array([1, 3])),
+    ("numpy_int_scalars", lambda x: x, [np.int64(1), np.int32(3)]),
+    ("tensor_targets", lambda x: x, torch.tensor([1, 3])),
+    ("tuple_targets", lambda x: x, (1, 3)),
+]
+
+
+@pytest.mark.parametrize("case", SAME_CALLS, ids=[c[0] for c in SAME_CALLS])
+@pytest.mark.parametrize("name", METHODS)
+def test_equivalent_call_gives_the_reference_map(name, case):
+    _, transform, target = case
+    x = images()
+    before = x.clone()
+    maps = make(name, net())(transform(x), target=target)
+    torch.testing.assert_close(maps, reference(name), rtol=1e-6, atol=1e-9)
+    assert torch.equal(x, before)
+
+
+# --- awkward models with the same function: the reference map ------------------------------
+
+
+class TupleOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = net()
+
+    def forward(self, x):
+        out = self.net(x)
+        return out, out.detach() * 0  # (logits, auxiliary)
+
+
+class DictOut(TupleOut):
+    def forward(self, x):
+        return {"logits": self.net(x), "aux": x.mean()}
+
+
+def _mixed_flags():
+    model = net()
+    model.features[3].train()  # a BN in train mode: methods run in eval, flags come back
+    model.fc.train()
+    return model, LAYER
+
+
+def _frozen():
+    model = net()
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+    return model, LAYER
+
+
+AWKWARD: list[tuple[str, Callable[[], tuple[nn.Module, str]]]] = [
+    ("tuple_output", lambda: (TupleOut(), "net.features")),
+    ("dict_output", lambda: (DictOut(), "net.features")),
+    ("mixed_train_flags", _mixed_flags),
+    ("frozen_parameters", _frozen),
+    ("data_parallel", lambda: (nn.DataParallel(net()), LAYER)),
+]
+
+
+@pytest.mark.parametrize("case", AWKWARD, ids=[c[0] for c in AWKWARD])
+@pytest.mark.parametrize("name", METHODS)
+def test_awkward_model_gives_the_reference_map(name, case):
+    model, layer = case[1]()
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    state = copy.deepcopy(model.state_dict())
+    maps = make(name, model, layer)(images(), target=[1, 3])
+    torch.testing.assert_close(maps, reference(name), rtol=1e-6, atol=1e-9)
+    assert all(m.training == t for m, t in flags)
+    assert all(p.requires_grad == r for p, r in grads)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert hook_count(model) == 0
+
+
+# --- dtypes and shapes without a bitwise reference -----------------------------------------
+
+
+def _one_channel():
+    model = net()
+    model.features[0] = nn.Conv2d(1, 8, 3, padding=1).double()
+    return model, images(channels=1)
+
+
+SHAPED: list[tuple[str, Callable[[], tuple[nn.Module, torch.Tensor]]]] = [
+    ("one_channel", _one_channel),
+    ("non_square", lambda: (net(), images(size=(SIZE, 24)))),
+    ("tall", lambda: (net(), images(size=(24, SIZE)))),
+    ("batch_of_one", lambda: (net(), images(1))),
+]
+
+
+@pytest.mark.parametrize("case", SHAPED, ids=[c[0] for c in SHAPED])
+@pytest.mark.parametrize("name", METHODS)
+def test_unusual_shapes_give_finite_maps_of_the_input_size(name, case):
+    model, x = case[1]()
+    maps = make(name, model)(x, target=1)
+    assert maps.shape == (x.shape[0], *x.shape[-2:]) and maps.dtype == F64
+    assert torch.isfinite(maps).all()
+    assert hook_count(model) == 0
+
+
+def _strong() -> nn.Module:
+    """GAP + linear with logits whose changes are far above half precision's spacing."""
+    model = seeded(GapLinear(), dtype=torch.float32)
+    with torch.no_grad():
+        model.fc.weight.mul_(300)
+        model.fc.bias.fill_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", METHODS)
+def test_half_precision_maps_follow_float32(name, dtype):
+    """Half-precision models give float32 maps that follow the float32 computation.
+
+    The reference is the float32 computation on the *same rounded* weights and inputs, so only
+    the arithmetic differs (a method may be sensitive to the rounding of the weights itself:
+    Salient Relevance's foci threshold is). Threshold 0.95: bfloat16 keeps 8 significant bits,
+    logits near 3 are rounded to 2^-6, against score effects >= 10x that spacing here the
+    correlation stays above about 0.98 (tests/test_hardening.py derives it).
+    """
+    low = _strong().to(dtype)
+    x = images(size=(32, 32), dtype=torch.float32).to(dtype)  # 32 px: several windows
+    ref = make(name, copy.deepcopy(low).float(), "act")(x.float(), target=[1, 3])
+    maps = make(name, low, "act")(x, target=[1, 3])
+    assert maps.dtype == torch.float32 and maps.shape == ref.shape
+    assert torch.isfinite(maps).all()
+    for a, b in zip(ref, maps):
+        assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.95
+
+
+def test_float64_is_the_reference_dtype():
+    """float64 maps from float64 inputs (the reference case above is float64 throughout)."""
+    assert all(reference(name).dtype == F64 for name in METHODS)
