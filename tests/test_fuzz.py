@@ -292,3 +292,205 @@ def test_half_precision_maps_follow_float32(name, dtype):
 def test_float64_is_the_reference_dtype():
     """float64 maps from float64 inputs (the reference case above is float64 throughout)."""
     assert all(reference(name).dtype == F64 for name in METHODS)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def _metrics():
+    from xai import metrics as M
+
+    return {
+        "deletion": (M.Deletion(n_steps=4), {}),
+        "insertion": (M.Insertion(n_steps=4), {}),
+        "mu_fidelity": (M.MuFidelity(n_samples=8, grid_size=4), {}),
+        "sparseness": (M.Sparseness(), {}),
+        "pointing_game": (M.PointingGame(tolerance=0), {"masks": _MASKS}),
+        "relevance_mass_accuracy": (M.RelevanceMassAccuracy(), {"masks": _MASKS}),
+    }
+
+
+_MASKS = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+_MASKS[:, 4:10, 4:10] = True
+_MAPS = torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(5), dtype=F64)
+_nan_maps = _MAPS.clone()
+_nan_maps[0, 1, 1] = float("nan")
+
+# (id, inputs, maps, target, error, message)
+BAD_METRIC_CALLS = [
+    ("inputs_nan", _nan, _MAPS, 0, ValueError, r"inputs contains 1 NaN"),
+    ("inputs_rank3", images()[0], _MAPS, 0, ValueError, r"inputs .*unsqueeze"),
+    ("inputs_int", images().long(), _MAPS, 0, TypeError, r"inputs must be a floating"),
+    ("inputs_empty", images(0), _MAPS[:0], 0, ValueError, r"inputs is an empty batch"),
+    ("inputs_meta", torch.empty(2, 3, SIZE, SIZE, device="meta"), _MAPS, 0, ValueError, r"meta"),
+    ("maps_nan", images(), _nan_maps, 0, ValueError, r"attributions contains 1 NaN"),
+    ("maps_all_nan", images(), _MAPS * float("nan"), 0, ValueError, r"attributions contains"),
+    ("maps_shape", images(), _MAPS[:, :8], 0, ValueError, r"attributions of shape"),
+    ("maps_batch", images(), _MAPS[:1], 0, ValueError, r"attributions of shape"),
+    ("maps_list", images(), [[0.0]], 0, TypeError, r"attributions must be"),
+]
+_MODEL_METRICS = ("deletion", "insertion", "mu_fidelity")
+BAD_METRIC_TARGETS = [
+    ("target_float", 1.5, TypeError, r"target must be"),
+    ("target_0d_float", torch.tensor(1.0), TypeError, r"target .*integer class"),
+    ("target_99", 99, ValueError, r"target class 99 is out of range"),
+    ("target_length", [0, 1, 2], ValueError, r"3 targets for a batch of 2"),
+]
+METRIC_NAMES = list(_metrics())
+
+
+@pytest.mark.parametrize("case", BAD_METRIC_CALLS, ids=[c[0] for c in BAD_METRIC_CALLS])
+@pytest.mark.parametrize("metric_name", METRIC_NAMES)
+def test_metric_bad_call_raises_naming_the_argument(metric_name, case):
+    _, inputs, maps, target, error, message = case
+    metric, extra = _metrics()[metric_name]
+    with pytest.raises(error, match=message):
+        metric(net(), inputs, maps, target, **extra)
+
+
+@pytest.mark.parametrize("case", BAD_METRIC_TARGETS, ids=[c[0] for c in BAD_METRIC_TARGETS])
+@pytest.mark.parametrize("metric_name", _MODEL_METRICS)
+def test_metric_bad_target_raises(metric_name, case):
+    _, target, error, message = case
+    metric, extra = _metrics()[metric_name]
+    with pytest.raises(error, match=message):
+        metric(net(), images(), _MAPS, target, **extra)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda x, m: (_non_contiguous(x), m),
+        lambda x, m: (x.contiguous(memory_format=torch.channels_last), m.transpose(1, 2).mT),
+        lambda x, m: (x, m.numpy()),
+        lambda x, m: (x, m[:, None]),  # (B, 1, H, W) maps
+    ],
+    ids=["non_contiguous", "channels_last", "numpy_maps", "channel_axis"],
+)
+@pytest.mark.parametrize("metric_name", METRIC_NAMES)
+def test_metric_equivalent_call_gives_the_reference(metric_name, transform):
+    metric, extra = _metrics()[metric_name]
+    ref = metric(net(), images(), _MAPS, [1, 3], **extra)
+    x, maps = transform(images(), _MAPS.clone())
+    res = metric(net(), x, maps, np.array([1, 3]), **extra)
+    torch.testing.assert_close(res.scores, ref.scores, equal_nan=True)
+
+
+@pytest.mark.parametrize("metric_name", METRIC_NAMES)
+def test_metric_constant_maps_have_the_documented_result(metric_name):
+    """A constant map scores NaN (``constant_maps="nan"``) or its formula (``"score"``: finite
+    for a non-zero constant), and the caller is warned either way."""
+    metric, extra = _metrics()[metric_name]
+    maps = _MAPS.clone()
+    maps[1] = 0.25
+    with pytest.warns(UserWarning, match=r"sample\(s\) \[1\] are constant"):
+        res = metric(net(), images(), maps, 0, **extra)
+    assert torch.isfinite(res.scores[0])
+    assert torch.isnan(res.scores[1]) == (metric.constant_maps == "nan")
+
+
+def test_max_sensitivity_refuses_nan_inputs_and_bad_explainers():
+    from xai.metrics import MaxSensitivity
+
+    with pytest.raises(ValueError, match=r"inputs contains 1 NaN"):
+        MaxSensitivity(n_samples=2)(net(), _nan, attributions.get("saliency")(net()))
+    with pytest.raises(TypeError, match=r"explainer must be"):
+        MaxSensitivity(n_samples=2)(net(), images(), "saliency")
+
+
+# --- concepts, similarity, audit -----------------------------------------------------------
+
+BAD_CONCEPT_FITS = [
+    ("nan", _nan, 0, ValueError, r"inputs contains 1 NaN"),
+    ("rank3", images()[0], 0, ValueError, r"inputs .*unsqueeze"),
+    ("int", images().long(), 0, TypeError, r"inputs must be a floating"),
+    ("empty", images(0), 0, ValueError, r"inputs is an empty batch"),
+    ("target_negative", images(), -1, ValueError, r"target class -1 is out of range"),
+    ("target_99", images(), 99, ValueError, r"target class 99 is out of range"),
+    ("target_float", images(), 1.7, TypeError, r"target must be"),
+    ("target_0d_float", images(), torch.tensor(1.0), TypeError, r"target .*integer class"),
+    ("target_list", images(), [0, 1], TypeError, r"target must be one class index"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_CONCEPT_FITS, ids=[c[0] for c in BAD_CONCEPT_FITS])
+def test_concept_extractor_bad_fit(case):
+    from xai.concepts import ConceptExtractor
+
+    _, inputs, target, error, message = case
+    model = net()
+    with pytest.raises(error, match=message):
+        ConceptExtractor(model, LAYER, n_concepts=2, patch_size=8).fit(inputs, target)
+    assert hook_count(model) == 0
+
+
+def test_concept_extractor_numpy_target_and_layout_equal_reference():
+    from xai.concepts import ConceptExtractor
+
+    x = images(4)
+    ref = ConceptExtractor(net(), LAYER, n_concepts=2, patch_size=8).fit(x, 1)
+    other = ConceptExtractor(net(), LAYER, n_concepts=2, patch_size=8)
+    other.fit(x.contiguous(memory_format=torch.channels_last), np.int64(1))
+    assert other.target_ == 1
+    torch.testing.assert_close(other.concepts_, ref.concepts_)
+
+
+def _embedder() -> nn.Module:
+    return nn.Sequential(net().features, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+BAD_SIMILARITY = [
+    ("query_nan", _nan[1:], images(), ValueError, r"query contains 1 NaN"),
+    ("references_nan", images(1), _nan, ValueError, r"references contains 1 NaN"),
+    ("query_rank3", images()[0], images(), ValueError, r"query .*unsqueeze"),
+    ("references_int", images(1), images().long(), TypeError, r"references must be a floating"),
+    ("references_empty", images(1), images(0), ValueError, r"references is an empty batch"),
+    ("query_batch", images(2), images(), ValueError, r"query must hold one image"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_SIMILARITY, ids=[c[0] for c in BAD_SIMILARITY])
+def test_similarity_maps_bad_call(case):
+    from xai.attributions.similarity import SimilarityMaps
+
+    _, query, refs, error, message = case
+    with pytest.raises(error, match=message):
+        SimilarityMaps(_embedder(), "0")(query, refs)
+
+
+def test_similarity_maps_layout_equals_reference():
+    from xai.attributions.similarity import SimilarityMaps
+
+    sim = SimilarityMaps(_embedder(), "0")
+    q, refs = images(1), images(3)
+    ref = sim(q, refs)
+    got = sim(_non_contiguous(q), refs.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
+BAD_AUDITS = [
+    ("nan", _nan, [0, 1], ValueError, r"inputs contains 1 NaN"),
+    ("labels_float", images(), torch.tensor([0.5, 1.0]), TypeError, r"labels must hold integer"),
+    ("labels_length", images(), [0, 1, 2], ValueError, r"labels has 3 rows but data has 2"),
+    ("labels_negative", images(), [0, -1], ValueError, r"labels must be class indices >= 0"),
+    ("rank3", images()[0], [0, 1, 2], ValueError, r"inputs .*unsqueeze"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_AUDITS, ids=[c[0] for c in BAD_AUDITS])
+def test_audit_bad_data(case):
+    from xai.audit import audit
+
+    _, data, labels, error, message = case
+    with pytest.raises(error, match=message):
+        audit(net(), data, labels=labels, progress=False)
+
+
+def test_audit_layout_and_numpy_labels_equal_reference():
+    from xai.audit import audit
+
+    ref = audit(net(), images(), labels=torch.tensor([1, 3]), progress=False)
+    got = audit(net(), _non_contiguous(images()), labels=np.array([1, 3]), progress=False)
+    assert repr(got.samples) == repr(ref.samples)
+    torch.testing.assert_close(got.mean_maps, ref.mean_maps)
