@@ -333,3 +333,16 @@ def test_score_cam_chunked_masks_equal_the_all_at_once_algorithm(net, align_corn
     )(x, target=[1, 4])
     ref = _score_cam_all_masks_first(net, "features.4", x, [1, 4], align_corners)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5])
+def test_smooth_grad_chunked_noise_equals_mean_gradient_of_noisy_copies(net, batch_size):
+    """SmoothGrad draws its noise chunk by chunk (memory bounded by batch_size): the map is
+    still the mean over the copies of ``noise()`` of the input gradient, by autograd."""
+    x = _images(2)
+    method = attributions.get("smooth_grad")(net, n_samples=4, seed=3, batch_size=batch_size)
+    noisy = (x[None] + method.noise(x)).flatten(0, 1).requires_grad_(True)
+    score = net(noisy).gather(1, torch.tensor([1, 2]).repeat(4)[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, noisy)
+    ref = grad.view(4, 2, 3, 16, 16).mean(0).abs().amax(1)
+    torch.testing.assert_close(method(x, target=[1, 2]), ref, rtol=1e-9, atol=1e-12)

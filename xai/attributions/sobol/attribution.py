@@ -188,11 +188,16 @@ class SobolAttribution(Attribution):
         per_row = scores.cpu().double().view(b, per_image)
         flat = (per_row == per_row[:, :1]).all(1)
         if bool(flat.any()):
+            low = inputs.dtype in (torch.float16, torch.bfloat16)
+            hint = (
+                f"a {inputs.dtype} model may round small changes away: explain a float32 copy"
+                if low
+                else "use a larger grid_size or another perturbation"
+            )
             warn(
                 f"SobolAttribution: the target score of sample(s) {flat.nonzero()[:, 0].tolist()} "
-                f"does not change under the {per_image} perturbations (a {inputs.dtype} model "
-                "may round small changes away), so their maps are all zero; explain a float32 "
-                "copy of the model, or use a larger grid_size or another perturbation"
+                f"does not change under the {per_image} perturbations, so their maps are all "
+                f"zero; {hint}"
             )
         indices = estimate(
             per_row, self.n_designs, s * s,
