@@ -26,9 +26,10 @@ import pytest
 import torch
 from torch import nn
 
-from tests._models import GapLinear, TinyConvNet, seeded
+from tests._models import TinyConvNet, seeded
 from tests.conftest import hook_count
 from tests.test_contract import FAST, LAYER
+from tests.test_hardening import _strong_gap_linear
 from xai import attributions
 
 METHODS = attributions.available()
@@ -259,15 +260,6 @@ def test_unusual_shapes_give_finite_maps_of_the_input_size(name, case):
     assert hook_count(model) == 0
 
 
-def _strong() -> nn.Module:
-    """GAP + linear with logits whose changes are far above half precision's spacing."""
-    model = seeded(GapLinear(), dtype=torch.float32)
-    with torch.no_grad():
-        model.fc.weight.mul_(300)
-        model.fc.bias.fill_(3.0)
-    return model
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("name", METHODS)
 def test_half_precision_maps_follow_float32(name, dtype):
@@ -279,7 +271,7 @@ def test_half_precision_maps_follow_float32(name, dtype):
     logits near 3 are rounded to 2^-6, against score effects >= 10x that spacing here the
     correlation stays above about 0.98 (tests/test_hardening.py derives it).
     """
-    low = _strong().to(dtype)
+    low = _strong_gap_linear().to(dtype)
     x = images(size=(32, 32), dtype=torch.float32).to(dtype)  # 32 px: several windows
     ref = make(name, copy.deepcopy(low).float(), "act")(x.float(), target=[1, 3])
     maps = make(name, low, "act")(x, target=[1, 3])
