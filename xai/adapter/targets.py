@@ -308,8 +308,10 @@ class SimilarityTarget(Target):
 def as_target(target: TargetLike | Target) -> Target:
     """Normalize any accepted target form into a :class:`Target`.
 
-    ``None`` -> each sample's argmax logit; int / sequence / 1-D tensor -> :class:`ClassTarget`;
-    a :class:`Target` passes through; any other callable -> :class:`CallableTarget`.
+    ``None`` -> each sample's argmax logit; int / sequence / 1-D tensor (NumPy integers and
+    integer arrays included) -> :class:`ClassTarget`; a :class:`Target` passes through; any
+    other callable -> :class:`CallableTarget`. Floats are refused (``TypeError``), not
+    truncated to a class.
     """
     if isinstance(target, Target):
         return target

@@ -105,7 +105,14 @@ class Attribution(ABC):
         Args:
             inputs: a floating batch, never modified.
             target: ``None`` (each sample's predicted class), an int, one int per sample, a
-                callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`.
+                callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`. NumPy integers
+                and integer arrays are accepted; floats are refused, never truncated.
+
+        Raises:
+            TypeError: non-tensor or non-floating ``inputs``; a float, bool or string target.
+            ValueError: a wrong rank, an empty batch, a meta-device tensor or NaN/Inf values in
+                ``inputs``; a target out of range or of the wrong length; NaN/Inf activations
+                at a captured layer.
         """
         x = check_inputs(inputs)
         tgt = as_target(target)

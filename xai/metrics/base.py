@@ -164,6 +164,12 @@ class ExplanationMetric(Metric):
     Subclasses implement :meth:`_evaluate`; :meth:`__call__` validates the inputs, converts the
     maps, freezes the target and runs the model in eval mode under ``torch.no_grad()``,
     restoring the model's flags afterwards.
+
+    Degenerate maps have one defined result, with a ``UserWarning`` naming the samples:
+    NaN/Inf in ``inputs`` or ``attributions`` raise a ``ValueError``; a constant map (all
+    zero included) scores NaN, or the metric's formula when :attr:`constant_maps` is
+    ``"score"`` (Sparseness, Complexity, Infidelity, relevance mass); an empty mask scores NaN
+    (localization). :meth:`MetricResult.mean` ignores NaN scores.
     """
 
     needs_model: ClassVar[bool] = True

@@ -3,7 +3,8 @@
 Every localization metric is called as ``metric(model, inputs, attributions, masks=...)``
 (``model`` and ``target`` are unused and may be ``None``); ``masks`` are ``(B, H, W)`` or
 ``(B, 1, H, W)`` (non-zero = object) or boxes ``(B, 4)`` as ``(x0, y0, x1, y1)`` pixels with
-exclusive ends. A sample with an empty mask scores NaN (ignored by :meth:`MetricResult.mean`).
+exclusive ends. A sample with an empty mask scores NaN (ignored by :meth:`MetricResult.mean`),
+with a warning.
 """
 
 from __future__ import annotations
