@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 from torch import Tensor
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the user's line: the first caller outside ``xai``
+    (``stacklevel=2`` seen from the public entry point, however deep the library call)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
     """Check that ``inputs`` is a floating ``(B, C, H, W)`` tensor and return it.
 
+    The finiteness check is one fused pass over the batch (``torch.isfinite(x).all()``), cheap
+    next to any forward pass: a NaN or Inf input would otherwise give NaN maps, or worse,
+    finite maps of a NaN model output.
+
     Raises:
         TypeError: not a tensor, or not floating point.
-        ValueError: wrong rank or an empty batch.
+        ValueError: wrong rank, an empty batch, a meta-device tensor (no data) or NaN/Inf
+            values.
     """
     if not isinstance(inputs, Tensor):
         raise TypeError(
@@ -19,14 +39,8 @@ def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
             "convert images with torch.as_tensor(array).permute(2, 0, 1)[None].float()"
         )
     if inputs.dim() != 4:
-        hint = (
-            f" (a single image? use {name}.unsqueeze(0))"
-            if inputs.dim() == 3
-            else ""
-        )
-        raise ValueError(
-            f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{hint}"
-        )
+        hint = f" (a single image? use {name}.unsqueeze(0))" if inputs.dim() == 3 else ""
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{hint}")
     if not torch.is_floating_point(inputs):
         raise TypeError(
             f"{name} must be a floating tensor, got dtype {inputs.dtype}; "
@@ -34,6 +48,12 @@ def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
         )
     if inputs.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(inputs.shape)})")
+    if inputs.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device (a tensor without data); move real data to the "
+            f"model's device, e.g. {name}.to('cpu')"
+        )
+    check_finite(inputs, name)
     if torch.is_inference_mode_enabled() or inputs.is_inference():
         raise RuntimeError(
             f"{name} was created under torch.inference_mode(): gradients are impossible for "
@@ -41,6 +61,19 @@ def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
             f"or pass {name}.clone() made outside it"
         )
     return inputs
+
+
+def check_finite(values: Tensor, name: str) -> Tensor:
+    """Raise a ``ValueError`` naming ``name`` when ``values`` holds NaN or Inf entries."""
+    if values.is_floating_point() or values.is_complex():
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(
+                f"{name} contains {bad} NaN or Inf value(s) out of {values.numel()}; clean or "
+                f"drop those samples first (torch.isfinite({name}).flatten(1).all(1) finds them)"
+            )
+    return values
 
 
 def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> None:

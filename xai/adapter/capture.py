@@ -207,7 +207,7 @@ class ModelAdapter:
         """
         if capture is not None:
             capture._calls.clear()
-        out = unwrap_output(self.model(inputs))
+        out = unwrap_output(self.module(inputs))  # not a compiled wrapper: hooks must fire
         if capture is not None:
             capture._check_called()
             capture.outputs = out

@@ -79,7 +79,7 @@ def layer_output(
     grad_mode = torch.enable_grad() if differentiable else torch.no_grad()
     with preserved(module), grad_mode, hooks(forward={target: hook}):
         try:
-            model(inputs)
+            module(inputs)  # the unwrapped module: a compiled wrapper would skip the hook
         except _Stop:
             pass
     if not found:
@@ -148,5 +148,5 @@ def head(model: nn.Module, layer: LayerLike, activations: Tensor, probe: Tensor)
         RuntimeError: the layer was not called in the forward pass.
     """
     with replace_output(model, layer, activations):
-        out = unwrap_output(model(probe))
+        out = unwrap_output(_unwrap(model)(probe))
     return out

@@ -13,6 +13,7 @@ classes predicted on the clean inputs.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Sequence
 
 import torch
@@ -68,6 +69,47 @@ class Target:
         """Raise a ``ValueError`` early when per-sample data does not match the batch size."""
 
 
+def class_indices(value: object, name: str = "target") -> int | Tensor:
+    """Class indices as an int (one class) or a 1-D long tensor (one per sample).
+
+    Accepts Python and NumPy integers, sequences of them, integer NumPy arrays and integer
+    tensors (a 0-d one is one class). Floats are refused rather than truncated: ``1.7`` or
+    ``torch.tensor(1.7)`` is not a class.
+
+    Raises:
+        TypeError: floats, bools, complex numbers or other non-integer values.
+        ValueError: an array of rank 2 or more.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    kinds = "an int, a sequence of ints, or a 1-D integer tensor/array"
+    if isinstance(value, (bool, str, bytes, numbers.Number)):
+        raise TypeError(
+            f"{name} must be {kinds}, got {type(value).__name__} {value!r}; class indices are "
+            f"never rounded: pass int({name}) if that is what you mean"
+        )
+    t = value
+    if not isinstance(t, Tensor):
+        try:
+            items = value if hasattr(value, "__array__") else list(value)  # type: ignore[arg-type]
+            t = torch.as_tensor(items)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}") from None
+    t = t.detach()
+    if t.numel() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(
+            f"{name} must hold integer class indices, got dtype {t.dtype}; class indices are "
+            f"never rounded: convert with {name}.long() if the values are whole numbers"
+        )
+    if t.dim() == 0:
+        return int(t)
+    if t.dim() != 1:
+        raise ValueError(
+            f"a per-sample {name} must be a 1-D sequence of ints, got shape {tuple(t.shape)}"
+        )
+    return t.long()
+
+
 def _check_scores(scores: object, batch: int, who: str) -> Tensor:
     if not isinstance(scores, Tensor) or scores.shape != (batch,):
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
@@ -87,28 +129,9 @@ class ClassTarget(Target):
     """
 
     def __init__(self, classes: None | int | Sequence[int] | Tensor = None) -> None:
-        if classes is None or (isinstance(classes, int) and not isinstance(classes, bool)):
-            self.classes: None | int | Tensor = classes
-            return
-        if isinstance(classes, Tensor):
-            t = classes.detach()
-            if t.dim() == 0:
-                self.classes = int(t)
-                return
-        else:
-            try:
-                t = torch.as_tensor(list(classes))
-            except (TypeError, ValueError, RuntimeError):
-                raise TypeError(
-                    f"target must be None, an int, a sequence of ints, a 1-D tensor or a "
-                    f"callable, got {type(classes).__name__}"
-                ) from None
-        if t.dim() != 1 or (t.numel() and (t.is_floating_point() or t.is_complex())):
-            raise ValueError(
-                f"a per-sample target must be a 1-D sequence of ints, got shape "
-                f"{tuple(t.shape)} and dtype {t.dtype}"
-            )
-        self.classes = t.long()
+        self.classes: None | int | Tensor = (
+            None if classes is None else class_indices(classes, "target")
+        )
 
     @property
     def needs_freeze(self) -> bool:
@@ -285,12 +308,18 @@ class SimilarityTarget(Target):
 def as_target(target: TargetLike | Target) -> Target:
     """Normalize any accepted target form into a :class:`Target`.
 
-    ``None`` -> each sample's argmax logit; int / sequence / 1-D tensor -> :class:`ClassTarget`;
-    a :class:`Target` passes through; any other callable -> :class:`CallableTarget`.
+    ``None`` -> each sample's argmax logit; int / sequence / 1-D tensor (NumPy integers and
+    integer arrays included) -> :class:`ClassTarget`; a :class:`Target` passes through; any
+    other callable -> :class:`CallableTarget`. Floats are refused (``TypeError``), not
+    truncated to a class.
     """
     if isinstance(target, Target):
         return target
-    if target is None or isinstance(target, (int, Tensor, list, tuple)):
+    if (
+        target is None
+        or isinstance(target, (numbers.Number, Tensor, list, tuple, str, bytes))
+        or hasattr(target, "__array__")  # NumPy arrays and scalars
+    ):
         return ClassTarget(target)  # type: ignore[arg-type]
     if callable(target):
         return CallableTarget(target)

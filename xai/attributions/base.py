@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xai._checks import check_inputs, check_positive_int, map_dtype
+from xai._checks import check_inputs, check_positive_int, map_dtype, warn
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter import ModelAdapter, Target, as_target, preserved
 from xai.adapter.capture import warn_if_zero
@@ -105,7 +105,14 @@ class Attribution(ABC):
         Args:
             inputs: a floating batch, never modified.
             target: ``None`` (each sample's predicted class), an int, one int per sample, a
-                callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`.
+                callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`. NumPy integers
+                and integer arrays are accepted; floats are refused, never truncated.
+
+        Raises:
+            TypeError: non-tensor or non-floating ``inputs``; a float, bool or string target.
+            ValueError: a wrong rank, an empty batch, a meta-device tensor or NaN/Inf values in
+                ``inputs``; a target out of range or of the wrong length; NaN/Inf activations
+                at a captured layer.
         """
         x = check_inputs(inputs)
         tgt = as_target(target)
@@ -113,7 +120,10 @@ class Attribution(ABC):
         with preserved(self.adapter.module):
             maps = self._attribute(x.detach(), tgt)
         maps = self._finalize(maps, x)
-        return maps.to(dtype=map_dtype(x), device=x.device)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            _warn_if_flat(maps, x.dtype, self.name)
+        # a plain tensor, never part of a graph (captum's IG returns one that requires grad)
+        return maps.detach().to(dtype=map_dtype(x), device=x.device)
 
     @abstractmethod
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
@@ -153,6 +163,19 @@ class Attribution(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def _warn_if_flat(maps: Tensor, dtype: torch.dtype, name: str) -> None:
+    """Half-precision models round small score changes away (bfloat16 keeps 8 significant
+    bits): a constant map is then an artefact of the precision, not an explanation."""
+    flat = maps.detach().flatten(1)
+    constant = (flat == flat[:, :1]).all(1)
+    if bool(constant.any()):
+        warn(
+            f"{name}: the maps of sample(s) {constant.nonzero()[:, 0].tolist()} are constant; "
+            f"a {dtype} model may round the score changes away: explain a float32 copy "
+            "(model.float(), inputs.float())"
+        )
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -240,6 +263,7 @@ class LayerAttribution(Attribution):
         # must not re-trigger the capture.
         maps = {}
         for name in self.layers:
+            _check_finite_activations(acts[name], name)
             if name in grads:
                 warn_if_zero(grads[name], name)
             maps[name] = self._layer_map(acts[name], grads.get(name), inputs, target, outputs)
@@ -266,6 +290,18 @@ class LayerAttribution(Attribution):
             return upsample(only, size) if self.upsample else only
         stack = torch.stack([normalize_per_sample(upsample(m, size)) for m in maps.values()])
         return fuse_maps(stack, self.fusion, self.layer_weights)
+
+
+def _check_finite_activations(acts: Tensor, layer: str) -> None:
+    """Finite inputs can still overflow inside the model (a float16 model, a diverged one):
+    NaN/Inf activations would give NaN maps, or a LinAlgError from EigenCAM's SVD."""
+    bad = ~torch.isfinite(acts.flatten(1)).all(1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"the activations of layer {layer!r} are NaN or Inf for inputs sample(s) "
+            f"{bad.nonzero()[:, 0].tolist()} although the inputs are finite: the model "
+            "overflows there (e.g. float16 weights); explain a float32 copy of the model"
+        )
 
 
 FUSIONS = ("mean", "max", "product", "geometric_mean")

@@ -215,18 +215,22 @@ class ScoreCAM(LayerAttribution):
             return ProbabilityTarget(target.classes)  # type: ignore[attr-defined]
         return target
 
+    def _masks(self, channels: Tensor, size: tuple[int, int]) -> Tensor:
+        """``(n, h, w)`` activation channels -> ``(n, H, W)`` masks, min-max normalized each."""
+        masks = F.interpolate(
+            channels[:, None], size=size, mode="bilinear", align_corners=self.align_corners
+        )[:, 0]
+        flat = masks.flatten(1)
+        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+        span = hi - lo
+        return torch.where(span > 0, (masks - lo) / span.clamp_min(1e-12), 0.0)
+
     def _layer_map(self, activations, gradients, inputs, target, outputs):
         from tqdm.auto import tqdm
 
         target = self._score_target(target)
         b, k = activations.shape[:2]
         size = tuple(inputs.shape[-2:])
-        masks = F.interpolate(activations, size=size, mode="bilinear",
-                              align_corners=self.align_corners)
-        flat = masks.flatten(2)
-        lo, hi = flat.min(2).values, flat.max(2).values
-        span = (hi - lo)[..., None, None]
-        masks = torch.where(span > 0, (masks - lo[..., None, None]) / span.clamp_min(1e-12), 0.0)
         sample_of = torch.arange(b).repeat_interleave(k)  # row r = (sample r // k, channel r % k)
         scores = torch.empty(b * k, dtype=torch.float32, device=inputs.device)
         with torch.no_grad():
@@ -234,7 +238,10 @@ class ScoreCAM(LayerAttribution):
             for sl in tqdm(chunks, desc="Score-CAM", disable=not self.progress):
                 rows = sample_of[sl]
                 chans = torch.arange(sl.start, sl.stop) % k
-                masked = inputs[rows] * masks[rows, chans][:, None].to(inputs.dtype)
+                # only this chunk's masks exist at input size: memory is bounded by
+                # batch_size, not by the layer's B x K channels
+                masks = self._masks(activations[rows, chans], size)
+                masked = inputs[rows] * masks[:, None].to(inputs.dtype)
                 out = self.adapter.forward(masked)
                 scores[sl] = target.select(rows)(out).float()
             weights = scores.view(b, k)

@@ -9,11 +9,12 @@ targets and task targets therefore work for every method.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from xai._checks import map_dtype
 from xai.adapter import Target
 from xai.attributions.base import Attribution, reduce_channels, register
 
@@ -30,7 +31,10 @@ class _CaptumAttribution(Attribution):
 
     def _forward_fn(self, target: Target) -> Callable[[Tensor, Tensor], Tensor]:
         def forward(x: Tensor, rows: Tensor) -> Tensor:
-            return target.select(rows)(self.adapter.forward(x))
+            scores = target.select(rows)(self.adapter.forward(x))
+            # captum subtracts and accumulates scores in their dtype: bfloat16 differences
+            # (8 significant bits) round small occlusion effects to zero, so promote them
+            return scores.to(map_dtype(scores))
 
         return forward
 
@@ -147,28 +151,58 @@ class SmoothGrad(_CaptumAttribution):
         self.noise_level = float(noise_level)
 
     def noise(self, inputs: Tensor) -> Tensor:
-        """The noise added to each copy, ``(n_samples, B, C, H, W)``."""
-        gen = self._generator(torch.device("cpu"))
-        draws = torch.randn((self.n_samples, 1) + tuple(inputs.shape[1:]), generator=gen,
-                            dtype=torch.float64)
+        """The noise added to each copy, ``(n_samples, B, C, H, W)`` (for inspection: the
+        attribution itself draws it chunk by chunk, the same values)."""
+        sigma = self._sigma(inputs)
+        return torch.stack([self._scaled(d, sigma, inputs) for d in self._draws(inputs)])
+
+    def _sigma(self, inputs: Tensor) -> Tensor:
         flat = inputs.detach().flatten(1)
-        sigma = self.noise_level * (flat.max(1).values - flat.min(1).values)
-        return (draws.to(inputs.device) * sigma.double().view(1, -1, 1, 1, 1)).to(inputs.dtype)
+        return self.noise_level * (flat.max(1).values - flat.min(1).values).double()
+
+    def _draws(self, inputs: Tensor) -> Iterator[Tensor]:
+        """The standard-normal draw of each noisy copy, ``(C, H, W)`` float64, one at a time:
+        the same values whatever the chunking, and never all in memory."""
+        gen = self._generator(torch.device("cpu"))
+        for _ in range(self.n_samples):
+            yield torch.randn(tuple(inputs.shape[1:]), generator=gen, dtype=torch.float64)
+
+    @staticmethod
+    def _scaled(draw: Tensor, sigma: Tensor, inputs: Tensor) -> Tensor:
+        return (draw.to(inputs.device) * sigma.view(-1, 1, 1, 1)).to(inputs.dtype)
 
     def _channels(self, inputs, forward, rows):
         from captum.attr import Saliency as _Saliency
 
-        with torch.no_grad():
-            noisy = (inputs[None] + self.noise(inputs)).flatten(0, 1)  # row r: sample r % b
-        all_rows = rows.repeat(self.n_samples)
+        b = inputs.shape[0]
+        sigma = self._sigma(inputs)
         saliency = _Saliency(forward)
         total = torch.zeros_like(inputs, requires_grad=False)
-        size = self.batch_size or noisy.shape[0]
-        for start in range(0, noisy.shape[0], size):
-            sl = slice(start, start + size)
-            chunk = noisy[sl].detach().requires_grad_(True)
-            grads = saliency.attribute(chunk, additional_forward_args=(all_rows[sl],), abs=False)
-            total.index_add_(0, all_rows[sl], grads)
+        size = self.batch_size or self.n_samples * b
+        draws = self._draws(inputs)
+        current: dict[int, Tensor] = {}  # noise sample -> its draw, while a chunk needs it
+        drawn = 0
+        # row r of the (noise sample, image) product is copy r // b of image r % b; only the
+        # draws of the current chunk are held, so memory is bounded by batch_size
+        for start in range(0, self.n_samples * b, size):
+            index = torch.arange(start, min(start + size, self.n_samples * b))
+            copy, image = index // b, index % b
+            while drawn <= int(copy[-1]):
+                current[drawn] = next(draws)
+                drawn += 1
+            with torch.no_grad():
+                noise = torch.stack([current[int(k)] for k in copy]).to(inputs.device)
+                noisy = inputs[image.to(inputs.device)] + (
+                    noise * sigma[image.to(sigma.device)].view(-1, 1, 1, 1)
+                ).to(inputs.dtype)
+            current = {k: v for k, v in current.items() if k >= int(copy[-1])}
+            chunk_rows = rows[image.to(rows.device)]
+            grads = saliency.attribute(
+                noisy.detach().requires_grad_(True),
+                additional_forward_args=(chunk_rows,),
+                abs=False,
+            )
+            total.index_add_(0, chunk_rows, grads)
         return total / self.n_samples
 
 

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xai._checks import check_inputs
 from xai._typing import LayerLike
 from xai.audit.state import AuditState, BatchStats, load_state
+from xai.adapter.targets import class_indices
 
 __all__ = ["AuditResult", "audit"]
 
@@ -576,12 +578,10 @@ def batch_stats(
     n, _, h, w = x.shape
     if image_size is not None and tuple(image_size) != (h, w):
         raise ValueError(f"all images must have one size; got {(h, w)} after {image_size}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(
-            f"labels must be integer class indices, got dtype {y.dtype}; convert with "
-            ".long() only if the values are whole numbers"
-        )
-    y = y.reshape(-1).long().cpu()
+    check_inputs(x, name="inputs")  # also NaN/Inf: the argmax of a NaN row is class 0
+    y = torch.as_tensor(class_indices(y.reshape(-1), "labels")).reshape(-1).cpu()
+    if bool((y < 0).any()):
+        raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
     if y.shape[0] != n:
         raise ValueError(f"got {y.shape[0]} labels for {n} images")
     if m is not None:

@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -180,10 +181,22 @@ def _html_table(rows: list[dict], columns: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|!#~])")
+
+
+def _md(text: object) -> str:
+    """User text made inert in Markdown, as ``html.escape`` does for the HTML report: HTML
+    tags are escaped (``<script>`` shows as text), line breaks become spaces (a name cannot
+    end a table row or start a heading) and Markdown punctuation, ``|`` included, is
+    backslash-escaped (a name cannot add a table column, a link or an image)."""
+    flat = " ".join(str(text).splitlines())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
+
+
 def _md_table(rows: list[dict], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c), c).replace("|", "/") for c in columns) + " |")
+        lines.append("| " + " | ".join(_md(_fmt(r.get(c), c)) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -387,17 +400,17 @@ def write_report(
         path.write_text("\n".join(parts), encoding="utf-8")
     else:
         parts = [
-            f"# {title}",
+            f"# {_md(title)}",
             "",
-            summary,
+            _md(summary),
             "",
             "## Flags",
             "",
-            *[f"- {line}" for line in flag_lines],
+            *[f"- {_md(line)}" for line in flag_lines],
             "",
             "## In words",
             "",
-            *[f"{p}\n" for p in words],
+            *[f"{_md(p)}\n" for p in words],
             "## Per class",
             "",
             _md_table(result.classes, _CLASS_COLUMNS),
@@ -415,7 +428,7 @@ def write_report(
                 "",
                 "### Group accuracy gaps",
                 "",
-                *([f"- {line}" for line in gap_lines] or [_NO_GAP]),
+                *([f"- {_md(line)}" for line in gap_lines] or [_NO_GAP]),
                 "",
                 *([_md_table(gaps, _GAP_COLUMNS), ""] if gaps else []),
             ]

@@ -259,7 +259,7 @@ class AuditState:
         """
         if not isinstance(data, dict) or data.get("version") != _VERSION:
             raise ValueError(
-                "not an xai audit checkpoint of this version; delete it to start afresh"
+                "not an audit checkpoint of this version; delete it to start the audit again"
             )
         state = cls(data["grid_size"], data["n_worst"], data["keep_for_concepts"])
         state.seen = int(data["seen"])
@@ -293,12 +293,15 @@ def load_state(path: str | Path) -> AuditState:
     try:
         data = torch.load(Path(path), weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unpickling failure means: not our file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(
-            f"{path} is not a valid xai audit checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); it was not executed. Delete it "
-            "or point checkpoint= to a new file"
+            f"checkpoint {str(path)!r} cannot be read safely (only tensors and plain types are "
+            f"accepted; it may have been tampered with; nothing in it was run): {first}"
         ) from None
-    return AuditState.from_state_dict(data)
+    try:
+        return AuditState.from_state_dict(data)
+    except ValueError as err:
+        raise ValueError(f"checkpoint {str(path)!r}: {err}") from None
 
 
 def _rank(badness: Tensor, index: Tensor) -> Tensor:

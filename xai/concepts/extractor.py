@@ -27,6 +27,7 @@ from xai._typing import LayerLike
 from xai.adapter import ModelAdapter
 from xai.adapter.split import head, layer_output
 from xai.adapter.state import preserved
+from xai.adapter.targets import ClassTarget, class_indices
 from xai.concepts.factorizers import Factorizer, make_factorizer
 
 __all__ = ["ConceptExtractor"]
@@ -256,6 +257,18 @@ class ConceptExtractor:
                 "patches='positions'"
             )
 
+    def _check_target(self, target: object, inputs: Tensor) -> int:
+        index = class_indices(target, "target")
+        if not isinstance(index, int):
+            raise TypeError(
+                f"target must be one class index (an int), got {type(target).__name__} of "
+                f"shape {tuple(index.shape)}; a ConceptExtractor explains one class"
+            )
+        with preserved(self.model), torch.no_grad():
+            outputs = self.adapter.forward(inputs[:1])
+        ClassTarget(index).indices(outputs)  # the range check, with the library's message
+        return index
+
     def fit(self, inputs: Tensor, target: int | None = None) -> ConceptExtractor:
         """Collect activations of patches of ``inputs`` (images of one class) and factorize.
 
@@ -268,11 +281,15 @@ class ConceptExtractor:
             ``self``.
 
         Raises:
-            ValueError: negative activations with NMF, fewer rows than concepts, a layer
-                without channel axis, a patch larger than the images, a model that does not
-                factor through the layer.
+            TypeError: a ``target`` that is not one integer class index.
+            ValueError: NaN/Inf inputs, a ``target`` out of range (negative indices are
+                refused, not counted from the end), negative activations with NMF, fewer rows
+                than concepts, a layer without channel axis, a patch larger than the images, a
+                model that does not factor through the layer.
         """
         check_inputs(inputs)
+        if target is not None:
+            target = self._check_target(target, inputs)
         self._input_shape = tuple(inputs.shape)
         self._input_dtype = inputs.dtype
         probe = layer_output(self.model, self.layer, inputs[:1])

@@ -11,6 +11,7 @@ Quantus' default).
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xai._checks import check_inputs, map_dtype
+from xai._checks import check_finite, check_inputs, map_dtype, warn
 from xai._typing import TargetLike
 from xai.adapter import Target, as_target, preserved, unwrap_output
 
@@ -169,9 +170,20 @@ class ExplanationMetric(Metric):
     Subclasses implement :meth:`_evaluate`; :meth:`__call__` validates the inputs, converts the
     maps, freezes the target and runs the model in eval mode under ``torch.no_grad()``,
     restoring the model's flags afterwards.
+
+    Degenerate maps have one defined result, with a ``UserWarning`` naming the samples:
+    NaN/Inf in ``inputs`` or ``attributions`` raise a ``ValueError``; a constant map (all
+    zero included) scores NaN, or the metric's formula when :attr:`constant_maps` is
+    ``"score"`` (Sparseness, Complexity, Infidelity, relevance mass); an empty mask scores NaN
+    (localization). :meth:`MetricResult.mean` ignores NaN scores.
     """
 
     needs_model: ClassVar[bool] = True
+    constant_maps: ClassVar[Literal["nan", "score"]] = "nan"
+    """What a constant (e.g. all-zero) map scores: ``"nan"`` when the metric needs a ranking or
+    a peak the map does not have (the curve, if any, is still returned, in row-major order);
+    ``"score"`` when the metric's formula is defined for it (complexity, mass, infidelity).
+    Either way a warning names the samples."""
 
     def __call__(
         self,
@@ -196,14 +208,33 @@ class ExplanationMetric(Metric):
             A :class:`MetricResult`.
         """
         x = check_inputs(inputs).detach()
-        maps = as_maps(attributions, x)
+        maps = check_finite(as_maps(attributions, x), "attributions")
         if not self.needs_model:
-            return self._evaluate(model, x, maps, None, **kwargs)  # type: ignore[arg-type]
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        with preserved(model), torch.no_grad():
-            tgt = frozen_target(model, x, target)
-            return self._evaluate(model, x, maps, tgt, **kwargs)
+            result = self._evaluate(model, x, maps, None, **kwargs)  # type: ignore[arg-type]
+        else:
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            with preserved(model), torch.no_grad():
+                tgt = frozen_target(model, x, target)
+                result = self._evaluate(model, x, maps, tgt, **kwargs)
+        return self._degenerate(maps, result)
+
+    def _degenerate(self, maps: Tensor, result: MetricResult) -> MetricResult:
+        """Apply :attr:`constant_maps` to samples whose map is constant, with a warning."""
+        flat = maps.flatten(1)
+        constant = (flat == flat[:, :1]).all(1).to(result.scores.device)
+        if not bool(constant.any()):
+            return result
+        which = constant.nonzero()[:, 0].tolist()
+        policy = "score NaN" if self.constant_maps == "nan" else "scored by the formula"
+        warn(
+            f"{type(self).__name__}: the attributions of sample(s) {which} are constant (e.g. "
+            f"all zero), so they rank or localize nothing; {policy} for those samples"
+        )
+        if self.constant_maps == "score":
+            return result
+        scores = torch.where(constant, torch.full_like(result.scores, float("nan")), result.scores)
+        return dataclasses.replace(result, scores=scores)
 
     @abstractmethod
     def _evaluate(
@@ -259,7 +290,8 @@ class ExplainerMetric(Metric):
 
 def explain(explainer: Explainer, inputs: Tensor, target: Any) -> Tensor:
     """Run an explainer and return ``(B, H, W)`` maps validated against ``inputs``."""
-    return as_maps(explainer(inputs, target=target), inputs, name="explainer output")
+    maps = as_maps(explainer(inputs, target=target), inputs, name="explainer output")
+    return check_finite(maps, "explainer output")
 
 
 def check_fraction(value: float, name: str, *, closed: bool = False) -> None:

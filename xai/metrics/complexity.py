@@ -27,6 +27,7 @@ class Sparseness(ExplanationMetric):
     """
 
     name: ClassVar[str] = "sparseness"
+    constant_maps: ClassVar[str] = "score"
     higher_is_better: ClassVar[bool] = True
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False
@@ -56,6 +57,7 @@ class Complexity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "complexity"
+    constant_maps: ClassVar[str] = "score"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False

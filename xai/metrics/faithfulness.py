@@ -670,6 +670,7 @@ class Infidelity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "infidelity"
+    constant_maps: ClassVar[str] = "score"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
 

@@ -3,7 +3,8 @@
 Every localization metric is called as ``metric(model, inputs, attributions, masks=...)``
 (``model`` and ``target`` are unused and may be ``None``); ``masks`` are ``(B, H, W)`` or
 ``(B, 1, H, W)`` (non-zero = object) or boxes ``(B, 4)`` as ``(x0, y0, x1, y1)`` pixels with
-exclusive ends. A sample with an empty mask scores NaN (ignored by :meth:`MetricResult.mean`).
+exclusive ends. A sample with an empty mask scores NaN (ignored by :meth:`MetricResult.mean`),
+with a warning.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xai._checks import warn
 from xai.adapter import Target
 from xai.metrics.base import ExplanationMetric, MetricResult, as_mask
 
@@ -54,6 +56,11 @@ class _Localization(ExplanationMetric):
         mask = as_mask(kwargs["masks"], inputs)
         scores = self._score(maps, mask).to(maps.dtype)
         empty = mask.flatten(1).sum(1) == 0
+        if bool(empty.any()):
+            warn(
+                f"{type(self).__name__}: the masks of sample(s) {empty.nonzero()[:, 0].tolist()} "
+                "are empty (no object pixel); score NaN for those samples"
+            )
         return MetricResult(torch.where(empty, torch.full_like(scores, float("nan")), scores))
 
     def _score(self, maps: Tensor, mask: Tensor) -> Tensor:
@@ -126,6 +133,7 @@ class RelevanceMassAccuracy(_Localization):
     """
 
     name: ClassVar[str] = "relevance_mass_accuracy"
+    constant_maps: ClassVar[str] = "score"
 
     def __init__(self, relevance: str = "positive") -> None:
         if relevance not in ("positive", "abs", "raw"):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xai._checks import check_positive_int
+from xai._checks import check_positive_int, warn
 from xai.adapter import Target
 from xai.attributions.base import Attribution, register
 from xai.attributions.sobol.estimators import Estimator, estimate, get_estimator
@@ -197,8 +197,22 @@ class SobolAttribution(Attribution):
                 x, ref = self._rows(inputs, reference, image, sl, per_image)
                 perturbed = self.perturbation(x, up, ref)
                 scores[sl] = target.select(image)(self.adapter.forward(perturbed))
+        per_row = scores.cpu().double().view(b, per_image)
+        flat = (per_row == per_row[:, :1]).all(1)
+        if bool(flat.any()):
+            low = inputs.dtype in (torch.float16, torch.bfloat16)
+            hint = (
+                f"a {inputs.dtype} model may round small changes away: explain a float32 copy"
+                if low
+                else "use a larger grid_size or another perturbation"
+            )
+            warn(
+                f"SobolAttribution: the target score of sample(s) {flat.nonzero()[:, 0].tolist()} "
+                f"does not change under the {per_image} perturbations, so their maps are all "
+                f"zero; {hint}"
+            )
         indices = estimate(
-            scores.cpu().double().view(b, per_image), self.n_designs, s * s,
+            per_row, self.n_designs, s * s,
             estimator=self.estimator, variance=self.variance,
         )
         maps = (indices.total if self.order == "total" else indices.first).view(b, 1, s, s)
