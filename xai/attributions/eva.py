@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from typing import ClassVar
 
 import torch
@@ -180,9 +182,15 @@ class EVA(Attribution):
             )
         if not bool(torch.isfinite(inputs).all()):
             raise ValueError("inputs contain NaN or infinite values")
-        x = inputs.to(_param_dtype(self.model, inputs.dtype))
+        model = self.model
+        if _param_dtype(model, inputs.dtype) in (torch.float16, torch.bfloat16):
+            # bounds are sums of many products: in half precision their rounding swamps the
+            # score differences that EVA ranks, so a float32 copy is bounded (the model itself
+            # is never changed)
+            model = copy.deepcopy(model).float()
+        x = inputs.to(_param_dtype(model, inputs.dtype))
         with torch.no_grad():
-            bm = BoundedModel(self.model, x, backward_budget=self.backward_budget)
+            bm = BoundedModel(model, x, backward_budget=self.backward_budget)
             logits = bm.forward(x)
         split = None if self.split is None else bm.graph.split_index(self.split)
         classes = _classes(target, logits)

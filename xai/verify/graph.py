@@ -165,6 +165,9 @@ def trace(model: nn.Module, example: Tensor) -> Graph:
         UnsupportedOperationError: an operation without a rule (named, with the supported list).
         TypeError: the model cannot be traced symbolically (data-dependent control flow).
     """
+    from xai.adapter.layers import _unwrap
+
+    model = _unwrap(model)  # compiled / DataParallel wrappers: bound the module they wrap
     try:
         gm = torch.fx.symbolic_trace(model)
     except (torch.fx.proxy.TraceError, RuntimeError) as err:
@@ -230,8 +233,11 @@ class _Builder:
                 f"bound propagation needs a model with one tensor input, got "
                 f"{len(placeholders)} inputs ({', '.join(n.name for n in placeholders)})"
             )
-        output_node = None
+        output_node = next((n for n in nodes if n.op == "output"), None)
+        needed = _fx_ancestors(_selected_output(output_node.args[0])) if output_node else set()
         for node in nodes:
+            if node.op not in ("placeholder", "output", "get_attr") and node not in needed:
+                continue  # off the explained output's path (an auxiliary head, a dict entry)
             if node.op == "placeholder":
                 self._add(
                     node, Op("input", "input", [], lambda x: x, tuple(example.shape[1:])), example
@@ -247,11 +253,7 @@ class _Builder:
                 else:
                     self._convert(node, bounded)
         assert output_node is not None
-        out = output_node.args[0]
-        if isinstance(out, (tuple, list)) and out:
-            out = out[0]
-        if isinstance(out, dict):
-            out = out.get("logits", out.get("out"))
+        out = _selected_output(output_node.args[0])
         if not isinstance(out, torch.fx.Node) or out not in self.index:
             raise UnsupportedOperationError(
                 "the model's output does not depend on its input through supported operations"
@@ -728,3 +730,27 @@ def _string_padding_conv(mod: nn.Conv2d, value: Tensor) -> dict | str:
     if left != right or top != bottom:
         return f"asymmetric padding={mod.padding!r}"
     return _conv_spec(mod.weight, mod.bias, mod.stride, (top, left), mod.dilation, mod.groups)
+
+
+def _selected_output(out: Any) -> Any:
+    """The explained entry of a traced output, as ``xai.adapter.unwrap_output`` picks it: the
+    first of a tuple/list, ``logits`` (or ``out``) of a dict."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if isinstance(out, dict):
+        out = out.get("logits", out.get("out"))
+    return out
+
+
+def _fx_ancestors(node: Any) -> set:
+    """Every fx node the given node depends on, itself included."""
+    if not isinstance(node, torch.fx.Node):
+        return set()
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen
