@@ -94,10 +94,11 @@ def attention_sites(model: nn.Module) -> list[AttentionSite]:
         if _windowed(module):
             raise ValueError(
                 f"module {name!r} ({type(module).__name__}) attends within (shifted) local "
-                "windows, so the model has no token-to-token attention matrix over the image "
-                "to roll out; attention methods need a global-attention ViT (timm ViT/DeiT, "
-                "transformers ViT/CLIP, torchvision ViT). Use grad_cam (default layer: the "
-                "last block's norm1) or a gradient method on Swin"
+                "windows, so the model has no token-to-token attention matrix over the whole "
+                "image; attention rollout, Chefer relevance and the transformer LRP composites "
+                "need a global-attention ViT (timm ViT/DeiT, transformers ViT/CLIP, torchvision "
+                "ViT). Use grad_cam (default layer: the last block's norm1) or a gradient "
+                "method on Swin"
             )
         site = _site(name, module)
         if site is not None:
