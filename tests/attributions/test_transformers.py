@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import xai.attributions as attributions
 from tests.conftest import hook_count
+from xai import attributions
 from xai.adapter.reshape import token_layout
-from xai.attributions import AttentionRollout, CheferRelevance, GradCAM
-from xai.attributions.lrp import LRP, AttnLRP, CPLRP
+from xai.attributions import AttentionRollout, GradCAM
+from xai.attributions.lrp import CPLRP, LRP, AttnLRP
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -35,10 +35,10 @@ def _tv_vit():
     return model
 
 
-TINY = dict(pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5, embed_dim=32,
-            num_heads=2)
-HF = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-          intermediate_size=64)
+TINY = {"pretrained": False, "img_size": 32, "patch_size": 8, "depth": 2, "num_classes": 5,
+        "embed_dim": 32, "num_heads": 2}
+HF = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+      "num_attention_heads": 2, "intermediate_size": 64}
 FAMILIES = {
     "timm_vit": lambda: timm.create_model("vit_tiny_patch16_224", **TINY),
     "timm_deit": lambda: timm.create_model("deit_tiny_distilled_patch16_224", **TINY),
@@ -348,7 +348,7 @@ def test_similarity_maps_on_a_clip_vision_tower():
     q_maps, r_maps = sim(query, refs)
     assert q_maps.shape == (3, 32, 32) and r_maps.shape == (3, 32, 32)
     assert torch.isfinite(q_maps).all() and torch.isfinite(r_maps).all()
-    emb = lambda t: F.normalize(clip(t).image_embeds, dim=1)  # noqa: E731
+    emb = lambda t: F.normalize(clip(t).image_embeds, dim=1)
     expected = (emb(query) @ emb(refs).T)[0]
     torch.testing.assert_close(sim.similarity(query, refs).double(), expected)
     assert hook_count(clip) == 0

@@ -24,8 +24,8 @@ attention (Swin) has no token-to-token matrix over the whole image and is refuse
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

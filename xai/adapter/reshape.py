@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor, nn
 
@@ -18,7 +18,7 @@ def _prefix_tokens(
     else the smallest prefix that leaves a square grid."""
     if grid is not None and declared is not None and n_tokens - declared == grid[0] * grid[1]:
         return declared, grid[0], grid[1]
-    candidates = [declared] if declared is not None else range(0, 9)
+    candidates = [declared] if declared is not None else range(9)
     for prefix in candidates:
         side = math.isqrt(n_tokens - prefix)
         if side > 0 and side * side == n_tokens - prefix:

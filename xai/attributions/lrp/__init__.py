@@ -37,7 +37,7 @@ from xai.attributions.lrp.rules import (
     ZPlus,
 )
 from xai.attributions.lrp.salient_relevance import SalientRelevance, context_aware_saliency
-from xai.attributions.lrp.transformer import AttnLRP, CPLRP, TransformerComposite
+from xai.attributions.lrp.transformer import CPLRP, AttnLRP, TransformerComposite
 
 # Only the attribution classes are re-exported into ``xai.attributions``; rules, composites and
 # canonizers are imported from here (``from xai.attributions.lrp import EpsilonGammaBox``).

@@ -67,7 +67,7 @@ from xai.attributions.lrp.rules import divide, linear_forward, stabilize
 if TYPE_CHECKING:
     from xai.attributions.lrp.lrp import LRP
 
-__all__ = ["AttnLRP", "CPLRP", "TransformerComposite"]
+__all__ = ["CPLRP", "AttnLRP", "TransformerComposite"]
 
 # Leaves whose plain gradient is already the rule (identity, reshapes, constants).
 _PLAIN = (nn.Dropout, nn.Identity, nn.Flatten, nn.Embedding)
