@@ -63,7 +63,7 @@ LAYERS = {"timm_convnext": "stages.3"}
 CHEAP = {
     "integrated_gradients": {"n_steps": 4},
     "smooth_grad": {"n_samples": 3},
-    "sobol_attribution": {"grid_size": 4, "n_designs": 4},
+    "sobol_attribution": {"grid_size": 2, "n_designs": 2},
     "score_cam": {"batch_size": 64},
     "lrp": {"composite": "attn_lrp"},
     "salient_relevance": {"composite": "attn_lrp", "longest_side": 16},

@@ -53,8 +53,6 @@ References:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor, nn
 
@@ -62,10 +60,8 @@ from xai.adapter import Target, hooks
 from xai.adapter.attention import attention_sites
 from xai.adapter.rules import Call, rewired
 from xai.attributions.lrp.composites import _PRESETS, ACTIVATIONS, Composite
+from xai.attributions.lrp.lrp import LRP, _refuse
 from xai.attributions.lrp.rules import divide, linear_forward, stabilize
-
-if TYPE_CHECKING:
-    from xai.attributions.lrp.lrp import LRP
 
 __all__ = ["CPLRP", "AttnLRP", "TransformerComposite"]
 
@@ -240,13 +236,6 @@ class TransformerComposite(Composite):
 def _identity_rule(call: Call, grad: Tensor) -> Tensor:
     """Identity rule for an element-wise activation: ``R_in = R_out``."""
     return grad * divide(call.output, call.input)
-
-
-def _refuse(message: str):
-    def hook(_module: nn.Module, _args: tuple, _output: object) -> None:
-        raise ValueError(message)
-
-    return hook
 
 
 class AttnLRP(TransformerComposite):
