@@ -173,12 +173,16 @@ class TransformerComposite(Composite):
             g = grad * self._ratio(call.output)
             if factor is not None:
                 g = g * factor.to(g)
-            x = call.input.detach().requires_grad_(True)
-            with torch.enable_grad():
-                z = linear_forward(call.module, x, call.module.weight.detach(), None)
-                (g_in,) = torch.autograd.grad(z, x, g)
+            weight = call.module.weight.detach()
+            if isinstance(call.module, nn.Linear):  # the vector-Jacobian product, directly
+                g_in = g.matmul(weight.to(g.dtype))
+            else:
+                x = call.input.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    z = linear_forward(call.module, x, weight, None)
+                    (g_in,) = torch.autograd.grad(z, x, g)
             if attention is not None:  # relevance entering the attention core's output
-                self._entering[attention] = (x.detach() * g_in).flatten(1).sum(1)
+                self._entering[attention] = (call.input * g_in).flatten(1).sum(1)
             if owner is not None:  # relevance leaving through q/k/v
                 leaving = (call.output * g).flatten(1).sum(1)
                 self._leaving[owner] = self._leaving.get(owner, 0) + leaving
