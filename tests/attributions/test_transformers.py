@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tests.conftest import hook_count
 from xai import attributions
 from xai.adapter.reshape import token_layout
-from xai.attributions import AttentionRollout, GradCAM
+from xai.attributions import AttentionRollout, CheferRelevance, GradCAM
 from xai.attributions.lrp import CPLRP, LRP, AttnLRP
 
 timm = pytest.importorskip("timm")
@@ -352,3 +352,28 @@ def test_similarity_maps_on_a_clip_vision_tower():
     expected = (emb(query) @ emb(refs).T)[0]
     torch.testing.assert_close(sim.similarity(query, refs).double(), expected)
     assert hook_count(clip) == 0
+
+
+def test_an_attention_module_the_forward_bypasses_raises_instead_of_an_empty_map():
+    class Bypass(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = torch.nn.Conv2d(3, 8, 8, stride=8)
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)  # never called
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.patch(x).flatten(2).mean(2))
+
+    model = Bypass().eval()
+    with pytest.raises(RuntimeError, match="called 0 times"):
+        AttentionRollout(model)(torch.rand(1, 3, 32, 32))
+    assert hook_count(model) == 0 and torch.backends.mha.get_fastpath_enabled()
+
+
+def test_chefer_relevance_depends_on_the_target_and_rollout_does_not():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", **TINY).double().eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    assert torch.equal(AttentionRollout(vit)(x, target=0), AttentionRollout(vit)(x, target=3))
+    assert not torch.allclose(CheferRelevance(vit)(x, target=0), CheferRelevance(vit)(x, target=3))
