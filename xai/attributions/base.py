@@ -42,9 +42,17 @@ def register(cls: A) -> A:
     return cls
 
 
-def available() -> list[str]:
-    """Registry keys of every attribution method, sorted."""
-    return sorted(_REGISTRY)
+def available(model_family: str | None = None) -> list[str]:
+    """Registry keys of the attribution methods, sorted.
+
+    Args:
+        model_family: ``None`` (default): every method. ``"any"``: the methods that explain any
+            model (e.g. for a CNN). ``"vit"``: those plus the methods that need a vision
+            transformer (attention rollout, Chefer relevance).
+    """
+    if model_family is None:
+        return sorted(_REGISTRY)
+    return sorted(n for n, c in _REGISTRY.items() if c.model_family in ("any", model_family))
 
 
 def get(name: str) -> type["Attribution"]:
