@@ -84,6 +84,19 @@ class TinyViT(nn.Module):
         return self.head(self.norm(tokens[:, 0]))
 
 
+class RaisingViT(TinyViT):
+    """TinyViT with a module after the blocks that can be made to raise."""
+
+    def __init__(self, n_classes: int = 5) -> None:
+        super().__init__(n_classes=n_classes)
+        self.trap = Raising()
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], 1)
+        return self.head(self.norm(self.trap(self.blocks(tokens))[:, 0]))
+
+
 def seeded(model: nn.Module, seed: int = 0, dtype=torch.float64) -> nn.Module:
     """Re-initialize ``model`` from ``seed``, make BN statistics non-trivial, cast, eval."""
     torch.manual_seed(seed)

@@ -1,7 +1,8 @@
 """The attribution contract, checked for every method in the registry.
 
 A new method registered with ``@register`` is covered here without editing this file: it is
-built with ``Method.create(model, layer=...)`` on a tiny network.
+built with ``Method.create(model, layer=...)`` on a tiny network of the family it declares in
+``model_family`` (a CNN for ``"any"``, a tiny ViT with its default layer for ``"vit"``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import xai.attributions as attributions
-from tests._models import RaisingNet, TinyConvNet, seeded
+from tests._models import RaisingNet, RaisingViT, TinyConvNet, TinyViT, seeded
 from tests.conftest import hook_count
 
 METHODS = attributions.available()
@@ -24,13 +25,25 @@ LAYER = "features"
 FAST = {"sobol_attribution": {"grid_size": 4, "n_designs": 4}}
 
 
+# model_family -> (tiny model, the same with a module that can raise, layer: None = default)
+FAMILIES = {
+    "any": (TinyConvNet, RaisingNet, LAYER),
+    "vit": (lambda: TinyViT(n_classes=5), RaisingViT, None),
+}
+
+
+def family(name: str):
+    return FAMILIES[attributions.get(name).model_family]
+
+
 def make(name: str, model: torch.nn.Module, **kwargs):
-    return attributions.get(name).create(model, layer=LAYER, **{**FAST.get(name, {}), **kwargs})
+    layer = family(name)[2]
+    return attributions.get(name).create(model, layer=layer, **{**FAST.get(name, {}), **kwargs})
 
 
 @pytest.fixture
-def net():
-    return seeded(TinyConvNet())
+def net(request):
+    return seeded(family(request.node.callspec.params["name"])[0]())
 
 
 @pytest.fixture
@@ -48,8 +61,10 @@ def test_registry_is_populated():
 
 @pytest.mark.parametrize("name", METHODS)
 def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
-    net.features[3].train()  # a BN in train mode must not have its running stats updated
-    net.fc.weight.requires_grad_(False)
+    # a norm in train mode must not have its running stats updated (BN) or stay in eval mode
+    next(m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
+         ).train()
+    [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight.requires_grad_(False)
     state = copy.deepcopy(net.state_dict())
     flags = [(m, m.training) for m in net.modules()]
     grads = [(p, p.requires_grad) for p in net.parameters()]
@@ -69,14 +84,14 @@ def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_float32_inputs_give_float32_maps(name, inputs):
-    net = seeded(TinyConvNet(), dtype=torch.float32)
+    net = seeded(family(name)[0](), dtype=torch.float32)
     maps = make(name, net)(inputs.float())
     assert maps.dtype == torch.float32 and maps.shape == (3, 32, 32)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_hooks_removed_after_exception(name, inputs):
-    net = seeded(RaisingNet())
+    net = seeded(family(name)[1]())
     method = make(name, net)
     net.trap.armed = True
     with pytest.raises(RuntimeError, match="boom"):

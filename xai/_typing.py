@@ -13,6 +13,7 @@ TargetLike = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
 """What to explain: ``None`` (each sample's argmax), a class index, one index per sample,
 or a callable mapping the model output to one scalar per sample."""
 
-ReshapeLike = Union[None, Literal["vit", "swin"], Callable[[Tensor], Tensor]]
+ReshapeLike = Union[None, Literal["auto", "vit", "swin"], Callable[[Tensor], Tensor]]
 """How to turn a layer output into a ``(B, C, h, w)`` grid: ``None`` (already spatial),
+``"auto"`` (from the model family, see :func:`xai.adapter.reshape.token_layout`),
 ``"vit"`` (tokens ``(B, N, C)`` with prefix tokens), ``"swin"`` (``(B, h, w, C)``) or a callable."""

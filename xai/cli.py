@@ -55,7 +55,7 @@ _SECTIONS = [
 def _pick_methods(spec: str | None) -> list[str]:
     from xai.attributions import available
 
-    return pick_methods(spec, available())
+    return pick_methods(spec, available("any"))  # the demo model is a CNN
 
 
 def _load_images(spec: str | None, size: int):

@@ -25,8 +25,9 @@ from xai._typing import TargetLike
 def unwrap_output(output: Any) -> Tensor:
     """Return the tensor to score from a model output.
 
-    Plain tensors pass through; Hugging Face ``ModelOutput`` (``.logits``), dicts with
-    ``"logits"`` or ``"out"`` (torchvision segmentation), and tuples/lists (first element) are
+    Plain tensors pass through; Hugging Face ``ModelOutput`` (``.logits``; ``image_embeds`` or
+    ``pooler_output`` for CLIP vision towers), dicts with ``"logits"`` or ``"out"``
+    (torchvision segmentation), and tuples/lists (first element) are
     unwrapped. Anything else raises a ``TypeError`` that says to pass a callable target.
     """
     if isinstance(output, Tensor):
@@ -35,7 +36,7 @@ def unwrap_output(output: Any) -> Tensor:
     if isinstance(logits, Tensor):
         return logits
     if isinstance(output, dict):
-        for key in ("logits", "out"):
+        for key in ("logits", "out", "image_embeds", "pooler_output"):
             if isinstance(output.get(key), Tensor):
                 return output[key]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):

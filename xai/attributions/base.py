@@ -20,6 +20,8 @@ from xai._checks import check_inputs, check_positive_int, map_dtype, warn
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter import ModelAdapter, Target, as_target, preserved
 from xai.adapter.capture import warn_if_zero
+from xai.adapter.layers import _unwrap
+from xai.adapter.reshape import token_layout
 
 _REGISTRY: dict[str, type["Attribution"]] = {}
 A = TypeVar("A", bound=type["Attribution"])
@@ -40,9 +42,17 @@ def register(cls: A) -> A:
     return cls
 
 
-def available() -> list[str]:
-    """Registry keys of every attribution method, sorted."""
-    return sorted(_REGISTRY)
+def available(model_family: str | None = None) -> list[str]:
+    """Registry keys of the attribution methods, sorted.
+
+    Args:
+        model_family: ``None`` (default): every method. ``"any"``: the methods that explain any
+            model (e.g. for a CNN). ``"vit"``: those plus the methods that need a vision
+            transformer (attention rollout, Chefer relevance).
+    """
+    if model_family is None:
+        return sorted(_REGISTRY)
+    return sorted(n for n, c in _REGISTRY.items() if c.model_family in ("any", model_family))
 
 
 def get(name: str) -> type["Attribution"]:
@@ -69,6 +79,9 @@ class Attribution(ABC):
 
     name: ClassVar[str]
     stochastic: ClassVar[bool] = False
+    model_family: ClassVar[str] = "any"
+    """The models a method can explain: ``"any"`` or ``"vit"`` (needs global self-attention;
+    the registry-wide contract test runs such methods on a tiny ViT instead of a CNN)."""
     class_score: str = "logit"
     """What an int/None target scores: ``"logit"`` or ``"probability"`` (softmax)."""
 
@@ -206,7 +219,10 @@ class LayerAttribution(Attribution):
         layer: one layer (dotted name or module) or a list of layers. With several layers,
             each layer's map is upsampled to the input size, min-max normalized per sample and
             the maps are fused with ``fusion``.
-        reshape: how to turn token outputs into grids (``"vit"``, ``"swin"`` or a callable).
+        reshape: how to turn token outputs into grids: ``"auto"`` (default: ``"vit"`` or
+            ``"swin"`` for the families of :func:`xai.adapter.reshape.token_layout`, patch grid
+            and prefix tokens from the model; ``None`` for other models), ``"vit"``, ``"swin"``,
+            ``None`` (spatial layers) or a callable ``(B, ...) -> (B, C, h, w)``.
         upsample: return maps at the input resolution (bilinear); ``False`` returns the
             layer-resolution map ``(B, h, w)`` (one layer only).
         fusion: ``"mean"`` (pytorch-grad-cam), ``"max"`` (torch-cam), ``"product"`` or
@@ -218,6 +234,10 @@ class LayerAttribution(Attribution):
 
     @classmethod
     def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
+        """Registry constructor; without ``layer``, vision transformers get the last block's
+        pre-attention norm (see :func:`xai.adapter.reshape.token_layout`)."""
+        if layer is None:
+            layer = token_layout(_unwrap(model)).default_layer
         if layer is None:
             raise ValueError(f"{cls.__name__} needs a layer, e.g. layer='layer4'")
         return cls(model, layer, **kwargs)
@@ -227,7 +247,7 @@ class LayerAttribution(Attribution):
         model: nn.Module,
         layer: LayerLike | Sequence[LayerLike],
         *,
-        reshape: ReshapeLike = None,
+        reshape: ReshapeLike = "auto",
         upsample: bool = True,
         fusion: str = "mean",
         **kwargs,

@@ -595,9 +595,7 @@ class MetaSaliency(Attribution):
     @classmethod
     def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
         """Meta-saliency of :class:`NormGrad` at ``layer`` (what the registry-driven code runs)."""
-        if layer is None:
-            raise ValueError("MetaSaliency.create needs a layer, e.g. layer='layer4'")
-        return cls(NormGrad(model, layer), **kwargs)
+        return cls(NormGrad.create(model, layer=layer), **kwargs)
 
     def rebind(self, model: nn.Module) -> "MetaSaliency":
         clone = super().rebind(model)

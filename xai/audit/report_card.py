@@ -164,7 +164,7 @@ def report_card(
     for s in sets:
         if s not in _CASES:
             raise ValueError(f"unknown set {s!r}; choose from {list(_CASES)}")
-    names = list(available()) if methods is None else list(methods)
+    names = list(available("any")) if methods is None else list(methods)  # the sets are CNNs
     for name in names:
         get(name)  # raises with close matches
     for label, value in (

@@ -37,6 +37,7 @@ from xai.attributions.lrp.rules import (
     ZPlus,
 )
 from xai.attributions.lrp.salient_relevance import SalientRelevance, context_aware_saliency
+from xai.attributions.lrp.transformer import CPLRP, AttnLRP, TransformerComposite
 
 # Only the attribution classes are re-exported into ``xai.attributions``; rules, composites and
 # canonizers are imported from here (``from xai.attributions.lrp import EpsilonGammaBox``).
@@ -46,5 +47,5 @@ _PARTS = (
     AlphaBeta, Canonizer, Composite, Epsilon, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, Flat, Gamma, Gradient, Li2019, MergeBatchNorm,
     MobileNetV2Canonizer, Norm, Pass, ResNetCanonizer, ResidualCanonizer, Rule, UniformEpsilon,
-    WSquare, ZBox, ZPlus,
+    WSquare, ZBox, ZPlus, AttnLRP, CPLRP, TransformerComposite,
 )

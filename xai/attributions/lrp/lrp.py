@@ -147,7 +147,8 @@ class LRP(Attribution):
             refuse[module] = _refuse(
                 f"LRP has no rule for module {name!r} ({type(module).__name__}). Supported "
                 f"layer types: {supported}. Add its type to the composite's layer_map (or its "
-                "name to name_map) with a rule, or explain another model"
+                "name to name_map) with a rule, or explain another model (vision "
+                "transformers: composite='attn_lrp' or 'cp_lrp')"
             )
         for name, module in model.named_modules():
             for block_type, has_sum in residual_block_types():
@@ -160,6 +161,9 @@ class LRP(Attribution):
         return rules, residuals, links, refuse
 
     def _relevance(self, inputs: Tensor, target: Target) -> Tensor:
+        engine = getattr(self.composite, "relevance", None)
+        if engine is not None:  # composites with their own propagation (transformers)
+            return engine(self, inputs, target)
         rules, residuals, links, refuse = self._plan()
         canonizer = _Several(self.canonizers)
 
