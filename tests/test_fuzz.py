@@ -32,7 +32,10 @@ from tests.test_contract import FAST, LAYER
 from tests.test_hardening import _strong_gap_linear
 from xai import attributions
 
-METHODS = attributions.available()
+# Every method that explains any model (the fuzz models are CNNs); methods of another model
+# family (attention methods: model_family "vit") are fuzzed over eight transformer families in
+# tests/attributions/test_transformers.py and by the contract test on a tiny ViT.
+METHODS = attributions.available("any")
 F64 = torch.float64
 SIZE = 16
 
