@@ -27,6 +27,7 @@ DEMO_LAYER = "features.18"
 _SECTIONS = [
     ("similarity", "xai._demos.similarity", "similarity_demo"),
     ("concepts", "xai._demos.concepts", "concepts_demo"),
+    ("features", "xai._demos.features", "features_demo"),
 ]
 
 
