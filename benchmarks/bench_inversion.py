@@ -100,8 +100,9 @@ def main() -> None:
     ):
 
         def make(n, objective=objective):
-            vis = FeatureVisualization(model, objective, size=args.vis_size, batch=args.batch,
-                                       n_steps=n, device=device)
+            vis = FeatureVisualization(
+                model, objective, size=args.vis_size, batch=args.batch, n_steps=n, device=device
+            )
             return vis
 
         step = _per_step(make, args.steps, args.repeats)
@@ -114,8 +115,7 @@ def main() -> None:
 
     print(f"\n{'setting':<28} {'batch':<16} {'step ms':>9} {'floor ms':>9} {'ratio':>6}")
     for name, shape, step, floor in rows:
-        print(f"{name:<28} {shape:<16} {1e3 * step:9.1f} {1e3 * floor:9.1f} "
-              f"{step / floor:6.2f}")
+        print(f"{name:<28} {shape:<16} {1e3 * step:9.1f} {1e3 * floor:9.1f} {step / floor:6.2f}")
     print(f"\nload average after: {os.getloadavg()}")
 
 

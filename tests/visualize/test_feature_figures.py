@@ -18,8 +18,9 @@ def test_inversion_strip_shows_the_original_then_each_layer_unnormalized():
     fig = inversion_strip(x, recs, errors={"a": 0.125}, mean=MEAN, std=STD, title="t")
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["original", "a\nerror 0.125", "b"]
-    np.testing.assert_allclose(axes[0].images[0].get_array(), pixels.permute(1, 2, 0).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        axes[0].images[0].get_array(), pixels.permute(1, 2, 0).numpy(), atol=1e-6
+    )
     np.testing.assert_allclose(axes[2].images[0].get_array()[0, 0], MEAN, atol=1e-6)
     with pytest.raises(ValueError, match="empty"):
         inversion_strip(x, {})

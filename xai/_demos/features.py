@@ -74,30 +74,44 @@ def features_demo(
         result = Inversion(model, layer, n_steps=n_steps, seed=seed, progress=progress)(image)
         inversions[layer] = result.images[0, 0]
         errors[layer] = float(result.feature_error[0, 0])
-    fig = inversion_strip(image[0], inversions, errors=errors, mean=IMAGENET_MEAN,
-                          std=IMAGENET_STD,
-                          title=f"{photo} reconstructed from MobileNetV2 codes "
-                                f"({size} px; error = normalized feature error)")
+    fig = inversion_strip(
+        image[0],
+        inversions,
+        errors=errors,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        title=f"{photo} reconstructed from MobileNetV2 codes "
+        f"({size} px; error = normalized feature error)",
+    )
     paths = [save(fig, out / "inversion_depths.png", dpi=110)]
 
-    vis_settings = (dict(size=128, n_steps=512, model_size=224) if full
-                    else dict(size=64, n_steps=48, model_size=None))
+    vis_settings = (
+        {"size": 128, "n_steps": 512, "model_size": 224}
+        if full
+        else {"size": 64, "n_steps": 48, "model_size": None}
+    )
     images, titles = [], []
     by_layer: dict[str, list[int]] = {}
     for layer, k in channels:
         by_layer.setdefault(layer, []).append(k)
     for layer, ks in by_layer.items():
         objective = sum(Channel(layer, k, batch=i) for i, k in enumerate(ks))
-        vis = FeatureVisualization(model, objective, batch=len(ks), seed=seed,
-                                   progress=progress, **vis_settings)
+        vis = FeatureVisualization(
+            model, objective, batch=len(ks), seed=seed, progress=progress, **vis_settings
+        )
         images.append(vis().images)
         titles += [f"{layer} channel {k}" for k in ks]
-    vis = FeatureVisualization(model, ClassLogit(EGYPTIAN_CAT), seed=seed, progress=progress,
-                               **vis_settings)
+    vis = FeatureVisualization(
+        model, ClassLogit(EGYPTIAN_CAT), seed=seed, progress=progress, **vis_settings
+    )
     images.append(vis().images)
     titles.append(f"class '{imagenet_categories()[EGYPTIAN_CAT]}'")
-    fig = visualization_grid(torch.cat(images), titles=titles, n_cols=len(titles),
-                             title="MobileNetV2 feature visualizations (Fourier param, "
-                                   "decorrelated colors, jitter/scale/rotate)")
+    fig = visualization_grid(
+        torch.cat(images),
+        titles=titles,
+        n_cols=len(titles),
+        title="MobileNetV2 feature visualizations (Fourier param, "
+        "decorrelated colors, jitter/scale/rotate)",
+    )
     paths.append(save(fig, out / "feature_visualizations.png", dpi=110))
     return paths

@@ -53,15 +53,19 @@ def inversion_strip(
     if not inversions:
         raise ValueError("inversions is empty: give at least one layer's reconstruction")
     cols = 1 + len(inversions)
-    fig = Figure(figsize=(cell_size * cols, cell_size + (0.5 if title else 0.25)),
-                 constrained_layout=True)
+    fig = Figure(
+        figsize=(cell_size * cols, cell_size + (0.5 if title else 0.25)), constrained_layout=True
+    )
     axes = np.atleast_1d(fig.subplots(1, cols))
     axes[0].imshow(to_image(image, mean=mean, std=std))
     axes[0].set_title("original", fontsize=9)
     for ax, (layer, rec) in zip(axes[1:], inversions.items()):
         ax.imshow(to_image(rec, mean=mean, std=std))
-        label = layer if errors is None or layer not in errors else (
-            f"{layer}\nerror {errors[layer]:.3f}")
+        label = (
+            layer
+            if errors is None or layer not in errors
+            else (f"{layer}\nerror {errors[layer]:.3f}")
+        )
         ax.set_title(label, fontsize=9)
     for ax in axes:
         ax.set_xticks([])
@@ -101,8 +105,10 @@ def visualization_grid(
         raise ValueError(f"got {len(titles)} titles for {n} images")
     n_cols = min(n, 6) if n_cols is None else n_cols
     n_rows = math.ceil(n / n_cols)
-    fig = Figure(figsize=(cell_size * n_cols, cell_size * n_rows + (0.4 if title else 0.2)),
-                 constrained_layout=True)
+    fig = Figure(
+        figsize=(cell_size * n_cols, cell_size * n_rows + (0.4 if title else 0.2)),
+        constrained_layout=True,
+    )
     axes = np.asarray(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
     for i, ax in enumerate(axes):
         ax.set_xticks([])
