@@ -240,3 +240,10 @@ def test_errors():
     with pytest.raises(ValueError, match="batch >= 2"):
         FeatureVisualization(net, Diversity("1"), size=16, n_steps=1, model_size=None)()
     assert hook_count(net) == 0
+
+
+def test_non_finite_objective_raises():
+    net = nn.Sequential(planted_net(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    nan_logit = ClassLogit(lambda out: out[:, 0] * float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        FeatureVisualization(net, nan_logit, size=16, n_steps=2, model_size=None)()

@@ -259,3 +259,9 @@ def test_errors():
         Inversion(nn.Sequential(nn.ReLU()), "0")(-x0.abs())  # the code is all zero
     with pytest.raises(ValueError, match="shape"):
         Inversion(net, "4", n_steps=2).invert_features(torch.ones(1, 16, 8, 8).double(), (32, 32))
+
+
+def test_divergence_raises_instead_of_returning_nan():
+    net, x0 = random_net(), photo(16)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        Inversion(net, "4", schedule=[(1e6, 30)])(x0)

@@ -361,7 +361,7 @@ class Inversion:
             if self.jitter
             else None
         )
-        history = torch.empty(n_total, restarts * batch, dtype=dtype)
+        history = torch.empty(n_total, restarts * batch, dtype=dtype, device=device)
         step = 0
         with (
             frozen(self.model),
@@ -386,16 +386,21 @@ class Inversion:
                     with torch.no_grad():
                         velocity.mul_(self.momentum).sub_(grad, alpha=rate)
                         y.add_(velocity)
-                    history[step] = energy.detach().cpu()
+                    history[step] = energy.detach()  # no host sync per step
                     step += 1
                     bar.update(1)
             images = (y / scale).detach()
             final = run(images)[0][self.layer].detach()
+        if not bool(torch.isfinite(images).all()):
+            raise FloatingPointError(
+                "the reconstruction diverged (non-finite pixels); lower the step sizes of the "
+                "schedule or the regularizer weights"
+            )
         error = reconstruction_error(final, target, mask)
         return InversionResult(
             images=images.detach().view(restarts, batch, *images.shape[1:]),
             feature_error=error.view(restarts, batch),
-            history=history.view(n_total, restarts, batch),
+            history=history.view(n_total, restarts, batch).cpu(),
             reference=reference,
         )
 

@@ -147,7 +147,7 @@ class FeatureVisualization:
             device=self.device,
         )
         optimizer = torch.optim.Adam([image.tensor], lr=self.lr)
-        history = torch.empty(self.n_steps)
+        history = torch.empty(self.n_steps, device=self.device)
         with (
             frozen(self.model),
             recorder(self.model, self.layers, grad=True, output=self.objective.needs_output) as run,
@@ -155,19 +155,19 @@ class FeatureVisualization:
         ):
             for step in range(self.n_steps):
                 value = self.objective(self._forward(run, image(), gen))
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"the objective became {float(value)} at step "
-                        f"{step}; lower lr or check the objective"
-                    )
                 (grad,) = torch.autograd.grad(-value, image.tensor)
                 image.tensor.grad = grad
                 optimizer.step()
-                history[step] = float(value.detach())
+                history[step] = value.detach()  # no host sync per step
                 bar.update(1)
         with torch.no_grad():
             images = image().detach()
-        return Visualization(images=images, history=history)
+        if not bool(torch.isfinite(history).all()):
+            step = int((~torch.isfinite(history)).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"the objective became non-finite at step {step}; lower lr or check the objective"
+            )
+        return Visualization(images=images, history=history.cpu())
 
     def _forward(self, run, images: Tensor, gen: torch.Generator) -> Activations:
         for transform in self.transforms:
