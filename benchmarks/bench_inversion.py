@@ -15,7 +15,8 @@ download or offline package is needed). Rows:
   images.
 
 The per-step time is the difference between runs of ``n`` and ``3n`` steps divided by ``2n``,
-so one-off costs (the reference code, the final forward) cancel; median over ``--repeats``.
+so one-off costs (the reference code, the final forward) cancel; the fastest of ``--repeats``
+(robust to a shared CPU's interruptions).
 Target (issue #14): step <= 1.2 x floor.
 
 Run: ``python benchmarks/bench_inversion.py [--batch 4] [--size 64] [--threads 2]``. The CPU
@@ -26,24 +27,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
 
 
-def _median_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def _per_step(make, n: int, repeats: int) -> float:
-    short = _median_time(lambda: make(n)(), repeats)
-    long = _median_time(lambda: make(3 * n)(), repeats)
+    short = _best_time(lambda: make(n)(), repeats)
+    long = _best_time(lambda: make(3 * n)(), repeats)
     return max(long - short, 0.0) / (2 * n)
 
 
@@ -53,7 +53,7 @@ def _floor(net, x: torch.Tensor, repeats: int, n: int) -> float:
             xr = x.detach().requires_grad_(True)
             torch.autograd.grad(net(xr).square().sum(), xr)
 
-    return _median_time(once, repeats) / n
+    return _best_time(once, repeats) / n
 
 
 def main() -> None:
