@@ -257,6 +257,10 @@ def test_errors():
         Inversion(net, "4", lambda_tv=-1.0)
     with pytest.raises(ValueError, match="zero"):
         Inversion(nn.Sequential(nn.ReLU()), "0")(-x0.abs())  # the code is all zero
+    with pytest.raises(ValueError, match="broadcast"):
+        Inversion(net, "4", mask=torch.ones(3, 2, 2)).invert_features(
+            torch.ones(1, 16, 8, 8), (16, 16)
+        )
     with pytest.raises(ValueError, match="shape"):
         Inversion(net, "4", n_steps=2).invert_features(torch.ones(1, 16, 8, 8).double(), (32, 32))
 
