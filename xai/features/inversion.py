@@ -74,14 +74,15 @@ def total_variation(images: Tensor, beta: float = 2.0) -> Tensor:
     Returns:
         ``(N,)``.
     """
-    dh = torch.zeros_like(images)
-    dv = torch.zeros_like(images)
-    dh[..., :, :-1] = images[..., :, 1:] - images[..., :, :-1]
-    dv[..., :-1, :] = images[..., 1:, :] - images[..., :-1, :]
-    v = dh.square() + dv.square()
-    if beta != 2.0:
-        positive = v > 0
-        v = torch.where(positive, v, torch.ones_like(v)).pow(beta / 2) * positive
+    dh = images[..., :, 1:] - images[..., :, :-1]
+    dv = images[..., 1:, :] - images[..., :-1, :]
+    if beta == 2.0:  # the two sums separate: no padding, no joint map (the common case, fast)
+        return dh.square().flatten(1).sum(1) + dv.square().flatten(1).sum(1)
+    v = torch.nn.functional.pad(dh.square(), (0, 1)) + torch.nn.functional.pad(
+        dv.square(), (0, 0, 0, 1)
+    )
+    positive = v > 0
+    v = torch.where(positive, v, torch.ones_like(v)).pow(beta / 2) * positive
     return v.flatten(1).sum(1)
 
 
@@ -421,7 +422,8 @@ class Inversion:
                 f"these images but the code to invert has shape {tuple(target.shape[1:])}; "
                 "give the image size the code was computed at"
             )
-        loss = ((features - target).square() * weight).flatten(1).sum(1) / norm2
+        diff = (features - target).square()
+        loss = (diff if self.mask is None else diff * weight).flatten(1).sum(1) / norm2
         energy = loss
         if self.lambda_tv:
             energy = energy + self.lambda_tv / 2 * total_variation(y, self.beta) / sigma**2
