@@ -47,6 +47,7 @@ DEMO_SECTION_SETTINGS: dict[str, dict] = {
 _SECTIONS = [
     ("similarity", "xai._demos.similarity", "similarity_demo"),
     ("concepts", "xai._demos.concepts", "concepts_demo"),
+    ("features", "xai._demos.features", "features_demo"),
 ]
 
 

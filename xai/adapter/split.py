@@ -2,7 +2,9 @@
 output), for any ``nn.Module``, with forward hooks only (the model is never rebuilt or edited).
 
 - :func:`layer_output` runs the model until ``layer`` has produced its output and stops there
-  (the rest of the forward pass is skipped): ``g(x)``.
+  (the rest of the forward pass is skipped): ``g(x)``. :func:`layer_outputs` does it for
+  several layers, optionally keeping the autograd graph; :func:`recorder` hooks the layers
+  once for a loop of such passes (representation inversion, feature visualization).
 - :func:`replace_output` is a context manager inside which every forward pass of the model
   sees ``tensor`` as the output of ``layer``: running the model then computes ``h(tensor)``.
   The computation before the layer still runs (on whatever input is given), so callers pass
@@ -17,7 +19,7 @@ Used by concept extraction (CRAFT, Fel et al., CVPR 2023), where ``A = g(x)`` is
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ from xai.adapter.layers import _unwrap, resolve_layer
 from xai.adapter.state import preserved
 from xai.adapter.targets import unwrap_output
 
-__all__ = ["head", "layer_output", "replace_output"]
+__all__ = ["head", "layer_output", "layer_outputs", "recorder", "replace_output"]
 
 
 class _Stop(Exception):
@@ -67,26 +69,113 @@ def layer_output(
         RuntimeError: the layer was not called during the forward pass.
         TypeError: the layer does not return a tensor.
     """
+    outputs, _ = layer_outputs(model, [layer], inputs, grad=differentiable)
+    return next(iter(outputs.values()))
+
+
+def layer_outputs(
+    model: nn.Module,
+    layers: Sequence[LayerLike],
+    inputs: Tensor,
+    *,
+    grad: bool = False,
+    output: bool = False,
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """The outputs of several layers in one forward pass that stops once all of them ran.
+
+    One call of :func:`recorder`; see there for the arguments. Returns ``(outputs,
+    model_output)``: layer name -> output in the order of ``layers``, and the model output
+    (``None`` unless ``output=True``).
+    """
+    with recorder(model, layers, grad=grad, output=output) as run:
+        return run(inputs)
+
+
+@contextlib.contextmanager
+def recorder(
+    model: nn.Module,
+    layers: Sequence[LayerLike],
+    *,
+    grad: bool = False,
+    output: bool = False,
+) -> Iterator[Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]]:
+    """Hook ``layers`` once and yield ``run(inputs) -> (outputs, model_output)`` for many passes.
+
+    Each ``run`` is one forward pass that stops as soon as every layer has produced its output
+    (unless ``output=True``, which runs the whole model and also returns its unwrapped output).
+    With ``grad=True`` the outputs stay attached to the autograd graph of ``inputs`` (gradients
+    are enabled even under an outer ``torch.no_grad()``), so an objective on them can be
+    differentiated w.r.t. the input, as representation inversion and activation maximization
+    do in a loop of many steps; the rest of the model then receives a clone, so in-place
+    operations after a layer cannot overwrite its recorded output. With ``grad=False`` the
+    outputs are detached clones computed under ``torch.no_grad()``.
+
+    Inside the block the model is in eval mode; on exit (also after an exception) the hooks are
+    removed and its state is restored (:func:`xai.adapter.preserved`).
+
+    Args:
+        model: any ``nn.Module``.
+        layers: dotted names or modules (see :func:`xai.adapter.resolve_layer`); may be empty
+            when only the model output is wanted.
+        grad: keep the graph (default ``False``).
+        output: run the whole model and also return its output (default ``False``).
+
+    Raises:
+        RuntimeError: (from ``run``) a layer was not called in the forward pass, or called
+            more than once.
+        TypeError: (from ``run``) a layer does not return a tensor.
+        ValueError: the same layer is given twice, or neither layers nor ``output``.
+    """
     module = _unwrap(model)
-    name, target = resolve_layer(module, layer)
-    found: list[Tensor] = []
+    resolved = [resolve_layer(module, layer) for layer in layers]
+    names = [n for n, _ in resolved]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a layer is given twice in {names}")
+    if not names and not output:
+        raise ValueError("nothing to compute: give at least one layer or output=True")
+    found: dict[str, Tensor] = {}
+    calls = dict.fromkeys(names, 0)
 
-    def hook(_module: nn.Module, _args: tuple, output: object) -> None:
-        out = _check_tensor(name, output)
-        found.append(out.clone() if differentiable else out.detach().clone())
-        raise _Stop
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _args: tuple, out: object) -> Tensor | None:
+            out = _check_tensor(name, out)
+            calls[name] += 1
+            if calls[name] > 1:
+                raise RuntimeError(
+                    f"layer {name!r} was called {calls[name]} times in one forward pass; its "
+                    "output is ambiguous: choose a layer the model uses once"
+                )
+            found[name] = out if grad else out.detach().clone()
+            if not output and len(found) == len(names):
+                raise _Stop
+            return out.clone() if grad else None
 
-    grad_mode = torch.enable_grad() if differentiable else torch.no_grad()
-    with preserved(module), grad_mode, hooks(forward={target: hook}):
-        try:
-            module(inputs)  # the unwrapped module: a compiled wrapper would skip the hook
-        except _Stop:
-            pass
-    if not found:
-        raise RuntimeError(
-            f"layer {name!r} was not called in the forward pass: is it used by the model?"
-        )
-    return found[0]
+        return hook
+
+    def run(inputs: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
+        found.clear()
+        calls.update(dict.fromkeys(names, 0))
+        result = None
+        with torch.set_grad_enabled(grad):
+            try:
+                # the unwrapped module: a compiled wrapper would skip the hooks
+                result = unwrap_output(module(inputs))
+            except _Stop:
+                pass
+        for name in names:
+            if name not in found:
+                raise RuntimeError(
+                    f"layer {name!r} was not called in the forward pass: is it used by the model?"
+                )
+        values = {n: found[n] for n in names}
+        found.clear()
+        return values, result
+
+    try:
+        with preserved(module), hooks(forward={m: make_hook(n) for n, m in resolved}):
+            yield run
+    finally:
+        found.clear()
 
 
 @contextlib.contextmanager
