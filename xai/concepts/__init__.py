@@ -1,6 +1,14 @@
 """Concept extraction and concept importance (CRAFT, CVPR 2023; holistic framework, NeurIPS
-2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics."""
+2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics. Concept
+probing against labelled masks: :class:`NetworkDissection` (Bau et al., CVPR 2017) and
+:class:`Net2Vec` (Fong & Vedaldi, CVPR 2018)."""
 
+from xai.concepts.dissection import (
+    LayerDissection,
+    NetworkDissection,
+    exact_thresholds,
+    filter_masks,
+)
 from xai.concepts.extractor import ConceptExtractor
 from xai.concepts.factorizers import (
     FACTORIZERS,
@@ -18,6 +26,7 @@ from xai.concepts.importance import (
     strategic_clusters,
 )
 from xai.concepts.maps import filter_maps, top_concepts
+from xai.concepts.net2vec import FiltersNeeded, Net2Vec
 from xai.concepts.metrics import (
     c_deletion,
     c_insertion,
@@ -32,6 +41,10 @@ __all__ = [
     "FACTORIZERS",
     "IMPORTANCE_METHODS",
     "ConceptExtractor",
+    "FiltersNeeded",
+    "LayerDissection",
+    "Net2Vec",
+    "NetworkDissection",
     "DictionaryFactorizer",
     "Factorizer",
     "ICAFactorizer",
@@ -42,6 +55,8 @@ __all__ = [
     "c_deletion",
     "c_insertion",
     "c_mufidelity",
+    "exact_thresholds",
+    "filter_masks",
     "concept_importance",
     "filter_maps",
     "match_concepts",
