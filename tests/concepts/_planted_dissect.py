@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 
-def rect_masks(n: int, c: int, size: int, *, p: float = 0.3, lo: int = 5, hi: int = 10,
-               seed: int = 0) -> torch.Tensor:
+def rect_masks(
+    n: int, c: int, size: int, *, p: float = 0.3, lo: int = 5, hi: int = 10, seed: int = 0
+) -> torch.Tensor:
     """``(n, c, size, size)`` bool: each concept present with probability ``p`` as a random
     rectangle of side ``lo..hi``."""
     gen = torch.Generator().manual_seed(seed)

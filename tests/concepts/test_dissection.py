@@ -150,9 +150,10 @@ def test_saturated_filter_warns_and_gets_zero_iou():
     # a 0/1 filter whose concept covers more than q of the positions: T = 1, empty mask
     masks = torch.zeros(20, 1, 8, 8, dtype=torch.bool)
     masks[:, :, :4] = True
+    nd = NetworkDissection(Planted(), "features", quantile=0.005)
     with pytest.warns(UserWarning, match="empty mask"):
-        nd = NetworkDissection(Planted(), "features", quantile=0.005)
-        res = nd.fit((masks.float(), masks)).results_["features"]
+        nd.fit((masks.float(), masks))
+    res = nd.results_["features"]
     assert res.thresholds.tolist() == [1.0]
     assert res.iou.tolist() == [[0.0]]
     assert res.empty_filters == [0]

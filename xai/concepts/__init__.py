@@ -26,7 +26,6 @@ from xai.concepts.importance import (
     strategic_clusters,
 )
 from xai.concepts.maps import filter_maps, top_concepts
-from xai.concepts.net2vec import FiltersNeeded, Net2Vec
 from xai.concepts.metrics import (
     c_deletion,
     c_insertion,
@@ -36,29 +35,30 @@ from xai.concepts.metrics import (
     sparsity,
     stability,
 )
+from xai.concepts.net2vec import FiltersNeeded, Net2Vec
 
 __all__ = [
     "FACTORIZERS",
     "IMPORTANCE_METHODS",
     "ConceptExtractor",
-    "FiltersNeeded",
-    "LayerDissection",
-    "Net2Vec",
-    "NetworkDissection",
     "DictionaryFactorizer",
     "Factorizer",
+    "FiltersNeeded",
     "ICAFactorizer",
     "KMeansFactorizer",
+    "LayerDissection",
     "NMFFactorizer",
+    "Net2Vec",
+    "NetworkDissection",
     "PCAFactorizer",
     "StrategicClusters",
     "c_deletion",
     "c_insertion",
     "c_mufidelity",
-    "exact_thresholds",
-    "filter_masks",
     "concept_importance",
+    "exact_thresholds",
     "filter_maps",
+    "filter_masks",
     "match_concepts",
     "relative_reconstruction_error",
     "sparsity",

@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import warnings
@@ -176,39 +177,38 @@ class _Cache:
         from tqdm.auto import tqdm
 
         self = cls(cache_dir)
-        files = {n: open(self.path / f"{i}.f32", "wb") for i, n in enumerate(names)}
-        mask_file = open(self.path / "masks.bits", "wb")
         present, counts = [], []
         batches, total = _batches(data, batch_size)
-        bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
-        try:
-            with adapter.capture(list(names)) as cap, torch.no_grad():
-                for batch in batches:
-                    inputs, masks = _unpack(batch)
-                    if self.mask_shape and tuple(masks.shape[1:]) != self.mask_shape:
-                        raise ValueError(
-                            f"masks change shape from {self.mask_shape} to "
-                            f"{tuple(masks.shape[1:])}; all images need the same concepts "
-                            "and label size"
-                        )
-                    self.mask_shape = tuple(masks.shape[1:])
-                    adapter.forward(inputs, cap)
-                    for name in names:
-                        act = cap.activations[name].float()
-                        if not torch.isfinite(act).all():
-                            raise ValueError(f"layer {name!r} produced NaN or infinite values")
-                        self.shapes[name] = tuple(act.shape[1:])
-                        files[name].write(act.cpu().numpy().tobytes())
-                    flat = masks.reshape(masks.shape[0], -1).cpu().numpy()
-                    mask_file.write(np.packbits(flat, axis=1).tobytes())
-                    present.append(masks.flatten(2).any(2).cpu())
-                    counts.append(masks.flatten(2).sum(2).cpu())
-                    self.n += inputs.shape[0]
-                    bar.update(inputs.shape[0])
-        finally:
-            bar.close()
-            for f in (*files.values(), mask_file):
-                f.close()
+        with contextlib.ExitStack() as stack:
+            files = {n: stack.enter_context(open(self.path / f"{i}.f32", "wb"))
+                     for i, n in enumerate(names)}  # fmt: skip
+            mask_file = stack.enter_context(open(self.path / "masks.bits", "wb"))
+            bar = stack.enter_context(tqdm(total=total, desc=desc, unit="img",
+                                           disable=not progress))  # fmt: skip
+            cap = stack.enter_context(adapter.capture(list(names)))
+            stack.enter_context(torch.no_grad())
+            for batch in batches:
+                inputs, masks = _unpack(batch)
+                if self.mask_shape and tuple(masks.shape[1:]) != self.mask_shape:
+                    raise ValueError(
+                        f"masks change shape from {self.mask_shape} to "
+                        f"{tuple(masks.shape[1:])}; all images need the same concepts "
+                        "and label size"
+                    )
+                self.mask_shape = tuple(masks.shape[1:])
+                adapter.forward(inputs, cap)
+                for name in names:
+                    act = cap.activations[name].float()
+                    if not torch.isfinite(act).all():
+                        raise ValueError(f"layer {name!r} produced NaN or infinite values")
+                    self.shapes[name] = tuple(act.shape[1:])
+                    files[name].write(act.cpu().numpy().tobytes())
+                flat = masks.reshape(masks.shape[0], -1).cpu().numpy()
+                mask_file.write(np.packbits(flat, axis=1).tobytes())
+                present.append(masks.flatten(2).any(2).cpu())
+                counts.append(masks.flatten(2).sum(2).cpu())
+                self.n += inputs.shape[0]
+                bar.update(inputs.shape[0])
         if self.n == 0:
             raise ValueError("the data is empty")
         self.present = torch.cat(present)
@@ -327,7 +327,7 @@ def _iou_counts(
             labels = cache.masks(s).permute(0, 2, 3, 1)  # (B, H_l, W_l, C)
             hits = labels[img[pair], y, x].double()  # (n_on, C): concepts under each on-pixel
             inter.index_add_(0, filt[pair], hits)
-        on_present += (cache.present[s].double().T @ per_image.double())
+        on_present += cache.present[s].double().T @ per_image.double()
         on_all += per_image.sum(0).double()
     label = cache.mask_counts.sum(0).double()
     return inter.T.contiguous(), on_present, on_all, label

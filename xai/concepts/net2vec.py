@@ -54,7 +54,6 @@ from xai.concepts.dissection import (
     _iou_counts,
     concept_names,
     exact_thresholds,
-    filter_masks,
     set_iou,
 )
 
@@ -318,8 +317,8 @@ class Net2Vec:
                         x = self._inputs(torch.from_numpy(np.array(acts_all[idx.numpy()])))
                         labels = cache.masks(idx.numpy()).float()[:, keep]
                         pred = self._seg_probs(x, w, bias, tuple(labels.shape[2:]))
-                        gain = (a32[None, :, None, None] * pred * labels
-                                + (1 - a32)[None, :, None, None] * (1 - pred) * (1 - labels))
+                        a = a32[None, :, None, None]
+                        gain = a * pred * labels + (1 - a) * (1 - pred) * (1 - labels)
                         per_image = -gain.flatten(2).sum(2)  # (B, C): summed over pixels
                         loss = ((per_image * sel).sum(0) / sel.sum(0).clamp_min(1)).sum()
                     else:

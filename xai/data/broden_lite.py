@@ -81,15 +81,19 @@ def color_names(rgb: np.ndarray) -> np.ndarray:
     s = np.where(v > 0, chroma / np.maximum(v, 1e-12), 0.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     safe = np.maximum(chroma, 1e-12)
-    hue = np.select(
-        [v == r, v == g],
-        [((g - b) / safe) % 6.0, (b - r) / safe + 2.0],
-        (r - g) / safe + 4.0,
-    ) * 60.0
+    hue = (
+        np.select(
+            [v == r, v == g],
+            [((g - b) / safe) % 6.0, (b - r) / safe + 2.0],
+            (r - g) / safe + 4.0,
+        )
+        * 60.0
+    )
     index = {n: i for i, n in enumerate(COLOR_NAMES)}
     edges = np.array([15, 45, 70, 180, 260, 300, 345], dtype=np.float32)
-    by_hue = np.array([index[n] for n in
-                       ("red", "orange", "yellow", "green", "blue", "purple", "pink", "red")])
+    by_hue = np.array(
+        [index[n] for n in ("red", "orange", "yellow", "green", "blue", "purple", "pink", "red")]
+    )
     name = by_hue[np.searchsorted(edges, hue, side="right")]
     name = np.where((name == index["orange"]) & (v < 0.6), index["brown"], name)
     name = np.where(s < 0.2, np.where(v >= 0.8, index["white"], index["grey"]), name)
