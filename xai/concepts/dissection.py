@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xai._checks import check_positive_int
+from xai._checks import check_inputs, check_positive_int
 from xai._typing import LayerLike, ReshapeLike
 from xai.adapter import ModelAdapter
 
@@ -508,6 +508,25 @@ class NetworkDissection:
         if not hasattr(self, "thresholds_"):
             raise RuntimeError("call fit(data) before score(data)")
         return self._results(self._collect(data), data, self.thresholds_)
+
+    def unit_masks(self, inputs: Tensor, layer: LayerLike | None = None) -> Tensor:
+        """Each filter's mask on ``inputs`` at the input resolution, with the fitted
+        thresholds and :attr:`order`: ``(B, K, H, W)`` bool (for figures).
+
+        Args:
+            inputs: ``(B, C, H, W)`` images.
+            layer: one of the dissected layers (default: the first).
+        """
+        if not hasattr(self, "thresholds_"):
+            raise RuntimeError("call fit(data) first")
+        name = self.layers[0] if layer is None else self.adapter.resolve(layer)[0]
+        if name not in self.thresholds_:
+            raise ValueError(f"layer {name!r} was not dissected; choose from {self.layers}")
+        check_inputs(inputs)
+        with self.adapter.capture([name]) as cap, torch.no_grad():
+            self.adapter.forward(inputs, cap)
+            acts = cap.activations[name].float()
+        return filter_masks(acts, self.thresholds_[name], tuple(inputs.shape[2:]), self.order)
 
     def summary(self, threshold: float = INTERPRETABLE_IOU) -> list[dict[str, Any]]:
         """:meth:`LayerDissection.summary` of every layer, in the order given."""

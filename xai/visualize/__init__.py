@@ -14,7 +14,7 @@ __all__ = ["grid", "heatmap_rgb", "normalize", "overlay", "save", "to_image", "t
 
 # Figure families owned by other parts of the library (curves for metrics, similarity and
 # concept figures) are re-exported when present.
-for _mod in ("curves", "similarity", "concepts"):
+for _mod in ("curves", "similarity", "concepts", "dissection"):
     try:
         _module = _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _err:
