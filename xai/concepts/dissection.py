@@ -146,6 +146,12 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------- activation cache
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-free model): the data follow."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 class _Cache:
     """Activations of some layers and the label masks of a data set, on disk.
 
@@ -196,7 +202,7 @@ class _Cache:
                         "and label size"
                     )
                 self.mask_shape = tuple(masks.shape[1:])
-                adapter.forward(inputs, cap)
+                adapter.forward(inputs.to(_device(adapter.module)), cap)
                 for name in names:
                     act = cap.activations[name].float()
                     if not torch.isfinite(act).all():
@@ -322,8 +328,8 @@ def _iou_counts(
         if img.numel():
             per_pair = thresholds[filt][:, None, None, None]
             maps = filter_masks(acts[img, filt][:, None], per_pair, size, order)[:, 0]
-            per_image[img, filt] = maps.flatten(1).sum(1).float()
             pair, y, x = maps.nonzero(as_tuple=True)
+            per_image[img, filt] = torch.bincount(pair, minlength=len(img)).float()
             labels = cache.masks(s).permute(0, 2, 3, 1)  # (B, H_l, W_l, C)
             hits = labels[img[pair], y, x].double()  # (n_on, C): concepts under each on-pixel
             inter.index_add_(0, filt[pair], hits)
@@ -441,6 +447,8 @@ class NetworkDissection:
         cache_dir: where the temporary activation cache goes (default: the system temp dir).
         progress: show a ``tqdm`` bar over the images.
 
+    Images are moved to the model's device; the counts are accumulated on the CPU.
+
     Attributes set by :meth:`fit`:
         results_: ``{layer name: LayerDissection}``.
         thresholds_: ``{layer name: (K,) thresholds}``.
@@ -525,7 +533,7 @@ class NetworkDissection:
         check_inputs(inputs)
         with self.adapter.capture([name]) as cap, torch.no_grad():
             self.adapter.forward(inputs, cap)
-            acts = cap.activations[name].float()
+            acts = cap.activations[name].float().cpu()
         return filter_masks(acts, self.thresholds_[name], tuple(inputs.shape[2:]), self.order)
 
     def summary(self, threshold: float = INTERPRETABLE_IOU) -> list[dict[str, Any]]:

@@ -352,12 +352,13 @@ class Net2Vec:
 
     def predict(self, inputs: Tensor) -> Tensor:
         """Probe outputs: segmentation ``(B, C, H, W)`` probabilities at the input size;
-        classification ``(B, C)`` probabilities that the image contains each concept."""
+        classification ``(B, C)`` probabilities that the image contains each concept. On the
+        CPU, where the probes live (the model may be on any device)."""
         self._check_fitted()
         check_inputs(inputs)
         with self.adapter.capture([self.layer]) as cap, torch.no_grad():
             self.adapter.forward(inputs, cap)
-            acts = cap.activations[self.layer].float()
+            acts = cap.activations[self.layer].float().cpu()
         x = self._inputs(acts)
         if self.task == "classification":
             return torch.sigmoid(x.mean((2, 3)) @ self.weights_.T + self.bias_)
