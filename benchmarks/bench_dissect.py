@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="images for the timing")
     parser.add_argument("--size", type=int, default=112, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved timing rounds (0: skip the timing)"
+    )
     parser.add_argument("--mem", default="250,500,1000", help="sizes for the memory curve")
     parser.add_argument("--child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,27 +119,28 @@ def main() -> None:
         return
 
     print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
-    model = _model()
-    t0 = time.perf_counter()
-    x, masks = _render(args.n, args.size)
-    print(f"rendered {args.n} Broden-lite images at {args.size} px in "
-          f"{time.perf_counter() - t0:.1f} s (not timed below)")  # fmt: skip
-    _forward(model, x[: args.batch_size], args.batch_size)  # warm-up
-    floors, dissects = [], []
-    for _ in range(args.rounds):  # interleaved, so a load change hits both alike
-        floors.append(_forward(model, x, args.batch_size))
-        dissects.append(_dissect(model, (x, masks), args.batch_size))
-    floor, dissect = min(floors), min(dissects)
-    print()
-    print(f"| {args.n} images, {args.size} px, 4 layers | seconds (best of {args.rounds}) "
-          "| vs floor |")  # fmt: skip
-    print("|---|---|---|")
-    print(f"| bare forward passes (floor) | {floor:.1f} | 1.00x |")
-    print(f"| NetworkDissection.fit | {dissect:.1f} | {dissect / floor:.2f}x |")
-    print(
-        f"layers: {LAYERS}; all rounds: forward {[round(v, 1) for v in floors]}, "
-        f"dissection {[round(v, 1) for v in dissects]}"
-    )
+    if args.rounds > 0:  # --rounds 0: only the memory curve
+        model = _model()
+        t0 = time.perf_counter()
+        x, masks = _render(args.n, args.size)
+        print(f"rendered {args.n} Broden-lite images at {args.size} px in "
+              f"{time.perf_counter() - t0:.1f} s (not timed below)")  # fmt: skip
+        _forward(model, x[: args.batch_size], args.batch_size)  # warm-up
+        floors, dissects = [], []
+        for _ in range(args.rounds):  # interleaved, so a load change hits both alike
+            floors.append(_forward(model, x, args.batch_size))
+            dissects.append(_dissect(model, (x, masks), args.batch_size))
+        floor, dissect = min(floors), min(dissects)
+        print()
+        print(f"| {args.n} images, {args.size} px, 4 layers | seconds (best of {args.rounds}) "
+              "| vs floor |")  # fmt: skip
+        print("|---|---|---|")
+        print(f"| bare forward passes (floor) | {floor:.1f} | 1.00x |")
+        print(f"| NetworkDissection.fit | {dissect:.1f} | {dissect / floor:.2f}x |")
+        print(
+            f"layers: {LAYERS}; all rounds: forward {[round(v, 1) for v in floors]}, "
+            f"dissection {[round(v, 1) for v in dissects]}"
+        )
 
     print()
     print("| images | peak RSS MB, forward only (growth after setup) "

@@ -222,27 +222,40 @@ class _Cache:
         self._names = {n: i for i, n in enumerate(names)}
         return self
 
-    def activations(self, name: str) -> np.memmap:
-        """``(N, K, h, w)`` float32 memmap of a layer."""
-        return np.memmap(
-            self.path / f"{self._names[name]}.f32", dtype=np.float32, mode="r",
-            shape=(self.n, *self.shapes[name]),
-        )  # fmt: skip
+    def activations(self, name: str, index: slice | np.ndarray) -> Tensor:
+        """``(B, K, h, w)`` float32 activations of images ``index`` of a layer."""
+        shape = self.shapes[name]
+        rows = _read_rows(self.path / f"{self._names[name]}.f32", index,
+                          int(np.prod(shape)), np.float32)  # fmt: skip
+        return torch.from_numpy(rows).reshape(-1, *shape)
 
     def masks(self, index: slice | np.ndarray) -> Tensor:
         """``(B, C, H_l, W_l)`` bool masks of images ``index``."""
         n_bits = int(np.prod(self.mask_shape))
-        row = (n_bits + 7) // 8
-        packed = np.memmap(self.path / "masks.bits", dtype=np.uint8, mode="r",
-                           shape=(self.n, row))  # fmt: skip
-        bits = np.unpackbits(np.asarray(packed[index]), axis=1, count=n_bits)
+        packed = _read_rows(self.path / "masks.bits", index, (n_bits + 7) // 8, np.uint8)
+        bits = np.unpackbits(packed, axis=1, count=n_bits)
         return torch.from_numpy(bits.astype(bool)).reshape(-1, *self.mask_shape)
 
     def chunks(self, name: str, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
-        acts = self.activations(name)
         for i in range(0, self.n, batch_size):
             s = slice(i, min(i + batch_size, self.n))
-            yield s, torch.from_numpy(np.array(acts[s]))
+            yield s, self.activations(name, s)
+
+
+def _read_rows(path: Path, index: slice | np.ndarray, row: int, dtype: type) -> np.ndarray:
+    """Rows ``index`` of a file of fixed-size rows, by plain reads (not a memmap, whose pages
+    would count in the process's RSS as the whole cache is read)."""
+    size = np.dtype(dtype).itemsize * row
+    with open(path, "rb") as fh:
+        if isinstance(index, slice):
+            fh.seek(index.start * size)
+            count = (index.stop - index.start) * row
+            return np.fromfile(fh, dtype=dtype, count=count).reshape(-1, row)
+        out = np.empty((len(index), row), dtype=dtype)
+        for j, i in enumerate(np.asarray(index).tolist()):
+            fh.seek(i * size)
+            out[j] = np.fromfile(fh, dtype=dtype, count=row)
+        return out
 
 
 # --------------------------------------------------------------------------- the two maths

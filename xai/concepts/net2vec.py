@@ -48,7 +48,6 @@ from xai._checks import check_inputs, check_positive_int
 from xai._typing import LayerLike, ReshapeLike
 from xai.adapter import ModelAdapter
 from xai.concepts.dissection import (
-    ORDERS,
     _Cache,
     _check_options,
     _iou_counts,
@@ -179,8 +178,6 @@ class Net2Vec:
         check_positive_int(epochs, "epochs")
         check_positive_int(opts["train_batch_size"], "train_batch_size")
         check_positive_int(opts["lr_step"], "lr_step", allow_none=True)
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.adapter = ModelAdapter(model, reshape=reshape)
         self.layer = self.adapter.resolve(layer)[0]
         self.model = model
@@ -296,7 +293,6 @@ class Net2Vec:
             pixels = float(np.prod(cache.mask_shape[1:]))
             coverage = cache.mask_counts[:, keep].double() / pixels
             alpha = 1 - (coverage * present).sum(0) / present.sum(0)
-            acts_all = cache.activations(self.layer)
         else:
             alpha = torch.ones(c, dtype=torch.float64)
             pooled = self._pooled(cache)
@@ -314,7 +310,7 @@ class Net2Vec:
                         sel = present[idx]  # (B, C)
                         if not bool(sel.any()):
                             continue
-                        x = self._inputs(torch.from_numpy(np.array(acts_all[idx.numpy()])))
+                        x = self._inputs(cache.activations(self.layer, idx.numpy()))
                         labels = cache.masks(idx.numpy()).float()[:, keep]
                         pred = self._seg_probs(x, w, bias, tuple(labels.shape[2:]))
                         a = a32[None, :, None, None]
