@@ -155,11 +155,13 @@ def main() -> None:
             f"dissection {_rounded(dissects)}"
         )
 
-    print()
-    print("| images | peak RSS MB, forward only (growth after setup) "
-          "| peak RSS MB, dissection (growth after setup) |")  # fmt: skip
-    print("|---|---|---|")
-    for n in [int(v) for v in args.mem.split(",")]:
+    sizes = [int(v) for v in args.mem.split(",") if v.strip()]  # --mem '': no curve
+    if sizes:
+        print()
+        print("| images | peak RSS MB, forward only (growth after setup) "
+              "| peak RSS MB, dissection (growth after setup) |")  # fmt: skip
+        print("|---|---|---|")
+    for n in sizes:
         rss = {}
         for mode in ("forward", "dissect"):
             cmd = [sys.executable, __file__, "--child", str(n), mode, "--size", str(args.size),

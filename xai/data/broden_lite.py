@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,7 @@ class BrodenLite(Dataset):
 
     Raises:
         FileNotFoundError: Tux Paint stamps are not installed (the message says how).
+        ImportError: scikit-image (the textures) is not installed.
         ValueError: bad sizes.
 
     Example:
@@ -170,6 +172,10 @@ class BrodenLite(Dataset):
         if label_size > size:
             raise ValueError(f"label_size ({label_size}) cannot exceed size ({size})")
         root = Path(root)
+        if importlib.util.find_spec("skimage") is None:
+            raise ImportError(
+                "Broden-lite's textures come from scikit-image: pip install scikit-image"
+            )
         if not tuxpaint_available(root):
             raise FileNotFoundError(
                 f"Tux Paint stamps not found under {str(root)!r}; install them offline with "
