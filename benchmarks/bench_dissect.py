@@ -119,9 +119,12 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved timing rounds (0: skip the timing)"
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--mem", default="250,500,1000", help="sizes for the memory curve")
     parser.add_argument("--child", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         _child(int(args.child[0]), args.size, args.batch_size, args.child[1])
         return
@@ -165,7 +168,7 @@ def main() -> None:
         rss = {}
         for mode in ("forward", "dissect"):
             cmd = [sys.executable, __file__, "--child", str(n), mode, "--size", str(args.size),
-                   "--batch-size", str(args.batch_size)]  # fmt: skip
+                   "--batch-size", str(args.batch_size), "--threads", str(args.threads or 0)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rss[mode] = json.loads(out.strip().splitlines()[-1])
         f, d = rss["forward"], rss["dissect"]
