@@ -5,8 +5,9 @@ Measured on 300 images at 96 px (seed 0), share of filters whose top concept is 
 an object: features.1 0.62 / 0.38, features.3 0.42 / 0.54, features.6 0.19 / 0.66,
 features.10 0.17 / 0.77, features.14 0.14 / 0.79, features.17 0.04 / 0.96. The tests assert the
 direction (colors early, objects deep) with a margin, not these numbers. Net2Vec on
-features.14 (240 images, paper defaults): the probe's val set IoU beat the best single filter
-for 13/13 object and texture concepts (0.05-0.32 vs 0.00-0.10).
+features.14 (240 images, paper defaults: 30 epochs, lr 1e-4): the probe's val set IoU beat the
+best single filter for 13/13 object and texture concepts (0.05-0.32 vs 0.00-0.10); the test
+trains 10 epochs at lr 3e-4 (same loss) to fit the time budget and asserts >= 11/13.
 """
 
 from __future__ import annotations
