@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 ORDERS = ("threshold_then_upsample", "upsample_then_threshold")
+_PAIRS_PER_BLOCK = 256  # (image, filter) maps upsampled at once when counting
 INTERPRETABLE_IOU = 0.04  # NetDissect-Lite settings.py: a unit is interpretable above this IoU
 
 
@@ -336,14 +337,15 @@ def _iou_counts(
     on_all = torch.zeros(k, dtype=torch.float64)
     for s, acts in cache.chunks(name, batch_size):
         fires = (acts > thresholds[None, :, None, None]).flatten(2).any(2)  # (B, K)
-        img, filt = fires.nonzero(as_tuple=True)
         per_image = torch.zeros(acts.shape[0], k)
-        if img.numel():
+        labels = cache.masks(s).permute(0, 2, 3, 1)  # (B, H_l, W_l, C)
+        # blocks of pairs bound the upsampled maps in memory (not up to B * K maps at once)
+        for block in fires.nonzero().split(_PAIRS_PER_BLOCK):
+            img, filt = block[:, 0], block[:, 1]
             per_pair = thresholds[filt][:, None, None, None]
             maps = filter_masks(acts[img, filt][:, None], per_pair, size, order)[:, 0]
             pair, y, x = maps.nonzero(as_tuple=True)
             per_image[img, filt] = torch.bincount(pair, minlength=len(img)).float()
-            labels = cache.masks(s).permute(0, 2, 3, 1)  # (B, H_l, W_l, C)
             hits = labels[img[pair], y, x].double()  # (n_on, C): concepts under each on-pixel
             inter.index_add_(0, filt[pair], hits)
         on_present += cache.present[s].double().T @ per_image.double()
