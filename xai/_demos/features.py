@@ -5,7 +5,7 @@ scikit-image's chelsea (predicted 'Egyptian cat') is inverted from four depths o
 visualized (Olah et al., Distill 2017). The default settings are tiny so that ``xai demo``
 stays fast (about 10 s on 2 CPU cores); ``full=True`` uses the papers' settings (224 px, the
 400-step CNN schedule; 128 px, 512 Adam steps, upsampled to 224). Used by the CLI demo and
-``notebooks/06_inversion.ipynb``.
+``notebooks/07_inversion.ipynb``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,15 @@
 """Concept extraction and concept importance (CRAFT, CVPR 2023; holistic framework, NeurIPS
-2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics."""
+2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics. Concept
+probing against labelled masks: :class:`NetworkDissection` (Bau et al., CVPR 2017) and
+:class:`Net2Vec` (Fong & Vedaldi, CVPR 2018)."""
 
 from xai.concepts.attribution import concept_attribution_maps, differentiable_encode
+from xai.concepts.dissection import (
+    LayerDissection,
+    NetworkDissection,
+    exact_thresholds,
+    filter_masks,
+)
 from xai.concepts.extractor import ConceptExtractor
 from xai.concepts.factorizers import (
     FACTORIZERS,
@@ -30,6 +38,7 @@ from xai.concepts.metrics import (
     sparsity,
     stability,
 )
+from xai.concepts.net2vec import FiltersNeeded, Net2Vec
 
 __all__ = [
     "FACTORIZERS",
@@ -37,9 +46,13 @@ __all__ = [
     "ConceptExtractor",
     "DictionaryFactorizer",
     "Factorizer",
+    "FiltersNeeded",
     "ICAFactorizer",
     "KMeansFactorizer",
+    "LayerDissection",
     "NMFFactorizer",
+    "Net2Vec",
+    "NetworkDissection",
     "PCAFactorizer",
     "StrategicClusters",
     "c_deletion",
@@ -49,7 +62,9 @@ __all__ = [
     "concept_importance",
     "differentiable_encode",
     "fid",
+    "exact_thresholds",
     "filter_maps",
+    "filter_masks",
     "match_concepts",
     "ood_score",
     "relative_reconstruction_error",

@@ -378,10 +378,22 @@ def _read_rgba(path: Path) -> np.ndarray | None:
     return arr
 
 
-def _texture(name: str, size: int, gen: np.random.Generator) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _gray_texture(name: str) -> np.ndarray:
+    """A scikit-image texture as float32 in [0, 1], decoded once (decoding dominates)."""
     import skimage.data
 
     gray = getattr(skimage.data, name)().astype(np.float32) / 255.0
+    gray.flags.writeable = False
+    return gray
+
+
+def _texture(
+    name: str, size: int, gen: np.random.Generator, tint: tuple[float, ...] | None = None
+) -> np.ndarray:
+    """A random crop of a scikit-image texture, ``(size, size, 3)`` in [0, 1], tinted by
+    ``tint`` (RGB multipliers; default: a fixed tint per texture)."""
+    gray = _gray_texture(name)
     h, w = gray.shape[:2]
     crop = int(min(h, w) * gen.uniform(0.35, 0.6))
     top, left = gen.integers(0, h - crop + 1), gen.integers(0, w - crop + 1)
@@ -390,9 +402,36 @@ def _texture(name: str, size: int, gen: np.random.Generator) -> np.ndarray:
         patch[None, None], size=(size, size), mode="bilinear", align_corners=False,
         antialias=True,
     )[0, 0]  # fmt: skip
-    tint = {"grass": (0.55, 0.85, 0.45), "gravel": (0.8, 0.78, 0.72), "brick": (0.9, 0.5, 0.4)}
-    rgb = patch.numpy()[..., None] * np.asarray(tint[name], dtype=np.float32)
+    if tint is None:
+        tint = {"grass": (0.55, 0.85, 0.45), "gravel": (0.8, 0.78, 0.72), "brick": (0.9, 0.5, 0.4)}[
+            name
+        ]
+    rgb = patch.numpy()[..., None] * np.asarray(tint, dtype=np.float32)
     return np.clip(rgb * 1.2, 0, 1)
+
+
+def _paste_stamp(
+    canvas: np.ndarray, rgba: np.ndarray, side: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Paste ``rgba`` (longest side resized to ``side``) at a uniform random position of the
+    ``(S, S, 3)`` ``canvas``, in place, with a hard alpha (>= 0.5); returns its exact
+    ``(S, S)`` bool mask: inside, every pixel is the stamp's; outside, the canvas is unchanged."""
+    size = canvas.shape[0]
+    h, w = rgba.shape[:2]
+    scale = side / max(h, w)
+    nh, nw = min(size, max(1, round(h * scale))), min(size, max(1, round(w * scale)))
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None],
+        size=(nh, nw), mode="bilinear", align_corners=False, antialias=True,
+    )[0].permute(1, 2, 0).numpy()  # fmt: skip
+    top, left = rng.integers(0, size - nh + 1), rng.integers(0, size - nw + 1)
+    mask = np.zeros(canvas.shape[:2], dtype=bool)
+    mask[top : top + nh, left : left + nw] = resized[..., 3] >= 0.5
+    region = canvas[top : top + nh, left : left + nw]
+    canvas[top : top + nh, left : left + nw] = np.where(
+        mask[top : top + nh, left : left + nw, None], np.clip(resized[..., :3], 0, 1), region
+    )
+    return mask
 
 
 def background_swap_set(
@@ -474,20 +513,7 @@ def background_swap_set(
         if keep_backgrounds:
             plain.append(torch.from_numpy(canvas.copy()).permute(2, 0, 1))
         rgba = stamps[label][rng.integers(len(stamps[label]))]
-        h, w = rgba.shape[:2]
-        scale = side / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        resized = torch.nn.functional.interpolate(
-            torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None],
-            size=(nh, nw), mode="bilinear", align_corners=False, antialias=True,
-        )[0].permute(1, 2, 0).numpy()  # fmt: skip
-        top, left = rng.integers(0, size - nh + 1), rng.integers(0, size - nw + 1)
-        mask = np.zeros((size, size), dtype=bool)
-        mask[top : top + nh, left : left + nw] = resized[..., 3] >= 0.5
-        region = canvas[top : top + nh, left : left + nw]
-        canvas[top : top + nh, left : left + nw] = np.where(
-            mask[top : top + nh, left : left + nw, None], np.clip(resized[..., :3], 0, 1), region
-        )
+        mask = _paste_stamp(canvas, rgba, side, rng)
         inputs.append(torch.from_numpy(canvas).permute(2, 0, 1))
         masks.append(torch.from_numpy(mask))
         labels.append(label)

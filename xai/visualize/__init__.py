@@ -17,7 +17,7 @@ __all__ = [
 
 # Figure families owned by other parts of the library (curves for metrics, similarity and
 # concept figures) are re-exported when present.
-for _mod in ("curves", "similarity", "concepts", "features"):
+for _mod in ("curves", "similarity", "concepts", "features", "dissection"):
     try:
         _module = _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _err:
