@@ -79,6 +79,8 @@ REFUSALS = [
     (r"timm_convnext", r"attention_rollout|chefer_relevance|lrp|salient_relevance",
      NO_ATTENTION),
     (r"tv_vit", r"lrp|salient_relevance", MHA_LRP),
+    # bound propagation covers ReLU networks: GELU, LayerNorm and attention have no rule
+    (r".*", r"eva", r"no bound-propagation rule|cannot be traced by torch.fx"),
 ]
 
 

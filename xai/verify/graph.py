@@ -42,8 +42,12 @@ SUPPORTED = (
 )
 
 
-class UnsupportedOperationError(TypeError):
-    """A node of the model has no bound-propagation rule (the message names it)."""
+class UnsupportedOperationError(TypeError, ValueError):
+    """The model cannot be bounded: a node without a bound-propagation rule, or a model that
+    torch.fx cannot trace (the message names the node or the reason).
+
+    A ``TypeError`` (the model's kind is not supported) and a ``ValueError`` (the library's
+    refusal type for a model a method cannot explain), so either ``except`` catches it."""
 
 
 @dataclass
@@ -175,7 +179,7 @@ def trace(model: nn.Module, example: Tensor) -> Graph:
             word in str(err) for word in ("symbolic", "Proxy", "trac")
         ):
             raise  # an error of the model itself, not of tracing
-        raise TypeError(
+        raise UnsupportedOperationError(
             f"{type(model).__name__} cannot be traced by torch.fx ({err}); bound propagation "
             "needs a static graph: pass a wrapper module without data-dependent control flow"
         ) from None
@@ -228,6 +232,11 @@ class _Builder:
     def run(self, example: Tensor) -> None:
         nodes = list(self.gm.graph.nodes)
         placeholders = [n for n in nodes if n.op == "placeholder"]
+        # optional arguments of forward (e.g. attn_mask=None) keep their default values
+        for extra in placeholders[1:]:
+            if extra.args:
+                self.const[extra] = extra.args[0]
+        placeholders = placeholders[:1] + [n for n in placeholders[1:] if not n.args]
         if len(placeholders) != 1:
             raise UnsupportedOperationError(
                 f"bound propagation needs a model with one tensor input, got "
@@ -238,6 +247,8 @@ class _Builder:
         for node in nodes:
             if node.op not in ("placeholder", "output", "get_attr") and node not in needed:
                 continue  # off the explained output's path (an auxiliary head, a dict entry)
+            if node.op == "placeholder" and node in self.const:
+                continue
             if node.op == "placeholder":
                 self._add(
                     node, Op("input", "input", [], lambda x: x, tuple(example.shape[1:])), example
