@@ -571,14 +571,12 @@ def batch_stats(
     from xai.adapter import preserved, unwrap_output
     from xai.adapter.observe import observe_outputs
 
+    check_inputs(x, name="inputs")  # shape (with the fix), dtype, NaN/Inf: argmax(NaN) is 0
     if y is None:
         raise ValueError("every batch needs labels")
-    if x.dim() != 4:
-        raise ValueError(f"inputs must be (B, C, H, W) images, got shape {tuple(x.shape)}")
     n, _, h, w = x.shape
     if image_size is not None and tuple(image_size) != (h, w):
         raise ValueError(f"all images must have one size; got {(h, w)} after {image_size}")
-    check_inputs(x, name="inputs")  # also NaN/Inf: the argmax of a NaN row is class 0
     y = torch.as_tensor(class_indices(y.reshape(-1), "labels")).reshape(-1).cpu()
     if bool((y < 0).any()):
         raise ValueError(f"labels must be class indices >= 0, got {int(y.min())}")
