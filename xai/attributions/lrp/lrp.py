@@ -13,6 +13,7 @@ from xai._typing import LayerLike, TargetLike
 from xai.adapter import Target, as_target, hooks, preserved
 from xai.adapter.rules import Call, functional_links, rewired, split_residuals
 from xai.attributions.base import Attribution, reduce_channels, register
+from xai.attributions.lrp.account import AccountBook, RelevanceAccount
 from xai.attributions.lrp.canonizers import (
     Canonizer,
     _Several,
@@ -20,7 +21,7 @@ from xai.attributions.lrp.canonizers import (
     residual_block_types,
 )
 from xai.attributions.lrp.composites import Composite, get_composite
-from xai.attributions.lrp.rules import Rule
+from xai.attributions.lrp.rules import Rule, _per_sample
 
 __all__ = ["LRP"]
 
@@ -129,6 +130,30 @@ class LRP(Attribution):
             rel = self._relevance(x.detach(), tgt)
         return rel.to(dtype=map_dtype(x), device=x.device)
 
+    def account(self, inputs: Tensor, target: TargetLike | Target = None) -> RelevanceAccount:
+        """The relevance account: where the target score went, layer by layer.
+
+        Same computation as :meth:`relevance` (same relevance), plus, for every rewired layer,
+        residual sum and functional pooling, the relevance entering and leaving it and what
+        its bias, its stabilizer and its rule absorbed (see
+        :class:`~xai.attributions.lrp.account.RelevanceAccount`). For every row
+        ``relevance_in = relevance_out + absorbed`` (its ``leak`` is zero to rounding), and the
+        rows reconcile the score with the input relevance. Use float64 inputs (and model) for
+        a 1e-6 reconciliation; float32 gives about 1e-4 of the largest term.
+
+        Returns:
+            a :class:`~xai.attributions.lrp.account.RelevanceAccount`; ``.relevance`` is the
+            input relevance ``(B, C, H, W)``, ``.table()`` a printable summary.
+        """
+        x = check_inputs(inputs)
+        tgt = as_target(target)
+        tgt.check_batch(x.shape[0])
+        books: list[AccountBook] = []
+        with preserved(self.adapter.module):
+            rel, scores = self._relevance(x.detach(), tgt, books=books)
+        return RelevanceAccount(relevance=rel.to(dtype=map_dtype(x), device=x.device),
+                                score=scores, rows=books[0].concat(books))
+
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         return reduce_channels(self._relevance(inputs, target), self.reduction)
 
@@ -159,25 +184,63 @@ class LRP(Attribution):
                     )
         return rules, residuals, links, refuse
 
-    def _relevance(self, inputs: Tensor, target: Target) -> Tensor:
+    def _relevance(self, inputs: Tensor, target: Target, books: list[AccountBook] | None = None):
+        """Input relevance; with ``books`` (a list to fill with one book per chunk), also the
+        ``(B,)`` relevance put on the output, as ``(relevance, scores)``."""
         rules, residuals, links, refuse = self._plan()
         canonizer = _Several(self.canonizers)
+        names = {m: n or "<model>" for n, m in self.adapter.module.named_modules()}
+        sum_rule = self.composite.sum_rule
+        book: AccountBook | None = None
 
         def backward(call: Call, relevance: Tensor) -> Tensor:
             rule = call.context.get("rule") or rules[call.module]
-            return rule(call, relevance)
+            if book is None:
+                return rule(call, relevance)
+            ledger = call.context["ledger"] = {}
+            out = rule(call, relevance)
+            book.add(names[call.module], "layer", rule, relevance, out, ledger)
+            return out
 
-        out = []
+        def split(name: str):
+            def rule(branch: Tensor, shortcut: Tensor, relevance: Tensor):
+                if book is None:
+                    return sum_rule.split(branch, shortcut, relevance)
+                ledger: dict = {}
+                out = sum_rule.split(branch, shortcut, relevance, ledger)
+                book.add(f"{name} (sum)", "residual", sum_rule, relevance, out, ledger)
+                return out
+
+            return rule
+
+        def through(name: str):
+            def rule(source: Tensor, function, relevance: Tensor):
+                if book is None:
+                    return sum_rule.through(source, function, relevance)
+                ledger: dict = {}
+                out = sum_rule.through(source, function, relevance, ledger)
+                book.add(f"{name} (functional pooling)", "functional", sum_rule, relevance, out,
+                         ledger)
+                return out
+
+            return rule
+
+        out, totals = [], []
         for chunk in self._chunks(inputs.shape[0]):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
             x = inputs[chunk].detach().clone().requires_grad_(True)
+            if books is not None:
+                book = AccountBook()
+                books.append(book)
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
                 stack.enter_context(hooks(forward=refuse))  # type: ignore[arg-type]
                 stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
-                stack.enter_context(split_residuals(residuals, self.composite.sum_rule.split))
-                stack.enter_context(functional_links(links, self.composite.sum_rule.through))
+                for residual in residuals:
+                    stack.enter_context(split_residuals([residual], split(residual.name)))
+                for link in links:
+                    stack.enter_context(functional_links([link], through(link.name or "<model>")))
                 output = self.adapter.forward(x)
                 scores = tgt(output)
                 (grad,) = torch.autograd.grad(scores.sum(), output, retain_graph=True)
@@ -185,7 +248,17 @@ class LRP(Attribution):
                 if not output.requires_grad:
                     raise RuntimeError("the model output does not depend on the input")
                 (rel,) = torch.autograd.grad(output, x, grad_outputs=top)
+            if not bool(torch.isfinite(rel).all()):
+                raise RuntimeError(
+                    "LRP relevance overflowed (not finite). The epsilon rule with biases ignored "
+                    "(zero_params=('bias',)) divides by sums of contributions that can be near "
+                    "zero; use z+ or alpha-beta rules for convolutions, a larger epsilon, or "
+                    "float64 (LRP.account shows the layer where it grows)"
+                )
             out.append(rel.detach())
+            totals.append(_per_sample(top))
+        if books is not None:
+            return torch.cat(out), torch.cat(totals)
         return torch.cat(out)
 
     def __repr__(self) -> str:
