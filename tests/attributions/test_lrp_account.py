@@ -200,7 +200,9 @@ def test_real_mobilenet_account_and_bias_free_conservation(mobilenet):
     for name in composite_names():
         _check(LRP(model, name).account(x, targets))
     for name in ("epsilon_plus_flat", "epsilon_alpha2_beta1"):
-        account = LRP(model, _PRESETS[name](zero_params=("bias",), empty="flat")).account(
-            x, targets)
+        # bias-free z+ normalizers can be tiny: the default stabilizer 1e-6 absorbs ~1e-3 of
+        # the score on this network, 1e-9 almost nothing (empty outputs go flat, not to 1/eps)
+        composite = _PRESETS[name](zero_params=("bias",), empty="flat", stabilizer=1e-9)
+        account = LRP(model, composite).account(x, targets)
         _check(account)
         torch.testing.assert_close(account.input_total, account.score, rtol=1e-3, atol=0.0)
