@@ -77,13 +77,17 @@ class LRP(Attribution):
     biases alone moves the loss, it does not remove it: outputs driven by their bias alone
     (all contributions zero, e.g. a depthwise window of dead activations) have nothing to
     redistribute to; ``empty="flat"`` spreads their relevance over the receptive field, and
-    then the input keeps the logit up to the stabilizer (``stabilizer=1e-9``: to 1e-4 on this
-    network). The epsilon rule with biases ignored divides by sums of contributions near zero
-    and overflows on this network (a clear ``RuntimeError``). On networks whose merged biases
-    are really zero the composites conserve up to their stabilizers; zeroing only the batch
-    norms' ``beta`` (issue 23's "bias-free" MobileNetV2: ``epsilon_plus`` 0.975, ``epsilon``
-    0.9998) leaves the merged bias ``-mu * gamma / sigma``, which z+ (with only the positive
-    bias part in its normalizer) always absorbs while epsilon's signed shares cancel.
+    then the input keeps the logit up to the stabilizer (pass ``stabilizer=1e-9`` to the
+    composite to make that negligible). The epsilon rule with biases ignored divides by sums
+    of contributions near zero and overflows on this network (a clear ``RuntimeError``).
+
+    The same weights with every bias, batch-norm shift and running mean set to zero (no bias
+    anywhere, issue 23) give ``epsilon_plus`` 0.992 / 0.975, not 1: the account puts the
+    missing 0.007 / 0.022 on z+ outputs without positive contributions (rule-specific, mostly
+    the linear-bottleneck projection ``features.17.conv.2``, whose outputs have no activation
+    after them and receive relevance even where all contributions are negative) and 0.001 /
+    0.003 on the stabilizer (mostly ``features.1.conv.1``); ``empty="flat"`` and a smaller
+    stabilizer remove both.
 
     Args:
         model: the model; never modified (not even temporarily: batch norms are merged
