@@ -78,7 +78,8 @@ def stabilize(z: Tensor, epsilon: float, *, sign_matched: bool = True) -> Tensor
     """
     if not sign_matched:
         return z + epsilon
-    return torch.where(z >= 0, z + epsilon, z - epsilon)
+    eps = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, eps, -eps).add_(z)
 
 
 def divide(relevance: Tensor, denominator: Tensor) -> Tensor:
@@ -289,7 +290,9 @@ class _Terms(Rule):
                     z = term if (z.dim() == 0 and t.sign == 1) else z + t.sign * term
             stabilized = stabilize(z, self.stabilizer, sign_matched=sign_matched)
             share = relevance if group.mask is None else relevance * group.mask
-            ratio = divide(share, stabilized)
+            # a sign-matched stabilizer > 0 is never zero: a plain division then
+            nonzero = sign_matched and self.stabilizer > 0
+            ratio = share / stabilized if nonzero else divide(share, stabilized)
             booked = share
             if self.empty == "flat":
                 empty = z.expand_as(share) == 0
@@ -301,8 +304,9 @@ class _Terms(Rule):
             for t in live:
                 if t.input is _ZERO:
                     continue
-                grad = input_vjp(module, t.input.shape, t.weight, ratio)
-                part = (group.coefficient * t.sign) * (t.input * grad)
+                part = input_vjp(module, t.input.shape, t.weight, ratio).mul_(t.input)
+                if group.coefficient * t.sign != 1:
+                    part = part.mul_(group.coefficient * t.sign)
                 result = part if result is None else result + part
             if ledger is not None:
                 for t in live:
