@@ -68,8 +68,9 @@ def test_account_reconciles_on_biased_networks_for_every_composite(arch):
     torch.manual_seed(0)
     model = build() if arch == "vgg16" else build(num_classes=10)
     model = _nontrivial(model).to(dtype)
-    x = _x(2, 3, 32, 32, seed=1, dtype=dtype)
-    targets = torch.tensor([1, 7])
+    n = 2 if dtype == torch.float64 else 1  # the larger two: one sample (test time)
+    x = _x(n, 3, 32, 32, seed=1, dtype=dtype)
+    targets = torch.tensor([1, 7])[:n]
     for name in composite_names():
         lrp = LRP(model, name)
         account = lrp.account(x, targets)

@@ -273,6 +273,20 @@ class _Terms(Rule):
     def _stab(self, z: Tensor) -> Tensor:
         return stabilize(z, self.stabilizer)
 
+    @staticmethod
+    def _vjp(call: Call, terms: Sequence[tuple[Tensor, Tensor, Tensor | None]],
+             ratios: Callable[[list[Tensor]], Sequence[Tensor]]) -> list[Tensor]:
+        """Gradients of ``sum_t <z_t, ratio_t>`` w.r.t. each term's input, through autograd
+        (for rules outside :meth:`_propagate`'s groups; they then book their own ledger)."""
+        inputs, outputs = [], []
+        with torch.enable_grad():
+            for x, weight, bias in terms:
+                x = x.detach().requires_grad_(True)
+                inputs.append(x)
+                outputs.append(linear_forward(call.module, x, weight, bias))
+            grads = torch.autograd.grad(outputs, inputs, grad_outputs=list(ratios(outputs)))
+        return list(grads)
+
     def _propagate(self, call: Call, relevance: Tensor, groups: Sequence[Group], *,
                    sign_matched: bool = True) -> Tensor:
         ledger = call.context.get("ledger")
@@ -503,10 +517,34 @@ class Flat(_Terms):
         super().__init__(stabilizer, None)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        module = call.module
+        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            return self._conv2d(call, relevance)
         weight, _ = parameters(call)
         ones = torch.ones_like(call.input)
         return self._propagate(call, relevance, [Group([Term(ones, torch.ones_like(weight),
                                                              None)])])
+
+    def _conv2d(self, call: Call, relevance: Tensor) -> Tensor:
+        """Same result without a full-size convolution: with all weights one, every output
+        channel has the same normalizer ``C_in * (taps inside the image)`` and every input
+        channel the same relevance, so one single-channel convolution each way suffices."""
+        module = call.module
+        shape = call.input.shape
+        kernel = relevance.new_ones(1, 1, *module.kernel_size)  # type: ignore[misc]
+        taps = F.conv2d(relevance.new_ones(1, 1, *shape[2:]), kernel, None, module.stride,
+                        module.padding, module.dilation)
+        count = taps * shape[1]
+        stabilized = self._stab(count)
+        ratio = (relevance / stabilized).sum(1, keepdim=True)
+        spread = torch.nn.grad.conv2d_input((shape[0], 1, *shape[2:]), kernel, ratio,
+                                            module.stride, module.padding, module.dilation, 1)
+        ledger = call.context.get("ledger")
+        if ledger is not None:
+            book_normalizer(ledger, relevance, count.expand_as(relevance),
+                            stabilized.expand_as(relevance))
+        return spread.expand(shape).contiguous()
 
 
 class WSquare(_Terms):
