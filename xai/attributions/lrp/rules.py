@@ -224,6 +224,7 @@ class Group(NamedTuple):
     coefficient: float = 1.0
     mask: Tensor | None = None
     output: Tensor | None = None
+    nonnegative: bool = False  # z >= 0 by construction (z+ of a non-negative input)
 
 
 def _signed_parts(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -296,13 +297,17 @@ class _Terms(Rule):
         for group in groups:
             live = _live(group.terms)
             z = group.output
+            fresh = z is None
             if z is None:
                 z = torch.zeros((), dtype=relevance.dtype, device=relevance.device)
                 for t in live:
                     x = torch.zeros_like(call.input) if t.input is _ZERO else t.input
                     term = linear_forward(module, x, t.weight, t.bias)
                     z = term if (z.dim() == 0 and t.sign == 1) else z + t.sign * term
-            stabilized = stabilize(z, self.stabilizer, sign_matched=sign_matched)
+            if group.nonnegative and fresh and ledger is None and z.dim() > 0:
+                stabilized = z.add_(self.stabilizer)  # sign(z) = +1: one in-place pass
+            else:
+                stabilized = stabilize(z, self.stabilizer, sign_matched=sign_matched)
             share = relevance if group.mask is None else relevance * group.mask
             # a sign-matched stabilizer > 0 is never zero: a plain division then
             nonzero = sign_matched and self.stabilizer > 0
@@ -398,7 +403,7 @@ class ZPlus(_Terms):
         weight, bias = self._params(call)
         ap, an = _signed_parts(call.input)
         terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
-        return self._propagate(call, relevance, [Group(terms)])  # type: ignore[arg-type]
+        return self._propagate(call, relevance, [Group(terms, nonnegative=an is _ZERO)])
 
 
 class AlphaBeta(_Terms):
@@ -427,7 +432,7 @@ class AlphaBeta(_Terms):
         ap, an = _signed_parts(call.input)
         positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
         negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
-        groups = [Group(positive, self.alpha)]  # type: ignore[arg-type]
+        groups = [Group(positive, self.alpha, nonnegative=an is _ZERO)]
         if self.beta:
             groups.append(Group(negative, -self.beta))  # type: ignore[arg-type]
         return self._propagate(call, relevance, groups)
