@@ -74,12 +74,15 @@ class Call:
 
     Attributes:
         module: the module that was called.
-        input: a private, detached copy of the module's (first) input; later in-place
-            operations of the model cannot change it.
+        input: the module's (first) input, detached (not copied: see ``input_version``).
         output: the detached output value.
         source: the rewired call whose output tensor was this call's input, if any (so that,
             e.g., a batch norm can tell that it directly follows a convolution).
         context: free slot for rules and canonizers (merged parameters, a rule override).
+        output_version: the output's version counter when the call returned; see
+            :meth:`output_intact`.
+        input_version: the input's version counter when the call returned; the input is not
+            copied, so the backward pass checks that nothing changed it in place since.
     """
 
     module: nn.Module
@@ -87,6 +90,12 @@ class Call:
     output: Tensor
     source: Call | None = None
     context: dict = field(default_factory=dict)
+    output_version: int = -1
+    input_version: int = -1
+
+    def output_intact(self) -> bool:
+        """Whether :attr:`output` still holds the module's result (no later in-place change)."""
+        return self.output._version == self.output_version
 
 
 BackwardRule = Callable[[Call, Tensor], Tensor]
@@ -109,6 +118,12 @@ class _Rewire(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         call: Call = ctx.call
+        if call.input._version != call.input_version:
+            raise RuntimeError(
+                f"the input of {type(call.module).__name__} was changed in place after the "
+                "module ran (e.g. `x += y` or `x.relu_()` in the model's forward); its backward "
+                "rule needs the value the module saw: make that operation out-of-place"
+            )
         grad_input = ctx.rule(call, grad)
         if grad_input.shape != call.input.shape:
             raise RuntimeError(
@@ -140,9 +155,9 @@ class _Rewirer:
                 "LRP rules need single-tensor modules"
             )
         x = args[0]
-        snapshot = x.detach().clone()
+        snapshot = x.detach()  # no copy: later in-place changes are detected (input_version)
         self.pending.setdefault(module, []).append((x, snapshot))
-        # in-place modules (ReLU(inplace=True)) get their own copy, like zennit's clone
+        # in-place modules (ReLU(inplace=True)) work on their own copy, like zennit's clone
         given = snapshot.clone() if getattr(module, "inplace", False) else snapshot
         return (given,) + tuple(args[1:])
 
@@ -158,7 +173,8 @@ class _Rewirer:
             value = value.clone()
         entry = self.produced.get(id(x))
         source = entry[1] if entry is not None and entry[0] is x else None
-        call = Call(module=module, input=snapshot, output=value, source=source)
+        call = Call(module=module, input=snapshot, output=value, source=source,
+                    output_version=value._version, input_version=snapshot._version)
         if self.on_call is not None:
             self.on_call(call)
         out = _Rewire.apply(x, call, self.rules[module]) if x.requires_grad else value
@@ -173,7 +189,8 @@ def rewired(
 ) -> Iterator[None]:
     """Replace the backward pass of ``rules``' modules for the duration of a ``with`` block.
 
-    A forward pre-hook snapshots each call's input and hands the module a detached copy; a
+    A forward pre-hook records each call's input (in-place modules get a copy to work on; an
+    in-place change of a recorded input by other code raises in the backward pass); a
     forward hook returns the module's output through an identity ``autograd.Function`` whose
     backward is ``rule(call, grad_output)`` (the zennit pattern, without module backward
     hooks). Downstream in-place operations (``ReLU(inplace=True)``, ``out += identity``) act on

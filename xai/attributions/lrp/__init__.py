@@ -2,9 +2,11 @@
 
 Swappable parts: :mod:`~.rules` (how one layer redistributes relevance), :mod:`~.composites`
 (which rule each layer gets), :mod:`~.canonizers` (batch-norm merging, residual sums), the
-attribution :class:`LRP` and its post-step :class:`SalientRelevance`.
+attribution :class:`LRP` (with :meth:`LRP.account`, the per-layer relevance balance of
+:mod:`~.account`) and its post-step :class:`SalientRelevance`.
 """
 
+from xai.attributions.lrp.account import AccountRow, RelevanceAccount
 from xai.attributions.lrp.canonizers import (
     Canonizer,
     MergeBatchNorm,
@@ -44,7 +46,7 @@ from xai.attributions.lrp.transformer import CPLRP, AttnLRP, TransformerComposit
 __all__ = ["LRP", "SalientRelevance", "context_aware_saliency"]
 
 _PARTS = (
-    AlphaBeta, Canonizer, Composite, Epsilon, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
+    AccountRow, RelevanceAccount, AlphaBeta, Canonizer, Composite, Epsilon, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
     EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, Flat, Gamma, Gradient, Li2019, MergeBatchNorm,
     MobileNetV2Canonizer, Norm, Pass, ResNetCanonizer, ResidualCanonizer, Rule, UniformEpsilon,
     WSquare, ZBox, ZPlus, AttnLRP, CPLRP, TransformerComposite,

@@ -112,6 +112,7 @@ class MergeBatchNorm(Canonizer):
         if bn.running_mean is None or bn.num_features != source.output.shape[1]:
             return
         source.context["parameters"] = merge_batch_norm(*parameters(source), bn)
+        source.context["merged_call"] = call  # its output is the merged layer's output
         call.context["rule"] = Pass()
 
 

@@ -28,7 +28,8 @@ affine layer and gets the epsilon rule).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +82,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def with_zero_params(rule: Rule, zero_params: Sequence[str], empty: str = "absorb") -> Rule:
+    """A copy of ``rule`` that also zeroes ``zero_params`` (and treats outputs with a zero
+    normalizer as ``empty`` says); rules without parameters, such as :class:`~.rules.Pass` or
+    :class:`~.rules.Norm`, are returned unchanged."""
+    if not hasattr(rule, "zero_params"):
+        return rule
+    bad = set(zero_params) - {"weight", "bias"}
+    if bad:
+        raise ValueError(f"zero_params may name 'weight' and 'bias', got {sorted(bad)}")
+    clone = copy.copy(rule)
+    clone.zero_params = tuple(dict.fromkeys((*rule.zero_params, *zero_params)))  # type: ignore
+    if empty != "absorb":
+        clone.empty = empty  # type: ignore[attr-defined]
+    return clone
+
+
 def _types(types: Types) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
@@ -105,6 +122,16 @@ class Composite:
             norms (default ``1e-6``, zennit's).
         max_pool: rule for max pooling (default :class:`~.rules.Gradient`: winner-take-all, as
             zennit and Li et al.'s notebook).
+        zero_params: ``("bias",)`` makes every rule of the composite ignore biases (zennit's
+            ``zero_params``; merged batch-norm shifts and unmerged batch norms included): each
+            layer then passes on all the relevance it receives, up to the stabilizer, so the
+            input keeps the score instead of the biases absorbing it. Default ``None``: the
+            rules as given (biases absorb their share, as in zennit's composites).
+        empty: ``"flat"`` spreads the relevance of outputs that have no contribution to
+            redistribute (a zero normalizer: with ``zero_params=("bias",)``, the z+ or
+            alpha-beta outputs driven by their bias alone) uniformly over their receptive
+            field instead of absorbing it (default ``"absorb"``, zennit's behaviour).
+            ``zero_params=("bias",), empty="flat"`` keeps the score on the input.
     """
 
     def __init__(
@@ -116,6 +143,8 @@ class Composite:
         first_layer: str | None = None,
         stabilizer: float = 1e-6,
         max_pool: Rule | None = None,
+        zero_params: Iterable[str] | None = None,
+        empty: str = "absorb",
     ) -> None:
         for types, rule in [*layer_map, *first_map, *(name_map or {}).items()]:
             if not isinstance(rule, Rule):
@@ -133,6 +162,18 @@ class Composite:
             (RESHAPES, Gradient()),
             (BATCH_NORMS, Epsilon(self.stabilizer)),
         ]
+        if empty not in ("absorb", "flat"):
+            raise ValueError(f"empty must be 'absorb' or 'flat', got {empty!r}")
+        self.zero_params = tuple(zero_params or ())
+        self.empty = empty
+        if self.zero_params or empty != "absorb":
+            def adapt(rule: Rule) -> Rule:
+                return with_zero_params(rule, self.zero_params, empty)
+
+            self.layer_map = [(t, adapt(r)) for t, r in self.layer_map]
+            self.first_map = [(t, adapt(r)) for t, r in self.first_map]
+            self.name_map = {n: adapt(r) for n, r in self.name_map.items()}
+            self.base_map = [(t, adapt(r)) for t, r in self.base_map]
 
     def supported_types(self) -> list[str]:
         """Names of the module types this composite has a rule for."""
@@ -209,7 +250,9 @@ class Composite:
         return out, unsupported
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        extra = [f"zero_params={self.zero_params!r}"] if self.zero_params else []
+        extra += [f"empty={self.empty!r}"] if self.empty != "absorb" else []
+        return f"{type(self).__name__}({', '.join(extra)})"
 
 
 class EpsilonPlusFlat(Composite):

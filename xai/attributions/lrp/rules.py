@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ __all__ = [
     "WSquare",
     "ZBox",
     "ZPlus",
+    "book",
     "stabilize",
 ]
 
@@ -76,14 +78,17 @@ def stabilize(z: Tensor, epsilon: float, *, sign_matched: bool = True) -> Tensor
     """
     if not sign_matched:
         return z + epsilon
-    sign = (z == 0).to(z) + z.sign()
-    return z + sign * epsilon
+    eps = torch.tensor(epsilon, dtype=z.dtype, device=z.device)
+    return torch.where(z >= 0, eps, -eps).add_(z)
 
 
 def divide(relevance: Tensor, denominator: Tensor) -> Tensor:
     """``relevance / denominator`` with ``0 / 0 := 0`` (a zero normalizer with ``epsilon=0``)."""
-    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-    return torch.where(denominator == 0, torch.zeros_like(relevance), relevance / safe)
+    zero = denominator == 0
+    if not bool(zero.any()):  # the usual case (epsilon > 0): a plain division
+        return relevance / denominator
+    safe = torch.where(zero, torch.ones_like(denominator), denominator)
+    return torch.where(zero, torch.zeros_like(relevance), relevance / safe)
 
 
 def linear_forward(module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
@@ -106,6 +111,15 @@ def parameters(call: Call) -> tuple[Tensor, Tensor | None]:
     return module.weight.detach(), None if bias is None else bias.detach()  # type: ignore
 
 
+def layer_output(call: Call) -> Tensor | None:
+    """The (batch-norm-merged) layer's output ``W x + b`` as the forward pass computed it, or
+    ``None`` when it is not available intact (then a rule recomputes it)."""
+    source = call.context.get("merged_call", call)
+    if source is call and "parameters" in call.context:
+        return None
+    return source.output.detach() if source.output_intact() else None
+
+
 def _pos(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(min=0)
 
@@ -114,11 +128,70 @@ def _neg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
 
+def _per_sample(t: Tensor) -> Tensor:
+    """Sum over everything but the batch axis, in float64: ``(B,)``."""
+    return t.reshape(t.shape[0], -1).sum(1, dtype=torch.float64)
+
+
+def book(ledger: dict | None, key: str, value: Tensor) -> None:
+    """Add ``value``'s per-sample sum to ``ledger[key]`` (the relevance account of one call).
+
+    Keys: ``"bias"`` (what the biases absorbed), ``"stabilizer"`` (what the epsilon of the
+    normalizer absorbed), ``"rule"`` (rule-specific: relevance of outputs whose normalizer is
+    exactly zero, gamma's sign masks, alpha-beta's missing share). Rules that redistribute only
+    part of their relevance must book the rest here; what no key explains is reported as a leak
+    by :class:`~xai.attributions.lrp.account.RelevanceAccount`.
+    """
+    if ledger is None:
+        return
+    total = _per_sample(value)
+    ledger[key] = ledger[key] + total if key in ledger else total
+
+
+def book_normalizer(ledger: dict | None, relevance: Tensor, z: Tensor, stabilized: Tensor,
+                    coefficient: float = 1.0) -> None:
+    """Book what the stabilizer and zero normalizers absorb when ``relevance`` is divided by
+    ``stabilized = stab(z)``: ``R (1 - z / stab(z))`` where ``z != 0`` and ``R`` where
+    ``z == 0`` (nothing to redistribute to)."""
+    if ledger is None:
+        return
+    zero = z == 0
+    safe = torch.where(stabilized == 0, torch.ones_like(stabilized), stabilized)
+    book(ledger, "stabilizer", coefficient * torch.where(zero, 0.0, relevance * (1 - z / safe)))
+    book(ledger, "rule", coefficient * torch.where(zero, relevance, 0.0))
+
+
+def _bias_like(bias: Tensor, z: Tensor) -> Tensor:
+    return bias.reshape(1, -1, *([1] * (z.dim() - 2))) if z.dim() > 2 else bias
+
+
+def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
+    """``d <linear(x; weight), grad> / dx`` for a linear-type module, without a forward pass
+    (a transposed convolution or a matrix product)."""
+    if isinstance(module, nn.Linear):
+        return grad @ weight
+    conv = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+            nn.Conv3d: torch.nn.grad.conv3d_input}.get(type(module))
+    if (conv is not None and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)):
+        return conv(shape, weight, grad, module.stride, module.padding, module.dilation,
+                    module.groups)
+    with torch.enable_grad():  # other padding modes, subclasses: through autograd
+        x = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
+        (out,) = torch.autograd.grad(linear_forward(module, x, weight, None), x, grad)
+    return out
+
+
 class Rule:
     """Base class of LRP rules: ``rule(call, relevance) -> relevance at the call's input``.
 
     A rule for linear-type modules (conv, linear) sets ``needs_parameters = True``; rules that
     use only the module's own forward (pooling, sums) or none at all leave it ``False``.
+
+    For the relevance account (:meth:`LRP.account <xai.attributions.lrp.lrp.LRP.account>`) a
+    rule books what it does not pass on with :func:`book` into ``call.context["ledger"]``
+    (present only while an account is being made); a rule that does not is reported as
+    leaking wherever its output relevance differs from its input relevance.
     """
 
     needs_parameters: bool = False
@@ -131,10 +204,57 @@ class Rule:
         return f"{type(self).__name__}({fields})"
 
 
+class Term(NamedTuple):
+    """One modified forward ``sign * linear(input; weight, bias)`` of a rule."""
+
+    input: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    sign: float = 1.0
+
+
+class Group(NamedTuple):
+    """Terms sharing one normalizer ``z = sum_t sign_t z_t``; the group's relevance
+    ``coefficient * mask * R`` is redistributed in proportion to the terms.
+
+    ``output``: ``z`` when already known (skips the forward pass of the terms).
+    """
+
+    terms: Sequence[Term]
+    coefficient: float = 1.0
+    mask: Tensor | None = None
+    output: Tensor | None = None
+    nonnegative: bool = False  # z >= 0 by construction (z+ of a non-negative input)
+
+
+def _signed_parts(a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a^+, a^-)``; ``a^-`` is the marker :data:`_ZERO` when ``a >= 0`` (after a ReLU), so
+    that rules skip its terms: they change nothing but would cost two convolutions each."""
+    if bool(a.min() >= 0):
+        return a, _ZERO
+    return a.clamp(min=0), a.clamp(max=0)
+
+
+_ZERO = torch.zeros(())
+"""Stands for an all-zero input: its terms are left out of the forward and backward passes."""
+
+
+def _live(terms: Sequence[Term]) -> list[Term]:
+    return [t for t in terms if t.input is not _ZERO or t.bias is not None]
+
+
 class _Terms(Rule):
-    """Rules built from modified forward terms and one vector-Jacobian product per term."""
+    """Rules built from groups of modified forward terms (zennit's ``BasicHook``): for each
+    group, ``R / stab(z)`` is sent back through each term's transposed layer and multiplied by
+    the term's input. Terms whose input is the marker :data:`_ZERO` (the negative part of a
+    non-negative input) are skipped."""
 
     needs_parameters = True
+    empty: str = "absorb"
+    """What happens to the relevance of an output whose normalizer is exactly zero (no
+    contribution of the group's sign, e.g. a z+ output driven by its bias alone when biases
+    are ignored): ``"absorb"`` (zennit; booked as rule-specific absorption) or ``"flat"``
+    (spread uniformly over the output's receptive field, so that nothing is lost)."""
 
     def __init__(self, stabilizer: float, zero_params: Iterable[str] | None) -> None:
         self.stabilizer = float(stabilizer)
@@ -151,10 +271,14 @@ class _Terms(Rule):
             bias = torch.zeros_like(bias)
         return weight, bias
 
+    def _stab(self, z: Tensor) -> Tensor:
+        return stabilize(z, self.stabilizer)
+
     @staticmethod
     def _vjp(call: Call, terms: Sequence[tuple[Tensor, Tensor, Tensor | None]],
              ratios: Callable[[list[Tensor]], Sequence[Tensor]]) -> list[Tensor]:
-        """Gradients of ``sum_t <z_t, ratio_t>`` w.r.t. each term's input."""
+        """Gradients of ``sum_t <z_t, ratio_t>`` w.r.t. each term's input, through autograd
+        (for rules outside :meth:`_propagate`'s groups; they then book their own ledger)."""
         inputs, outputs = [], []
         with torch.enable_grad():
             for x, weight, bias in terms:
@@ -164,8 +288,66 @@ class _Terms(Rule):
             grads = torch.autograd.grad(outputs, inputs, grad_outputs=list(ratios(outputs)))
         return list(grads)
 
-    def _stab(self, z: Tensor) -> Tensor:
-        return stabilize(z, self.stabilizer)
+    def _propagate(self, call: Call, relevance: Tensor, groups: Sequence[Group], *,
+                   sign_matched: bool = True) -> Tensor:
+        ledger = call.context.get("ledger")
+        module = call.module
+        result: Tensor | None = None
+        covered = None  # sum of coefficient * mask over the groups (1 where R is fully covered)
+        for group in groups:
+            live = _live(group.terms)
+            z = group.output
+            fresh = z is None
+            if z is None:
+                z = torch.zeros((), dtype=relevance.dtype, device=relevance.device)
+                for t in live:
+                    x = torch.zeros_like(call.input) if t.input is _ZERO else t.input
+                    term = linear_forward(module, x, t.weight, t.bias)
+                    z = term if (z.dim() == 0 and t.sign == 1) else z + t.sign * term
+            if group.nonnegative and fresh and ledger is None and z.dim() > 0:
+                stabilized = z.add_(self.stabilizer)  # sign(z) = +1: one in-place pass
+            else:
+                stabilized = stabilize(z, self.stabilizer, sign_matched=sign_matched)
+            share = relevance if group.mask is None else relevance * group.mask
+            # a sign-matched stabilizer > 0 is never zero: a plain division then
+            nonzero = sign_matched and self.stabilizer > 0
+            ratio = share / stabilized if nonzero else divide(share, stabilized)
+            booked = share
+            if self.empty == "flat":
+                empty = z.expand_as(share) == 0
+                if bool((empty & (share != 0)).any()):
+                    ratio = torch.where(empty, 0.0, ratio)
+                    booked = torch.where(empty, 0.0, share)
+                    part = group.coefficient * _flat(call, torch.where(empty, share, 0.0))
+                    result = part if result is None else result + part
+            for t in live:
+                if t.input is _ZERO:
+                    continue
+                part = input_vjp(module, t.input.shape, t.weight, ratio).mul_(t.input)
+                if group.coefficient * t.sign != 1:
+                    part = part.mul_(group.coefficient * t.sign)
+                result = part if result is None else result + part
+            if ledger is not None:
+                for t in live:
+                    if t.bias is not None:
+                        book(ledger, "bias", (group.coefficient * t.sign) * _bias_like(t.bias, z)
+                             * ratio)
+                book_normalizer(ledger, booked, z.expand_as(share),
+                                stabilized.expand_as(share), group.coefficient)
+                weight = torch.ones_like(relevance) if group.mask is None else group.mask
+                covered = group.coefficient * weight if covered is None else (
+                    covered + group.coefficient * weight)
+        if ledger is not None and covered is not None:
+            book(ledger, "rule", relevance * (1 - covered))
+        return result if result is not None else torch.zeros_like(call.input)
+
+
+def _flat(call: Call, relevance: Tensor) -> Tensor:
+    """``relevance`` at a linear-type layer's outputs spread uniformly over each output's
+    receptive field (the flat rule)."""
+    ones_w = torch.ones_like(parameters(call)[0])
+    count = linear_forward(call.module, torch.ones_like(call.input), ones_w, None)
+    return input_vjp(call.module, call.input.shape, ones_w, divide(relevance, count))
 
 
 class Epsilon(_Terms):
@@ -174,11 +356,13 @@ class Epsilon(_Terms):
     Args:
         epsilon: the stabilizer (default ``1e-6``, zennit's; ``0`` gives LRP-0, which equals
             gradient x input on ReLU networks).
-        zero_params: parameters set to zero in the rule (``("bias",)``: bias-free).
+        zero_params: parameters set to zero in the rule (``("bias",)``: bias-free; the
+            normalizer is then ``z_k - b_k``, and the layer passes on all its relevance).
         sign_matched: ``False`` adds ``epsilon`` without the sign (Li et al.'s notebook).
 
     Works on linear-type modules (with their, possibly batch-norm-merged, parameters) and on
-    any other module through its own forward (e.g. an unmerged batch norm as an affine layer).
+    any other module through its own forward (e.g. an unmerged batch norm as an affine layer,
+    whose shift ``f(0)`` plays the bias).
     """
 
     needs_parameters = False  # other modules go through their own forward
@@ -189,14 +373,16 @@ class Epsilon(_Terms):
         self.sign_matched = sign_matched
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
-        def ratio(outputs):
-            return [divide(relevance, stabilize(outputs[0], self.stabilizer,
-                                                 sign_matched=self.sign_matched))]
-
         if not isinstance(call.module, LINEAR_TYPES):
-            return _module_rule(call, relevance, ratio)
-        (grad,) = self._vjp(call, [(call.input, *self._params(call))], ratio)
-        return call.input * grad
+            return _module_rule(call, relevance, self.stabilizer, sign_matched=self.sign_matched,
+                                zero_bias="bias" in self.zero_params)
+        weight, bias = self._params(call)
+        z = None if "weight" in self.zero_params else layer_output(call)  # no extra forward
+        if z is not None and "bias" in self.zero_params and bias is not None:
+            z = z - _bias_like(parameters(call)[1], z)  # type: ignore[arg-type]
+        return self._propagate(call, relevance, [Group([Term(call.input, weight, bias)],
+                                                       output=z)],
+                               sign_matched=self.sign_matched)
 
 
 class ZPlus(_Terms):
@@ -215,10 +401,9 @@ class ZPlus(_Terms):
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         weight, bias = self._params(call)
-        a = call.input
-        terms = [(a.clamp(min=0), _pos(weight), _pos(bias)), (a.clamp(max=0), _neg(weight), None)]
-        g1, g2 = self._vjp(call, terms, lambda z: [divide(relevance, self._stab(z[0] + z[1]))] * 2)
-        return terms[0][0] * g1 + terms[1][0] * g2
+        ap, an = _signed_parts(call.input)
+        terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
+        return self._propagate(call, relevance, [Group(terms, nonnegative=an is _ZERO)])
 
 
 class AlphaBeta(_Terms):
@@ -244,17 +429,13 @@ class AlphaBeta(_Terms):
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         weight, bias = self._params(call)
-        ap, an = call.input.clamp(min=0), call.input.clamp(max=0)
-        terms = [(ap, _pos(weight), _pos(bias)), (an, _neg(weight), None),
-                 (ap, _neg(weight), _neg(bias)), (an, _pos(weight), None)]
-
-        def ratios(z):
-            pos = divide(relevance, self._stab(z[0] + z[1]))
-            neg = divide(relevance, self._stab(z[2] + z[3]))
-            return [pos, pos, neg, neg]
-
-        g = self._vjp(call, terms, ratios)
-        return self.alpha * (ap * g[0] + an * g[1]) - self.beta * (ap * g[2] + an * g[3])
+        ap, an = _signed_parts(call.input)
+        positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
+        negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
+        groups = [Group(positive, self.alpha, nonnegative=an is _ZERO)]
+        if self.beta:
+            groups.append(Group(negative, -self.beta))  # type: ignore[arg-type]
+        return self._propagate(call, relevance, groups)
 
 
 class Gamma(_Terms):
@@ -262,7 +443,8 @@ class Gamma(_Terms):
 
     Signed version (zennit): where :math:`z_k > 0` the positive part
     :math:`a^+(w + \gamma w^+) + a^-(w + \gamma w^-)` is used, where :math:`z_k < 0` the mirrored
-    negative part; for non-negative inputs this is the original rule.
+    negative part; for non-negative inputs this is the original rule. Outputs with
+    :math:`z_k = 0` pass nothing on (booked as rule-specific absorption).
 
     Args:
         gamma: the weight of the positive part (default ``0.25``).
@@ -281,20 +463,17 @@ class Gamma(_Terms):
         weight, bias = self._params(call)
         g = self.gamma
         a = call.input
-        ap, an = a.clamp(min=0), a.clamp(max=0)
+        ap, an = _signed_parts(a)
         w_up, w_down = weight + g * weight.clamp(min=0), weight + g * weight.clamp(max=0)
         b_up = None if bias is None else bias + g * bias.clamp(min=0)
         b_down = None if bias is None else bias + g * bias.clamp(max=0)
-        terms = [(ap, w_up, b_up), (an, w_down, None), (ap, w_down, b_down), (an, w_up, None)]
-        z = linear_forward(call.module, a, *parameters(call))  # zennit: unmodified output
-
-        def ratios(out):
-            pos = (z > 0).to(z) * divide(relevance, self._stab(out[0] + out[1]))
-            neg = (z < 0).to(z) * divide(relevance, self._stab(out[2] + out[3]))
-            return [pos, pos, neg, neg]
-
-        grads = self._vjp(call, terms, ratios)
-        return ap * grads[0] + an * grads[1] + ap * grads[2] + an * grads[3]
+        z = layer_output(call)  # zennit: the signs of the unmodified output
+        if z is None:
+            z = linear_forward(call.module, a, *parameters(call))
+        up = [Term(ap, w_up, b_up), Term(an, w_down, None)]
+        down = [Term(ap, w_down, b_down), Term(an, w_up, None)]
+        return self._propagate(call, relevance, [Group(up, mask=(z > 0).to(z)),
+                                                 Group(down, mask=(z < 0).to(z))])
 
 
 class ZBox(_Terms):
@@ -327,11 +506,9 @@ class ZBox(_Terms):
         weight, bias = self._params(call)
         x = call.input
         low, high = self._bound(self.low, x), self._bound(self.high, x)
-        terms = [(x, weight, bias), (low, _pos(weight), _pos(bias)),
-                 (high, _neg(weight), _neg(bias))]
-        grads = self._vjp(call, terms,
-                          lambda z: [divide(relevance, self._stab(z[0] - z[1] - z[2]))] * 3)
-        return x * grads[0] - low * grads[1] - high * grads[2]
+        terms = [Term(x, weight, bias), Term(low, _pos(weight), _pos(bias), -1.0),
+                 Term(high, _neg(weight), _neg(bias), -1.0)]
+        return self._propagate(call, relevance, [Group(terms)])  # type: ignore[arg-type]
 
 
 class Flat(_Terms):
@@ -345,11 +522,34 @@ class Flat(_Terms):
         super().__init__(stabilizer, None)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        module = call.module
+        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str)):
+            return self._conv2d(call, relevance)
         weight, _ = parameters(call)
         ones = torch.ones_like(call.input)
-        (grad,) = self._vjp(call, [(ones, torch.ones_like(weight), None)],
-                            lambda z: [divide(relevance, self._stab(z[0]))])
-        return grad
+        return self._propagate(call, relevance, [Group([Term(ones, torch.ones_like(weight),
+                                                             None)])])
+
+    def _conv2d(self, call: Call, relevance: Tensor) -> Tensor:
+        """Same result without a full-size convolution: with all weights one, every output
+        channel has the same normalizer ``C_in * (taps inside the image)`` and every input
+        channel the same relevance, so one single-channel convolution each way suffices."""
+        module = call.module
+        shape = call.input.shape
+        kernel = relevance.new_ones(1, 1, *module.kernel_size)  # type: ignore[misc]
+        taps = F.conv2d(relevance.new_ones(1, 1, *shape[2:]), kernel, None, module.stride,
+                        module.padding, module.dilation)
+        count = taps * shape[1]
+        stabilized = self._stab(count)
+        ratio = (relevance / stabilized).sum(1, keepdim=True)
+        spread = torch.nn.grad.conv2d_input((shape[0], 1, *shape[2:]), kernel, ratio,
+                                            module.stride, module.padding, module.dilation, 1)
+        ledger = call.context.get("ledger")
+        if ledger is not None:
+            book_normalizer(ledger, relevance, count.expand_as(relevance),
+                            stabilized.expand_as(relevance))
+        return spread.expand(shape).contiguous()
 
 
 class WSquare(_Terms):
@@ -364,18 +564,33 @@ class WSquare(_Terms):
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         weight, bias = self._params(call)
         ones = torch.ones_like(call.input)
-        (grad,) = self._vjp(call, [(ones, weight**2, None if bias is None else bias**2)],
-                            lambda z: [divide(relevance, self._stab(z[0]))])
-        return grad
+        return self._propagate(call, relevance, [Group([Term(
+            ones, weight**2, None if bias is None else bias**2)])])
 
 
-def _module_rule(call: Call, relevance: Tensor, ratio: Callable[[list[Tensor]], list[Tensor]]
-                 ) -> Tensor:
-    """``a * d/da <module(a), ratio>`` with the module's own forward (no parameter change)."""
+def _module_rule(call: Call, relevance: Tensor, epsilon: float, *, sign_matched: bool = True,
+                 zero_bias: bool = False) -> Tensor:
+    """The epsilon rule through the module's own (affine) forward ``f``:
+    ``a * d/da <f(a), R / stab(z)>`` with ``z = f(a)`` (``f(a) - f(0)`` with ``zero_bias``).
+    ``f(0)`` is what the module adds regardless of its input (a batch norm's shift): its bias.
+    """
+    ledger = call.context.get("ledger")
+    module = call.module
+    offset = None
+    if zero_bias or ledger is not None:
+        with torch.no_grad():
+            offset = module.forward(torch.zeros_like(call.input))
     with torch.enable_grad():
         x = call.input.detach().requires_grad_(True)
-        z = call.module.forward(x)
-        (grad,) = torch.autograd.grad(z, x, grad_outputs=ratio([z.detach()])[0])
+        z = module.forward(x)
+        value = z.detach() - offset if zero_bias else z.detach()  # type: ignore[operator]
+        stabilized = stabilize(value, epsilon, sign_matched=sign_matched)
+        ratio = divide(relevance, stabilized)
+        (grad,) = torch.autograd.grad(z, x, grad_outputs=ratio)
+    if ledger is not None:
+        if not zero_bias:
+            book(ledger, "bias", offset * ratio)  # type: ignore[operator]
+        book_normalizer(ledger, relevance, value, stabilized)
     return call.input * grad
 
 
@@ -384,31 +599,34 @@ class Norm(Rule):
 
     :math:`R_j = a_j \\, \\partial_{a_j} \\langle z, R / \\mathrm{stab}(z) \\rangle` with the
     module's own forward ``z``: the epsilon rule with ``epsilon`` as a mere stabilizer.
-    Residual additions use :meth:`split`.
+    Residual additions use :meth:`split`, functional operations :meth:`through`.
     """
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
-        return _module_rule(call, relevance,
-                            lambda z: [divide(relevance, stabilize(z[0], self.stabilizer))])
+        return _module_rule(call, relevance, self.stabilizer)
 
-    def through(self, inputs: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor
-                ) -> Tensor:
+    def through(self, inputs: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor,
+                ledger: dict | None = None) -> Tensor:
         """The rule for a parameter-free linear ``function`` applied functionally (e.g. the
         ``adaptive_avg_pool2d`` + ``flatten`` of MobileNetV2's head)."""
         with torch.enable_grad():
             x = inputs.detach().requires_grad_(True)
             z = function(x)
-            ratio = divide(relevance, stabilize(z.detach(), self.stabilizer))
-            (grad,) = torch.autograd.grad(z, x, grad_outputs=ratio)
+            stabilized = stabilize(z.detach(), self.stabilizer)
+            (grad,) = torch.autograd.grad(z, x, grad_outputs=divide(relevance, stabilized))
+        book_normalizer(ledger, relevance, z.detach(), stabilized)
         return inputs * grad
 
-    def split(self, branch: Tensor, shortcut: Tensor, relevance: Tensor
-              ) -> tuple[Tensor, Tensor]:
+    def split(self, branch: Tensor, shortcut: Tensor, relevance: Tensor,
+              ledger: dict | None = None) -> tuple[Tensor, Tensor]:
         """Relevance of a sum ``branch + shortcut``, split in proportion to the two terms."""
-        ratio = divide(relevance, stabilize(branch + shortcut, self.stabilizer))
+        z = branch + shortcut
+        stabilized = stabilize(z, self.stabilizer)
+        ratio = divide(relevance, stabilized)
+        book_normalizer(ledger, relevance, z, stabilized)
         return branch * ratio, shortcut * ratio
 
 

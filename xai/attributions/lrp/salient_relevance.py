@@ -161,15 +161,19 @@ def _single_scale(img: Tensor, scale: float, half: int, factor: float, *, k: int
         return out
     qpos = torch.stack([(qcols + 1) / longest, (qrows + 1) / longest], 1).to(img.dtype)
     cand_sq = (cand**2).sum(-1)  # (B, N_c)
+    cand_t = cand.transpose(1, 2)
     result = img.new_zeros(b, query.shape[1])
     for start in range(0, query.shape[1], chunk_size):
         q = query[:, start : start + chunk_size]
-        d2 = (q**2).sum(-1, keepdim=True) + cand_sq[:, None, :] - 2 * q @ cand.transpose(1, 2)
-        color = d2.clamp_min_(0).sqrt_()
-        position = torch.cdist(qpos[start : start + chunk_size], cand_pos)
-        color.div_(1 + c * position)
-        nearest = color.topk(kk, dim=-1, largest=False, sorted=False).values
-        result[:, start : start + chunk_size] = nearest.mean(-1)
+        # |p - q|^2 = |p|^2 + |q|^2 - 2 <p, q>, the sum fused into the matrix product
+        d2 = torch.baddbmm((q**2).sum(-1, keepdim=True) + cand_sq[:, None, :], q, cand_t,
+                           alpha=-2).clamp_min_(0)
+        # d = |p - q| / (1 + c |x_p - x_q|); the K smallest d are the K smallest d^2, so the
+        # square root is taken of the K selected values only
+        weight = torch.cdist(qpos[start : start + chunk_size], cand_pos).mul_(c).add_(1)
+        d2.div_(weight.square_())
+        nearest = d2.topk(kk, dim=-1, largest=False, sorted=False).values
+        result[:, start : start + chunk_size] = nearest.sqrt_().mean(-1)
     saliency = 1 - torch.exp(-result * factor)
     out[:, qrows, qcols] = saliency
     return out
