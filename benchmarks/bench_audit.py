@@ -73,12 +73,30 @@ def main() -> None:
         )  # fmt: skip
         if ray is not None:
             for workers in (1, 2):
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}})
-                rows.append((f"ray, {workers} actor(s)", best(lambda m=method, w=workers: audit(
-                    model, data.inputs, explainer=m, batch_size=bs, progress=False,
-                    engine="ray", num_workers=w,
-                    ray_options={"shard_size": max(bs, args.n_images // (4 * w))}, **tensors))))
+                ray.init(
+                    num_cpus=workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads)}},
+                )
+                rows.append(
+                    (
+                        f"ray, {workers} actor(s)",
+                        best(
+                            lambda m=method, w=workers: audit(
+                                model,
+                                data.inputs,
+                                explainer=m,
+                                batch_size=bs,
+                                progress=False,
+                                engine="ray",
+                                num_workers=w,
+                                ray_options={"shard_size": max(bs, args.n_images // (4 * w))},
+                                **tensors,
+                            )
+                        ),
+                    )
+                )
                 ray.shutdown()
         floor = rows[0][1]
         for engine, seconds in rows:

@@ -64,8 +64,11 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--floor", action="store_true",
-                        help="also time bare model.features forwards of the same crops")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time bare model.features forwards of the same crops",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,9 +80,17 @@ def main() -> None:
     model = load_mobilenet_v2()
     image = preprocess(dict(sample_photos_raw(include_foolbox=False))["chelsea"], 224)
     factorizer = TimedFactorizer(NMFFactorizer(args.n_concepts, seed=0))
-    ce = ConceptExtractor(model, "features.18", n_concepts=args.n_concepts,
-                          factorizer=factorizer, patches="random", n_patches=args.n_crops,
-                          patch_size=args.patch_size, batch_size=args.batch_size, seed=0)
+    ce = ConceptExtractor(
+        model,
+        "features.18",
+        n_concepts=args.n_concepts,
+        factorizer=factorizer,
+        patches="random",
+        n_patches=args.n_crops,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        seed=0,
+    )
 
     rows: list[tuple[str, float]] = []
     start = time.perf_counter()
@@ -110,17 +121,21 @@ def main() -> None:
     total = fit_total + rows[2][1]
 
     err = relative_reconstruction_error(ce.activations_, ce.coefficients_, ce.concepts_)
-    print(f"MobileNetV2 features.18, class '{imagenet_categories()[ce.target_]}', "
-          f"{args.n_crops} crops of {args.patch_size} px at 224 px, {args.n_concepts} concepts, "
-          f"torch threads {torch.get_num_threads()}, load average before "
-          f"{load_before[0]:.1f}")
+    print(
+        f"MobileNetV2 features.18, class '{imagenet_categories()[ce.target_]}', "
+        f"{args.n_crops} crops of {args.patch_size} px at 224 px, {args.n_concepts} concepts, "
+        f"torch threads {torch.get_num_threads()}, load average before "
+        f"{load_before[0]:.1f}"
+    )
     print(f"{'step':42s} {'seconds':>8s}", flush=True)
     for name, seconds in rows:
         print(f"{name:42s} {seconds:8.2f}")
     print(f"{'fit + sobol importance (photo): total':42s} {total:8.2f}   (target <= 60 s)")
-    print(f"relative reconstruction error {err:.3f}; top concepts by Sobol "
-          f"{imp.argsort(descending=True)[:3].tolist()}; load average after "
-          f"{os.getloadavg()[0]:.1f}")
+    print(
+        f"relative reconstruction error {err:.3f}; top concepts by Sobol "
+        f"{imp.argsort(descending=True)[:3].tolist()}; load average after "
+        f"{os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -192,8 +192,10 @@ def main() -> None:
         print(f"{name:44s} {t:9.2f} {n:10d} {1000 * t / n:9.2f}")
     print("* Quantus 0.6 has no insertion metric: its deletion time is counted twice.")
     ratio = 2 * t_quantus / t_ours
-    print(f"speed ratio Quantus x2 / ours = {ratio:.2f}x; ours / floor = "
-          f"{t_ours / t_forward:.2f}x (target <= 1.15x)")
+    print(
+        f"speed ratio Quantus x2 / ours = {ratio:.2f}x; ours / floor = "
+        f"{t_ours / t_forward:.2f}x (target <= 1.15x)"
+    )
     print(
         f"agreement: PixelFlipping({per_step}) curve[1:] vs Quantus max |diff| = {flip_diff:.2e} "
         f"(atol {args.atol:g}, curve scale {scale:.2f}) -> "

@@ -80,8 +80,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
 
     floor_t = statistics.median(times["floor: forward + backward to layer4"])
-    print(f"\nresnet50, batch {args.batch}, {args.size} px, CPU, {torch.get_num_threads()} "
-          f"threads, median of {args.rounds} interleaved rounds")
+    print(
+        f"\nresnet50, batch {args.batch}, {args.size} px, CPU, {torch.get_num_threads()} "
+        f"threads, median of {args.rounds} interleaved rounds"
+    )
     print(f"{'variant':<44} {'median s':>9} {'x floor':>8}")
     for name, ts in times.items():
         med = statistics.median(ts)

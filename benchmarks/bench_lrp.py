@@ -56,8 +56,10 @@ def _interleaved(fns: dict, rounds: int, sync) -> tuple[dict[str, float], dict[s
             sync()
             wall[key].append(time.perf_counter() - start)
             cpu[key].append(time.process_time() - start_cpu)
-    return ({k: statistics.median(v) for k, v in wall.items()},
-            {k: statistics.median(v) for k, v in cpu.items()})
+    return (
+        {k: statistics.median(v) for k, v in wall.items()},
+        {k: statistics.median(v) for k, v in cpu.items()},
+    )
 
 
 def _zennit_mobilenet_canonizer():
@@ -93,11 +95,15 @@ def bench_lrp(args, sync) -> None:
 
     from xai.attributions.lrp import LRP
 
-    print(f"\nLRP epsilon_plus_flat, batch {args.batch}, {args.size} px, {args.device}, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds")
+    print(
+        f"\nLRP epsilon_plus_flat, batch {args.batch}, {args.size} px, {args.device}, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} interleaved rounds"
+    )
     print("wall-clock seconds (cpu seconds of this process in brackets)")
-    print(f"{'model':<14}{'floor s':>15}{'xai s':>15}{'zennit s':>15}{'xai/floor':>15}"
-          f"{'xai/zennit':>15}{'rel. diff':>11}")
+    print(
+        f"{'model':<14}{'floor s':>15}{'xai s':>15}{'zennit s':>15}{'xai/floor':>15}"
+        f"{'xai/zennit':>15}{'rel. diff':>11}"
+    )
     x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
     target = torch.arange(args.batch, device=args.device)
     for name in args.models.split(","):
@@ -125,11 +131,16 @@ def bench_lrp(args, sync) -> None:
         def cell(wall: float, cpu: float, digits: int = 3) -> str:
             return f"{wall:.{digits}f} ({cpu:.{digits}f})".rjust(15)
 
-        print(f"{name:<14}" + cell(t["floor"], c["floor"]) + cell(t["xai"], c["xai"])
-              + cell(t["zennit"], c["zennit"])
-              + cell(t["xai"] / t["floor"], c["xai"] / c["floor"], 2)
-              + cell(t["xai"] / t["zennit"], c["xai"] / c["zennit"], 2) + f"{diff:>11.1e}",
-              flush=True)
+        print(
+            f"{name:<14}"
+            + cell(t["floor"], c["floor"])
+            + cell(t["xai"], c["xai"])
+            + cell(t["zennit"], c["zennit"])
+            + cell(t["xai"] / t["floor"], c["xai"] / c["floor"], 2)
+            + cell(t["xai"] / t["zennit"], c["xai"] / c["zennit"], 2)
+            + f"{diff:>11.1e}",
+            flush=True,
+        )
 
 
 def bench_sr(args, sync) -> None:

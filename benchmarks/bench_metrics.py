@@ -64,18 +64,23 @@ def main() -> None:
     maps = GradCAM(model, "features.18")(x)
     target = ProbabilityTarget(None)
     rows = []
-    loop_t, loop_curve = timed(lambda: per_step_loop(model, x, maps, target, args.steps),
-                               args.repeat)
+    loop_t, loop_curve = timed(
+        lambda: per_step_loop(model, x, maps, target, args.steps), args.repeat
+    )
     rows.append(("per-step loop (1 image / forward)", loop_t, loop_curve))
     for bs in (None, 32, 8):
         metric = Deletion(n_steps=args.steps, batch_size=bs)
         t, res = timed(lambda m=metric: m(model, x, maps, target), args.repeat)
         rows.append((f"Deletion batched, batch_size={bs}", t, res.curve.double().cpu()))
     n_forwards = x.shape[0] * (args.steps + 1)
-    print(f"device={device} inputs={tuple(x.shape)} steps={args.steps} "
-          f"forwards per method={n_forwards} threads={torch.get_num_threads()}")
-    print(f"{'variant':40s} {'best of ' + str(args.repeat) + ' (s)':>16s} {'speed-up':>9s} "
-          f"{'max |curve diff|':>17s}")
+    print(
+        f"device={device} inputs={tuple(x.shape)} steps={args.steps} "
+        f"forwards per method={n_forwards} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"{'variant':40s} {'best of ' + str(args.repeat) + ' (s)':>16s} {'speed-up':>9s} "
+        f"{'max |curve diff|':>17s}"
+    )
     for name, t, curve in rows:
         diff = (curve - loop_curve).abs().max().item()
         print(f"{name:40s} {t:16.3f} {loop_t / t:9.2f} {diff:17.2e}")

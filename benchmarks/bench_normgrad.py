@@ -75,8 +75,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
 
     base = statistics.median(times["bare forward + backward to the input"])
-    print(f"ResNet-50 (random init), batch {args.batch}, {args.size}px, CPU, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    print(
+        f"ResNet-50 (random init), batch {args.batch}, {args.size}px, CPU, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds"
+    )
     print(f"{'case':45s} {'median s':>9s} {'min s':>8s} {'x input bwd':>12s}")
     for name, values in times.items():
         med = statistics.median(values)

@@ -54,10 +54,12 @@ def main() -> None:
     refs = torch.randn(args.references, 3, args.size, args.size, generator=gen).to(device)
 
     variants: dict[str, SimilarityMaps] = {
-        "avg, cosine (maps at 224 px)": SimilarityMaps(model, "features.18",
-                                                       batch_size=args.batch_size),
-        "avg, cosine (grid maps)": SimilarityMaps(model, "features.18", upsample=False,
-                                                  batch_size=args.batch_size),
+        "avg, cosine (maps at 224 px)": SimilarityMaps(
+            model, "features.18", batch_size=args.batch_size
+        ),
+        "avg, cosine (grid maps)": SimilarityMaps(
+            model, "features.18", upsample=False, batch_size=args.batch_size
+        ),
     }
     if args.grad_cam:
         variants["grad_cam, cosine (2 fwd+bwd/pair)"] = SimilarityMaps(
@@ -79,9 +81,11 @@ def main() -> None:
         for name, sim in variants.items():
             best[name] = min(best[name], timed(lambda sim=sim: sim(query, refs)))
 
-    print(f"\none query vs {args.references} references, {args.size} px, MobileNetV2 "
-          f"features.18 + GAP, batch_size={args.batch_size}, device={device}, "
-          f"threads={torch.get_num_threads()}, min of {args.repeats}")
+    print(
+        f"\none query vs {args.references} references, {args.size} px, MobileNetV2 "
+        f"features.18 + GAP, batch_size={args.batch_size}, device={device}, "
+        f"threads={torch.get_num_threads()}, min of {args.repeats}"
+    )
     print(f"{'variant':<36} {'seconds':>9} {'ratio':>7}")
     print(f"{'embeddings only (N+1 forwards)':<36} {base:>9.2f} {1.0:>7.2f}")
     for name, seconds in best.items():

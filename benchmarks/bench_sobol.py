@@ -81,8 +81,9 @@ def reference_style(model, x, target: int, grid: int, n_designs: int, batch_size
     y = np.concatenate(scores).astype(np.float64)
     f_a, f_c = y[:n_designs], y[2 * n_designs :].reshape(d, n_designs)
     total = ((f_a[None] - f_c) ** 2).sum(1) / (2 * n_designs * f_a.var(ddof=1))
-    return cv2.resize(total.reshape(grid, grid).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(
+        total.reshape(grid, grid).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
+    )
 
 
 class TimedModel(torch.nn.Module):
@@ -133,8 +134,9 @@ def main() -> None:
     x = load_image(args.size)
     with torch.no_grad():
         target = int(model(x).argmax())
-    explainer = SobolAttribution(timed_model, grid_size=args.grid_size,
-                                 n_designs=args.n_designs, batch_size=args.batch_size)
+    explainer = SobolAttribution(
+        timed_model, grid_size=args.grid_size, n_designs=args.n_designs, batch_size=args.batch_size
+    )
     n_forwards = explainer.n_forwards
     bare_forwards(model, x, args.batch_size, args.batch_size)  # warm-up
 
@@ -145,35 +147,56 @@ def main() -> None:
             timed_model.seconds = 0.0
             fn()
             model_time[name] = timed_model.seconds  # of the last round
+
         return go
 
-    times = timed({
-        "bare forwards": run("bare forwards",
-                             lambda: bare_forwards(timed_model, x, n_forwards, args.batch_size)),
-        "xai SobolAttribution": run("xai SobolAttribution", lambda: explainer(x, target=target)),
-        "reference-style (NumPy)": run("reference-style (NumPy)", lambda: reference_style(
-            timed_model, x, target, args.grid_size, args.n_designs, args.batch_size)),
-    }, args.repeats)
-    print(f"MobileNetV2 ({weights}), {args.size} px, 1 image, grid {args.grid_size}, "
-          f"n_designs {args.n_designs}: {n_forwards} forward passes, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    times = timed(
+        {
+            "bare forwards": run(
+                "bare forwards", lambda: bare_forwards(timed_model, x, n_forwards, args.batch_size)
+            ),
+            "xai SobolAttribution": run(
+                "xai SobolAttribution", lambda: explainer(x, target=target)
+            ),
+            "reference-style (NumPy)": run(
+                "reference-style (NumPy)",
+                lambda: reference_style(
+                    timed_model, x, target, args.grid_size, args.n_designs, args.batch_size
+                ),
+            ),
+        },
+        args.repeats,
+    )
+    print(
+        f"MobileNetV2 ({weights}), {args.size} px, 1 image, grid {args.grid_size}, "
+        f"n_designs {args.n_designs}: {n_forwards} forward passes, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, best of {args.repeats}"
+    )
     base = times["bare forwards"]
-    print(f"{'implementation':<26}{'time (s)':>10}{'ms/forward':>12}{'vs bare':>10}"
-          f"{'in model (s)':>14}{'own overhead':>14}")
+    print(
+        f"{'implementation':<26}{'time (s)':>10}{'ms/forward':>12}{'vs bare':>10}"
+        f"{'in model (s)':>14}{'own overhead':>14}"
+    )
     overhead = {}
     for name, seconds in times.items():
         inside = model_time[name]
         overhead[name] = (seconds - inside) / inside
-        print(f"{name:<26}{seconds:>10.2f}{1000 * seconds / n_forwards:>12.2f}"
-              f"{seconds / base:>10.3f}{inside:>14.2f}{100 * overhead[name]:>13.1f}%")
+        print(
+            f"{name:<26}{seconds:>10.2f}{1000 * seconds / n_forwards:>12.2f}"
+            f"{seconds / base:>10.3f}{inside:>14.2f}{100 * overhead[name]:>13.1f}%"
+        )
     ours, ref = times["xai SobolAttribution"], times["reference-style (NumPy)"]
-    print(f"xai vs bare forwards: {100 * (ours / base - 1):+.1f}% wall time, "
-          f"{100 * overhead['xai SobolAttribution']:.1f}% own overhead (target <= 10%); "
-          f"xai / reference-style: {ours / ref:.3f} wall time, own overhead "
-          f"{100 * overhead['xai SobolAttribution']:.1f}% vs "
-          f"{100 * overhead['reference-style (NumPy)']:.1f}%")
-    print("'own overhead' = (time - time inside the model's forward) / time inside it, "
-          "measured in the same run (robust to CPU load changes between rows)")
+    print(
+        f"xai vs bare forwards: {100 * (ours / base - 1):+.1f}% wall time, "
+        f"{100 * overhead['xai SobolAttribution']:.1f}% own overhead (target <= 10%); "
+        f"xai / reference-style: {ours / ref:.3f} wall time, own overhead "
+        f"{100 * overhead['xai SobolAttribution']:.1f}% vs "
+        f"{100 * overhead['reference-style (NumPy)']:.1f}%"
+    )
+    print(
+        "'own overhead' = (time - time inside the model's forward) / time inside it, "
+        "measured in the same run (robust to CPU load changes between rows)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,13 @@ def main() -> None:
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=args.size,
-                              depth=args.depth).eval().to(device)
+    model = (
+        timm.create_model(
+            "vit_base_patch16_224", pretrained=False, img_size=args.size, depth=args.depth
+        )
+        .eval()
+        .to(device)
+    )
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     targets = torch.arange(args.batch, device=device) % 1000
     grid = args.size // 16
@@ -73,11 +78,13 @@ def main() -> None:
         def reshape_transform(t):
             return t[:, 1:, :].reshape(t.size(0), grid, grid, t.size(2)).permute(0, 3, 1, 2)
 
-        pgc = PGC(model=model, target_layers=[model.blocks[-1].norm1],
-                  reshape_transform=reshape_transform)
+        pgc = PGC(
+            model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape_transform
+        )
         pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-        variants["pytorch-grad-cam GradCAM (ViT recipe)"] = (
-            lambda: pgc(input_tensor=x, targets=pgc_targets))
+        variants["pytorch-grad-cam GradCAM (ViT recipe)"] = lambda: pgc(
+            input_tensor=x, targets=pgc_targets
+        )
     except ImportError:
         print("pytorch-grad-cam not installed: skipped")
 
@@ -93,9 +100,11 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
 
     floor_t = statistics.median(times["floor: forward + backward to the input"])
-    print(f"\ntimm ViT-B/16 (depth {args.depth}), batch {args.batch}, {args.size} px, "
-          f"{device.type}, {torch.get_num_threads()} threads, median of {args.rounds} "
-          "interleaved rounds")
+    print(
+        f"\ntimm ViT-B/16 (depth {args.depth}), batch {args.batch}, {args.size} px, "
+        f"{device.type}, {torch.get_num_threads()} threads, median of {args.rounds} "
+        "interleaved rounds"
+    )
     print(f"{'variant':<42} {'median s':>9} {'x floor':>8}")
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -71,8 +71,10 @@ class TinyViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1 + n_registers, dim))
         self.num_prefix_tokens = 1 + n_registers
         self.blocks = nn.Sequential(
-            *[nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
-              for _ in range(2)]
+            *[
+                nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
+                for _ in range(2)
+            ]
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)

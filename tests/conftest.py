@@ -17,7 +17,9 @@ torch.set_num_threads(int(os.environ.get("XAI_TEST_THREADS", max(1, min(2, os.cp
 def hook_count(model: torch.nn.Module) -> int:
     """Number of hooks of every kind registered on the model's modules."""
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
         + len(m._backward_pre_hooks)
         for m in model.modules()
     )

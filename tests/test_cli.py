@@ -16,16 +16,20 @@ def test_unknown_method_suggests_close_names(capsys):
 
 
 def test_bad_image_path_and_unknown_photo(capsys, mobilenet, tmp_path):
-    assert main(["demo", "--methods", "grad_cam", "--images", "/no/such.jpg",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["demo", "--methods", "grad_cam", "--images", "/no/such.jpg", "--out", str(tmp_path)])
+        == 2
+    )
     assert "no image at '/no/such.jpg'" in capsys.readouterr().err
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    assert main(["demo", "--methods", "grad_cam", "--images", str(bad),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["demo", "--methods", "grad_cam", "--images", str(bad), "--out", str(tmp_path)]) == 2
+    )
     assert "cannot read" in capsys.readouterr().err
-    assert main(["demo", "--methods", "grad_cam", "--images", "chelsee",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["demo", "--methods", "grad_cam", "--images", "chelsee", "--out", str(tmp_path)]) == 2
+    )
     assert "did you mean chelsea" in capsys.readouterr().err
 
 
@@ -47,8 +51,21 @@ def test_demo_writes_figures_and_table(mobilenet, tmp_path, monkeypatch):
     import xai.cli
 
     monkeypatch.setattr(xai.cli, "_SECTIONS", [])  # the sections have their own tests
-    assert main(["demo", "--methods", "grad_cam,saliency", "--images", "chelsea,coffee",
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--methods",
+                "grad_cam,saliency",
+                "--images",
+                "chelsea,coffee",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["class"] for r in summary["images"]] == ["Egyptian cat", "espresso"]
     assert set(summary["seconds_per_image"]) == {"grad_cam", "saliency"}
@@ -60,9 +77,8 @@ def test_demo_settings_are_constructor_arguments_of_registered_methods():
     import inspect
 
     import xai.cli
-    from xai.attributions import available, get
-
     from tests._models import TinyConvNet
+    from xai.attributions import available, get
 
     for name, settings in xai.cli.DEMO_SETTINGS.items():
         assert name in available(), f"DEMO_SETTINGS names an unknown method {name!r}"
@@ -75,7 +91,9 @@ def test_demo_settings_are_constructor_arguments_of_registered_methods():
             assert set(settings) - {"layer"} <= set(params), name
     # a method without an entry (e.g. added later) gets its defaults and the demo layer
     assert xai.cli.demo_settings("no_such_method") == {
-        "layer": xai.cli.DEMO_LAYER, "batch_size": xai.cli.DEMO_BATCH_SIZE}
+        "layer": xai.cli.DEMO_LAYER,
+        "batch_size": xai.cli.DEMO_BATCH_SIZE,
+    }
     assert xai.cli.demo_settings("sobol_attribution", full=True)["layer"] == xai.cli.DEMO_LAYER
     assert "grid_size" not in xai.cli.demo_settings("sobol_attribution", full=True)
 
@@ -96,8 +114,21 @@ def test_demo_skips_a_method_that_cannot_run(mobilenet, tmp_path, monkeypatch, c
 
     monkeypatch.setitem(base._REGISTRY, "needs_attention", NeedsAttention)
     monkeypatch.setattr(xai.cli, "_SECTIONS", [])
-    assert main(["demo", "--methods", "needs_attention,hires_cam", "--images", "chelsea",
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--methods",
+                "needs_attention,hires_cam",
+                "--images",
+                "chelsea",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "skipped needs_attention: ValueError: no attention" in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert list(summary["seconds_per_image"]) == ["hires_cam"]

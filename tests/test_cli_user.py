@@ -219,7 +219,9 @@ def test_audit_on_an_image_folder_finds_the_planted_shortcut(tmp_path, capsys, m
     from xai.data.shortcuts import fashion_mnist_available, planted_shortcut_set, train_small_cnn
 
     if not fashion_mnist_available():
-        pytest.skip("needs /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            "needs /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)"
+        )
     shirt = 6
     model = train_small_cnn(planted_shortcut_set(3000, shortcut_class=shirt))
     torch.save(model.state_dict(), tmp_path / "cnn.pt")

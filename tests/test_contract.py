@@ -53,17 +53,28 @@ def inputs():
 
 
 def test_registry_is_populated():
-    for expected in ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "score_cam",
-                     "eigen_cam", "guided_grad_cam", "saliency", "integrated_gradients",
-                     "smooth_grad", "occlusion"):
+    for expected in (
+        "grad_cam",
+        "grad_cam_plus_plus",
+        "xgrad_cam",
+        "layer_cam",
+        "score_cam",
+        "eigen_cam",
+        "guided_grad_cam",
+        "saliency",
+        "integrated_gradients",
+        "smooth_grad",
+        "occlusion",
+    ):
         assert expected in METHODS
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
     # a norm in train mode must not have its running stats updated (BN) or stay in eval mode
-    next(m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
-         ).train()
+    next(
+        m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
+    ).train()
     [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight.requires_grad_(False)
     state = copy.deepcopy(net.state_dict())
     flags = [(m, m.training) for m in net.modules()]

@@ -64,8 +64,11 @@ def _figure_cells_without_image(nb) -> list[str]:
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
-        datas = [o.get("data", {}) for o in cell.get("outputs", [])
-                 if o.get("output_type") in ("display_data", "execute_result")]
+        datas = [
+            o.get("data", {})
+            for o in cell.get("outputs", [])
+            if o.get("output_type") in ("display_data", "execute_result")
+        ]
         figures = [d for d in datas if str(d.get("text/plain", "")).startswith("<Figure size")]
         tagged = "figure" in cell.get("metadata", {}).get("tags", [])
         if any("image/png" not in d for d in figures) or (

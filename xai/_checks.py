@@ -14,7 +14,8 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the user's line: the first caller outside ``xai``
-    (``stacklevel=2`` seen from the public entry point, however deep the library call)."""
+    (``stacklevel=2`` seen from the public entry point, however deep the library call).
+    """
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1

@@ -145,7 +145,8 @@ def _build_architecture(name: str, num_classes: int | None):
 
 def read_weights(path: str | Path) -> dict:
     """A state dict from ``path`` (a state dict or a checkpoint holding one), read with
-    ``torch.load(weights_only=True)``: pickles that would run code are refused."""
+    ``torch.load(weights_only=True)``: pickles that would run code are refused.
+    """
     import torch
 
     p = Path(path)
@@ -215,7 +216,8 @@ def _first_conv_channels(model) -> int:
 
 def default_layer(model, name: str, kind: str) -> str | None:
     """The default CAM layer of a known architecture, else the last 4-D-output layer of a
-    ``features`` block, else ``None`` (then ``--layer`` is needed for layer methods)."""
+    ``features`` block, else ``None`` (then ``--layer`` is needed for layer methods).
+    """
     if kind == "torchscript":
         return None
     named = dict(model.named_modules())
@@ -298,7 +300,8 @@ def load_model(
 
 def check_layer(model: LoadedModel, layer: str | None) -> str | None:
     """``layer`` (or the model's default) after checking it exists; a wrong name gets close
-    matches and the ``xai layers`` hint."""
+    matches and the ``xai layers`` hint.
+    """
     if layer is None:
         return model.default_layer
     names = [n for n, _ in model.module.named_modules() if n]
@@ -361,7 +364,8 @@ def parse_normalization(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]
 @dataclass
 class Preprocess:
     """Resize the short side to ``size / crop``, center-crop ``size``, scale to [0, 1],
-    normalize (``crop=1``: resize to ``size`` only)."""
+    normalize (``crop=1``: resize to ``size`` only).
+    """
 
     size: int = 224
     crop: float = 0.875
@@ -466,7 +470,8 @@ def run_layers(args) -> int:
 
 def pick_methods(spec: str | None, default: Sequence[str]) -> list[str]:
     """Registry names from a comma-separated ``spec`` (``"all"``: every method; empty:
-    ``default``); an unknown name is a :class:`CliError` with close matches."""
+    ``default``); an unknown name is a :class:`CliError` with close matches.
+    """
     from xai.attributions import available
 
     names = available()

@@ -51,8 +51,6 @@ _SECTIONS = [
 ]
 
 
-
-
 def _pick_methods(spec: str | None) -> list[str]:
     from xai.attributions import available
 
@@ -116,8 +114,14 @@ def _skip_reason(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def run_demo(out: Path, methods: str | None = None, images: str | None = None,
-             size: int = 224, progress: bool = True, full: bool = False) -> dict:
+def run_demo(
+    out: Path,
+    methods: str | None = None,
+    images: str | None = None,
+    size: int = 224,
+    progress: bool = True,
+    full: bool = False,
+) -> dict:
     """Explain the real MobileNetV2 on real photos with every method; write figures and a table.
 
     Args:
@@ -165,31 +169,44 @@ def run_demo(out: Path, methods: str | None = None, images: str | None = None,
         seconds[name] = (time.perf_counter() - start) / len(names)
         settings[name] = {k: v for k, v in kwargs.items() if k != "batch_size"}
     if not maps:
-        raise CliError("no method could explain the model: " + "; ".join(
-            f"{k}: {v}" for k, v in skipped.items()))
-    titles = [f"{n}\n{categories[p]} {s:.2f}" for n, p, s in zip(names, pred.tolist(),
-                                                                    score.tolist())]
+        raise CliError(
+            "no method could explain the model: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    titles = [
+        f"{n}\n{categories[p]} {s:.2f}" for n, p, s in zip(names, pred.tolist(), score.tolist())
+    ]
     fig = viz.grid(x, maps, titles=titles, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    files = [viz.save(fig, out / "methods_grid.png", dpi=110),
-             viz.save(fig, out / "methods_grid.pdf")]
+    files = [
+        viz.save(fig, out / "methods_grid.png", dpi=110),
+        viz.save(fig, out / "methods_grid.pdf"),
+    ]
     summary = {
         "model": "torchvision mobilenet_v2 IMAGENET1K_V1",
         "layer": DEMO_LAYER,
-        "images": [{"name": n, "class": categories[p], "class_index": p, "score": round(s, 4)}
-                   for n, p, s in zip(names, pred.tolist(), score.tolist())],
+        "images": [
+            {"name": n, "class": categories[p], "class_index": p, "score": round(s, 4)}
+            for n, p, s in zip(names, pred.tolist(), score.tolist())
+        ],
         "settings": "full (paper defaults)" if full else "demo (cheap, see xai.cli.DEMO_SETTINGS)",
         "method_settings": settings,
         "seconds_per_image": {k: round(v, 4) for k, v in seconds.items()},
         "skipped": skipped,
     }
-    lines = ["image            predicted class                 score",
-             *[f"{r['name'][:16]:<16} {r['class'][:30]:<30} {r['score']:.3f}"
-               for r in summary["images"]],
-             "", f"method                  seconds/image  settings ({summary['settings']})",
-             *[f"{k:<23} {v:>13.3f}  "
-               + ", ".join(f"{a}={b}" for a, b in settings[k].items())
-               for k, v in seconds.items()],
-             *[f"{k:<23} {'skipped':>13}  {v}" for k, v in skipped.items()]]
+    lines = [
+        "image            predicted class                 score",
+        *[
+            f"{r['name'][:16]:<16} {r['class'][:30]:<30} {r['score']:.3f}"
+            for r in summary["images"]
+        ],
+        "",
+        f"method                  seconds/image  settings ({summary['settings']})",
+        *[
+            f"{k:<23} {v:>13.3f}  " + ", ".join(f"{a}={b}" for a, b in settings[k].items())
+            for k, v in seconds.items()
+        ],
+        *[f"{k:<23} {'skipped':>13}  {v}" for k, v in skipped.items()],
+    ]
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     summary["files"] = [str(f) for f in files] + [str(out / "summary.txt")]
     for section, module, func in _SECTIONS:
@@ -200,8 +217,11 @@ def run_demo(out: Path, methods: str | None = None, images: str | None = None,
         except (ImportError, AttributeError):
             continue  # the section's module is not part of this version
         accepted = inspect.signature(demo).parameters
-        kwargs = {} if full else {k: v for k, v in DEMO_SECTION_SETTINGS.get(section, {}).items()
-                                  if k in accepted}
+        kwargs = (
+            {}
+            if full
+            else {k: v for k, v in DEMO_SECTION_SETTINGS.get(section, {}).items() if k in accepted}
+        )
         start = time.perf_counter()
         written = demo(out / section, **kwargs)
         summary[f"{section}_seconds"] = round(time.perf_counter() - start, 2)
@@ -218,18 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="explain the real ImageNet MobileNetV2 on real photos")
     demo.add_argument("--out", default="xai-demo", help="output folder (default: xai-demo)")
     demo.add_argument("--methods", default=None, help="comma-separated registry names or 'all'")
-    demo.add_argument("--images", default=None,
-                      help="comma-separated photo names or image paths, or 'all' "
-                      "(default: chelsea,coffee; four with --full)")
+    demo.add_argument(
+        "--images",
+        default=None,
+        help="comma-separated photo names or image paths, or 'all' "
+        "(default: chelsea,coffee; four with --full)",
+    )
     demo.add_argument("--size", type=int, default=224, help="input size (default 224)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    demo.add_argument("--full", action="store_true",
-                      help="paper settings for every method and four photos (slow on a CPU; "
-                      "the default uses the cheap settings of xai.cli.DEMO_SETTINGS)")
+    demo.add_argument(
+        "--full",
+        action="store_true",
+        help="paper settings for every method and four photos (slow on a CPU; "
+        "the default uses the cheap settings of xai.cli.DEMO_SETTINGS)",
+    )
     sub.add_parser("methods", help="list the attribution methods")
     add_parsers(sub)
-    sub.add_parser("report-card", add_help=False,
-                   help="every method on the ground-truth sets (xai report-card --help)")
+    sub.add_parser(
+        "report-card",
+        add_help=False,
+        help="every method on the ground-truth sets (xai report-card --help)",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report-card"]:
         from xai.audit.report_card import main as report_card_main
@@ -249,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise CliError(f"--out {str(out)!r} is a file; give a folder path")
-        summary = run_demo(out, args.methods, args.images, args.size,
-                           progress=not args.no_progress, full=args.full)
+        summary = run_demo(
+            out, args.methods, args.images, args.size, progress=not args.no_progress, full=args.full
+        )
     except CliError as err:
         print(f"xai: error: {err}", file=sys.stderr)
         return 2

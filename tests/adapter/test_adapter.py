@@ -11,7 +11,6 @@ from torch import nn
 from tests._models import TinyConvNet, TinyViT, seeded
 from tests.conftest import hook_count
 from xai.adapter import (
-    ClassTarget,
     ModelAdapter,
     ProbabilityTarget,
     SegmentationTarget,
@@ -87,7 +86,9 @@ def test_residual_in_place_addition_resnet():
         grads = dict(cap.gradients)
     with torch.no_grad():
         block = net.layer4[1]
-        inp = net.layer4[0](net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+        inp = net.layer4[0](
+            net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+        )
         ref = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(inp)))))
     torch.testing.assert_close(bn2, ref)  # `out += identity` did not overwrite it
     assert grads["layer4"].shape == (1, 512, 2, 2)
@@ -214,8 +215,7 @@ def test_frozen_and_selected_targets_follow_rows():
 def test_segmentation_and_similarity_targets():
     seg = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    torch.testing.assert_close(SegmentationTarget(1, mask)(seg),
-                               seg[:, 1, 0, 0] + seg[:, 1, 1, 1])
+    torch.testing.assert_close(SegmentationTarget(1, mask)(seg), seg[:, 1, 0, 0] + seg[:, 1, 1, 1])
     emb = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     ref = torch.tensor([1.0, 1.0])
     torch.testing.assert_close(SimilarityTarget(ref, "dot")(emb), torch.tensor([1.0, 2.0]))

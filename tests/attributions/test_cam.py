@@ -40,7 +40,10 @@ def _models():
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
     # float64: the peers compute in NumPy; with 1280 channels float32 summation order alone
     # moves near-cancelling pixels by ~1e-3 relative
-    return {"resnet18": (resnet.double(), "layer4"), "mobilenet_v2": (mobile.double(), "features.18")}
+    return {
+        "resnet18": (resnet.double(), "layer4"),
+        "mobilenet_v2": (mobile.double(), "features.18"),
+    }
 
 
 MODELS = _models()
@@ -92,8 +95,14 @@ def test_score_cam_matches_pytorch_grad_cam(images):
     model = copy.deepcopy(MODELS["resnet18"][0]).float()
     targets = [3]  # one image, layer3 is 3x3 at 48 px
     x = images[:1, :, :48, :48].float()
-    mine = ScoreCAM(model, "layer3", weighting="channel_softmax", align_corners=True,
-                    upsample=False, batch_size=64)(x, target=targets)
+    mine = ScoreCAM(
+        model,
+        "layer3",
+        weighting="channel_softmax",
+        align_corners=True,
+        upsample=False,
+        batch_size=64,
+    )(x, target=targets)
     with pgc.ScoreCAM(model=model, target_layers=[model.layer3]) as cam:
         cam.batch_size = 64
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
@@ -110,9 +119,12 @@ def test_score_cam_official_weighting_replica():
         acts = cap.activations["features"][0]
     weights = []
     for k in range(acts.shape[0]):
-        mask = torch.nn.functional.interpolate(acts[None, k : k + 1], size=(16, 16),
-                                               mode="bilinear", align_corners=False)[0, 0]
-        mask = (mask - mask.min()) / (mask.max() - mask.min()) if mask.max() > mask.min() else 0 * mask
+        mask = torch.nn.functional.interpolate(
+            acts[None, k : k + 1], size=(16, 16), mode="bilinear", align_corners=False
+        )[0, 0]
+        mask = (
+            (mask - mask.min()) / (mask.max() - mask.min()) if mask.max() > mask.min() else 0 * mask
+        )
         with torch.no_grad():
             weights.append(model(x * mask).softmax(1)[0, 2])
     ref = torch.relu(sum(w * a for w, a in zip(weights, acts)))
@@ -146,8 +158,9 @@ def test_grad_cam_matches_captum_layer_grad_cam(model_name, images):
     ref = LayerGradCam(model, module).attribute(images, target=[1, 4], relu_attributions=True)
     torch.testing.assert_close(mine, ref[:, 0], rtol=1e-4, atol=1e-7)
     up = GradCAM(model, layer)(images, target=[1, 4])
-    ref_up = torch.nn.functional.interpolate(ref, size=(96, 96), mode="bilinear",
-                                             align_corners=False)[:, 0]
+    ref_up = torch.nn.functional.interpolate(
+        ref, size=(96, 96), mode="bilinear", align_corners=False
+    )[:, 0]
     torch.testing.assert_close(up, ref_up, rtol=1e-4, atol=1e-7)
 
 
@@ -159,8 +172,9 @@ def test_guided_grad_cam_matches_captum():
     model.features[4].inplace = False
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     mine = GuidedGradCAM(model, "features", reduction="sum")(x, target=[0, 2])
-    ref = GuidedGradCam(model, model.features).attribute(x, target=[0, 2],
-                                                          interpolate_mode="bilinear")
+    ref = GuidedGradCam(model, model.features).attribute(
+        x, target=[0, 2], interpolate_mode="bilinear"
+    )
     torch.testing.assert_close(mine, ref.sum(1), rtol=1e-4, atol=1e-7)
 
 
@@ -233,8 +247,11 @@ def test_multi_layer_fusion():
 
     a = GradCAM(model, "features.2")(x, target=1)
     b = GradCAM(model, "features")(x, target=1)
-    for fusion, op in [("mean", lambda s: s.mean(0)), ("max", lambda s: s.max(0).values),
-                       ("product", lambda s: s.prod(0))]:
+    for fusion, op in [
+        ("mean", lambda s: s.mean(0)),
+        ("max", lambda s: s.max(0).values),
+        ("product", lambda s: s.prod(0)),
+    ]:
         fused = GradCAM(model, ["features.2", "features"], fusion=fusion)(x, target=1)
         stack = torch.stack([normalize_per_sample(a), normalize_per_sample(b)])
         torch.testing.assert_close(fused, op(stack))

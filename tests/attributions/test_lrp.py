@@ -43,12 +43,19 @@ class VGGish(nn.Module):
     def __init__(self, bias: bool = True) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1, bias=bias), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1, bias=bias), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(3, 6, 3, padding=1, bias=bias),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1, bias=bias),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(2),
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(32, 16, bias=bias), nn.ReLU(), nn.Dropout(0.5),
+            nn.Flatten(),
+            nn.Linear(32, 16, bias=bias),
+            nn.ReLU(),
+            nn.Dropout(0.5),
             nn.Linear(16, 5, bias=bias),
         )
 
@@ -115,15 +122,19 @@ CONSERVING = {
 
 
 CONSERVATION_CASES = [("vgg", name) for name in sorted(CONSERVING)] + [
-    ("resnet", "epsilon_gamma_box"), ("resnet", "epsilon_plus_flat"),
+    ("resnet", "epsilon_gamma_box"),
+    ("resnet", "epsilon_plus_flat"),
     ("mobilenet", "epsilon_plus_flat"),
 ]
 
 
 @pytest.mark.parametrize(("arch", "composite"), CONSERVATION_CASES)
 def test_conservation_on_bias_free_networks(arch, composite):
-    model = {"vgg": lambda: seeded(VGGish()), "resnet": _small_resnet,
-             "mobilenet": _small_mobilenet}[arch]()
+    model = {
+        "vgg": lambda: seeded(VGGish()),
+        "resnet": _small_resnet,
+        "mobilenet": _small_mobilenet,
+    }[arch]()
     model = _bias_free(model)
     # float64 depthwise convolutions are slow on CPU: MobileNetV2 gets a 16 px input
     size = 16 if arch == "mobilenet" else 32
@@ -138,13 +149,18 @@ def test_zbox_conserves_even_with_a_bias():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double()
     x = _x(2, 3, 8, 8).clamp(-1, 1)
-    comp = Composite([(nn.Conv2d, ZBox(-1.0, 1.0, stabilizer=1e-12)),
-                      (nn.Linear, Epsilon(1e-12, zero_params=("bias",)))])
+    comp = Composite(
+        [
+            (nn.Conv2d, ZBox(-1.0, 1.0, stabilizer=1e-12)),
+            (nn.Linear, Epsilon(1e-12, zero_params=("bias",))),
+        ]
+    )
     rel = LRP(model, comp).relevance(x, [0, 2])
     # the dense layer's rule ignores its bias, so the whole logit reaches the conv outputs; the
     # conv's own bias cancels in z^B, so the input relevance still sums to the logit
-    torch.testing.assert_close(rel.flatten(1).sum(1), model(x)[torch.arange(2), [0, 2]],
-                               rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        rel.flatten(1).sum(1), model(x)[torch.arange(2), [0, 2]], rtol=1e-8, atol=1e-10
+    )
 
 
 # --- rule properties ------------------------------------------------------------------------
@@ -223,8 +239,11 @@ def _zero_bn_eps(model):
     return model
 
 
-ZENNIT_CASES = ["vgg11_bn/epsilon_gamma_box", "resnet18/epsilon_plus_flat",
-                "mobilenet_v2/epsilon_alpha2_beta1_flat"]
+ZENNIT_CASES = [
+    "vgg11_bn/epsilon_gamma_box",
+    "resnet18/epsilon_plus_flat",
+    "mobilenet_v2/epsilon_alpha2_beta1_flat",
+]
 
 
 @pytest.mark.slow
@@ -241,8 +260,14 @@ def test_agrees_with_zennit(case):
     if arch == "vgg11_bn":
         model = torchvision.models.vgg11_bn(num_classes=10)
         model.classifier = nn.Sequential(  # the 25088x4096 head would dominate the run time
-            nn.Linear(512 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 10))
+            nn.Linear(512 * 7 * 7, 32),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(32, 32),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(32, 10),
+        )
         canonizers = [VGGCanonizer()]
     elif arch == "resnet18":
         model = torchvision.models.resnet18(num_classes=10)
@@ -255,7 +280,10 @@ def test_agrees_with_zennit(case):
     x = _x(2, 3, size, size, seed=5)
     targets = torch.tensor([1, 7])
     if composite == "epsilon_gamma_box":
-        theirs, ours = zc.EpsilonGammaBox(-3.0, 3.0, canonizers=canonizers), EpsilonGammaBox(-3.0, 3.0)
+        theirs, ours = (
+            zc.EpsilonGammaBox(-3.0, 3.0, canonizers=canonizers),
+            EpsilonGammaBox(-3.0, 3.0),
+        )
     elif composite == "epsilon_plus_flat":
         theirs, ours = zc.EpsilonPlusFlat(canonizers=canonizers), EpsilonPlusFlat()
     else:
@@ -308,8 +336,7 @@ class _Boom(Rule):
 
 def test_hooks_removed_after_exceptions_in_forward_and_backward():
     net = seeded(RaisingNet())
-    lrp = LRP(net, Composite([((nn.Conv2d, nn.Linear), Epsilon())],
-                             name_map={"trap": Gradient()}))
+    lrp = LRP(net, Composite([((nn.Conv2d, nn.Linear), Epsilon())], name_map={"trap": Gradient()}))
     net.trap.armed = True
     with pytest.raises(RuntimeError, match="boom"):
         lrp(_x(2, 3, 16, 16))
@@ -345,7 +372,8 @@ def test_wrong_residual_description_is_detected():
     wrong = ResidualCanonizer(BasicBlock, "bn1", "downsample", torch.relu)
     with pytest.raises(RuntimeError, match="does not compute post"):
         LRP(model, canonizers=[MergeBatchNorm(), wrong, *_resnet_bottleneck_only()])(
-            _x(1, 3, 32, 32))
+            _x(1, 3, 32, 32)
+        )
     assert hook_count(model) == 0
 
 
@@ -359,8 +387,9 @@ def _resnet_bottleneck_only():
 
 
 def test_unsupported_layer_is_refused_with_the_supported_set():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(4 * 6 * 6),
-                          nn.Linear(4 * 6 * 6, 2)).double()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LayerNorm(4 * 6 * 6), nn.Linear(4 * 6 * 6, 2)
+    ).double()
     with pytest.raises(ValueError, match=r"no rule for module '2' \(LayerNorm\).*Conv2d"):
         LRP(model)(_x(1, 3, 8, 8))
     assert hook_count(model) == 0

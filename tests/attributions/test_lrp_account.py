@@ -14,10 +14,10 @@ from tests.conftest import has
 from xai.attributions.lrp import LRP, Composite, Epsilon, EpsilonPlusFlat, Rule
 from xai.attributions.lrp.composites import _PRESETS, composite_names, get_composite
 
-
 # the rule-based composites (the transformer composites propagate relevance themselves and
 # report their absorbed share as composite.absorbed, tested in test_transformers.py)
 CNN_COMPOSITES = [n for n in composite_names() if not hasattr(get_composite(n), "relevance")]
+
 
 def _x(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
@@ -43,9 +43,15 @@ def _vgg16():
     torch.manual_seed(0)
     model = torchvision.models.vgg16(num_classes=10)
     # the 25088x4096 head would dominate time and memory; the 13 convolutions are VGG16's
-    model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 32), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(),
-                                     nn.Linear(32, 10))
+    model.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 32),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(32, 32),
+        nn.ReLU(True),
+        nn.Dropout(),
+        nn.Linear(32, 10),
+    )
     return model
 
 
@@ -60,9 +66,11 @@ def _check(account, rtol=1e-4):
 
 
 # (builder, dtype): float64 where it is cheap; float32 balances to 1e-4 too (sums in float64)
-ARCHS = {"resnet18": (torchvision.models.resnet18, torch.float64),
-         "resnet50": (torchvision.models.resnet50, torch.float32),
-         "vgg16": (_vgg16, torch.float32)}
+ARCHS = {
+    "resnet18": (torchvision.models.resnet18, torch.float64),
+    "resnet50": (torchvision.models.resnet50, torch.float32),
+    "vgg16": (_vgg16, torch.float32),
+}
 
 
 @pytest.mark.slow
@@ -80,8 +88,7 @@ def test_account_reconciles_on_biased_networks_for_every_composite(arch):
         account = lrp.account(x, targets)
         _check(account)
         if name == "epsilon_plus_flat":  # the account changes nothing in the relevance
-            torch.testing.assert_close(account.relevance, lrp.relevance(x, targets), rtol=0,
-                                       atol=0)
+            torch.testing.assert_close(account.relevance, lrp.relevance(x, targets), rtol=0, atol=0)
         names = [row.name for row in account.rows]
         if arch.startswith("resnet"):  # the canonized residual sums have their own rows
             assert "layer1.0 (sum)" in names and "layer4.1 (sum)" in names
@@ -93,8 +100,7 @@ def test_residual_sums_and_functional_pooling_are_rows_of_a_mobilenet():
     torch.manual_seed(0)
     # float32: float64 depthwise convolutions are very slow on CPUs
     model = _nontrivial(torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25))
-    account = LRP(model, "epsilon_gamma_box").account(_x(2, 3, 32, 32, dtype=torch.float32),
-                                                      [2, 5])
+    account = LRP(model, "epsilon_gamma_box").account(_x(2, 3, 32, 32, dtype=torch.float32), [2, 5])
     _check(account)
     names = [row.name for row in account.rows]
     assert names[0] == "classifier.1"  # backward order: the head first
@@ -134,8 +140,7 @@ def test_bias_free_rules_conserve_on_a_biased_network():
         absorbing = LRP(model, _PRESETS[name](zero_params=("bias",))).account(x, [3, 4])
         _check(absorbing)
         assert absorbing.absorbed()["bias"].abs().max() == 0
-        account = LRP(model, _PRESETS[name](zero_params=("bias",), empty="flat")).account(
-            x, [3, 4])
+        account = LRP(model, _PRESETS[name](zero_params=("bias",), empty="flat")).account(x, [3, 4])
         _check(account)
         totals = account.absorbed()
         assert totals["bias"].abs().max() == 0 and totals["rule"].abs().max() < 1e-12
@@ -153,19 +158,35 @@ def test_bias_free_rules_agree_with_zennit_layer_by_layer(rule):
 
     from xai.attributions import lrp as ours
 
-    theirs = {"epsilon": zr.Epsilon, "zplus": zr.ZPlus, "alpha_beta": zr.AlphaBeta,
-              "gamma": zr.Gamma, "wsquare": zr.WSquare}[rule]
-    mine = {"epsilon": ours.Epsilon, "zplus": ours.ZPlus, "alpha_beta": ours.AlphaBeta,
-            "gamma": ours.Gamma, "wsquare": ours.WSquare}[rule]
+    theirs = {
+        "epsilon": zr.Epsilon,
+        "zplus": zr.ZPlus,
+        "alpha_beta": zr.AlphaBeta,
+        "gamma": zr.Gamma,
+        "wsquare": zr.WSquare,
+    }[rule]
+    mine = {
+        "epsilon": ours.Epsilon,
+        "zplus": ours.ZPlus,
+        "alpha_beta": ours.AlphaBeta,
+        "gamma": ours.Gamma,
+        "wsquare": ours.WSquare,
+    }[rule]
     torch.manual_seed(0)
-    for layer, x in ((nn.Conv2d(3, 4, 3, padding=1), _x(2, 3, 6, 6, seed=3)),
-                     (nn.Linear(12, 4), _x(2, 3, 2, 2, seed=4))):
-        model = nn.Sequential(layer).double() if x.shape[-1] == 6 else nn.Sequential(
-            nn.Flatten(), layer).double()
+    for layer, x in (
+        (nn.Conv2d(3, 4, 3, padding=1), _x(2, 3, 6, 6, seed=3)),
+        (nn.Linear(12, 4), _x(2, 3, 2, 2, seed=4)),
+    ):
+        model = (
+            nn.Sequential(layer).double()
+            if x.shape[-1] == 6
+            else nn.Sequential(nn.Flatten(), layer).double()
+        )
         with torch.no_grad():
             layer.bias.uniform_(-1, 1)
-        zennit_composite = LayerMapComposite([((nn.Conv2d, nn.Linear),
-                                                theirs(zero_params=["bias"]))])
+        zennit_composite = LayerMapComposite(
+            [((nn.Conv2d, nn.Linear), theirs(zero_params=["bias"]))]
+        )
         onehot = nn.functional.one_hot(torch.tensor([1, 2]), 4).double()
         if isinstance(layer, nn.Conv2d):
             onehot = onehot[:, :, None, None].expand(-1, -1, 6, 6)
@@ -174,7 +195,8 @@ def test_bias_free_rules_agree_with_zennit_layer_by_layer(rule):
         # our top relevance is output * d score / d output = output * onehot, as zennit's
         composite = Composite([((nn.Conv2d, nn.Linear), mine(zero_params=("bias",)))])
         rel = LRP(model, composite, canonizers=None).relevance(
-            x, lambda out, mask=onehot: (out * mask).flatten(1).sum(1))
+            x, lambda out, mask=onehot: (out * mask).flatten(1).sum(1)
+        )
         torch.testing.assert_close(rel, expected, rtol=1e-8, atol=1e-10)
 
 

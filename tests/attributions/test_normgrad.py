@@ -140,8 +140,12 @@ def images():
 TARGETS = [1, 4]
 
 
-VIRTUAL = [(v, b) for v in ("conv1x1", "conv3x3", "conv3x3_depthwise", "scaling", "bias")
-           for b in (False, True) if not (b and v in ("scaling", "bias"))]
+VIRTUAL = [
+    (v, b)
+    for v in ("conv1x1", "conv3x3", "conv3x3_depthwise", "scaling", "bias")
+    for b in (False, True)
+    if not (b and v in ("scaling", "bias"))
+]
 
 
 @pytest.mark.parametrize("aggregation", ["norm", "sum", "selective", "max", "max_abs"])
@@ -162,8 +166,14 @@ def test_virtual_layers_equal_per_location_autograd_weight_gradients(
     )
     expected = aggregate(entries, aggregation)
 
-    method = SpatialContribution(net, "conv", virtual_layer=virtual_layer,
-                                 aggregation=aggregation, with_bias=with_bias, upsample=False)
+    method = SpatialContribution(
+        net,
+        "conv",
+        virtual_layer=virtual_layer,
+        aggregation=aggregation,
+        with_bias=with_bias,
+        upsample=False,
+    )
     torch.testing.assert_close(method(images, TARGETS), expected, rtol=1e-10, atol=1e-13)
 
 
@@ -186,21 +196,33 @@ def test_proper_equals_per_location_gradient_of_the_real_conv(
 ):
     net = seeded(Net(groups=groups))
     conv = net.conv
-    probe = LocallyConnected(conv.weight, conv.bias, batch=2, out_hw=(8, 8), stride=2,
-                             padding=1, groups=groups)
+    probe = LocallyConnected(
+        conv.weight, conv.bias, batch=2, out_hw=(8, 8), stride=2, padding=1, groups=groups
+    )
     feats = net.features(images)
     torch.testing.assert_close(probe(feats), conv(feats), rtol=1e-12, atol=1e-13)
     logits = net.head(probe(feats))
     logits.gather(1, torch.tensor(TARGETS)[:, None]).sum().backward()
     expected = aggregate(probe.contributions(with_bias=with_bias), aggregation)
-    method = SpatialContribution(net, "conv", virtual_layer="proper", aggregation=aggregation,
-                                 with_bias=with_bias, upsample=False)
+    method = SpatialContribution(
+        net,
+        "conv",
+        virtual_layer="proper",
+        aggregation=aggregation,
+        with_bias=with_bias,
+        upsample=False,
+    )
     torch.testing.assert_close(method(images, TARGETS), expected, rtol=1e-10, atol=1e-13)
 
 
 def test_proper_on_a_pointwise_conv_equals_conv1x1_on_its_input():
-    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 6, 1),
-                        nn.Flatten(), nn.Linear(6 * 36, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(5, 6, 1),
+        nn.Flatten(),
+        nn.Linear(6 * 36, 3),
+    )
     net = seeded(net)
     x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0), dtype=F64)
     proper = NormGrad(net, "2", virtual_layer="proper", upsample=False)(x, 1)
@@ -234,13 +256,15 @@ def test_scaling_sum_is_gradient_x_input_at_a_layer(tiny, inputs):
     gxi = SpatialContribution.from_preset("gradient_x_input", tiny, "features")
     raw = gxi(inputs, 1)
     assert (raw < 0).any(), "Gradient x Input is signed"
-    with_relu = SpatialContribution(tiny, "features", **{**PRESETS["gradient_x_input"],
-                                                          "relu": True})(inputs, 1)
+    with_relu = SpatialContribution(
+        tiny, "features", **{**PRESETS["gradient_x_input"], "relu": True}
+    )(inputs, 1)
     ref = HiResCAM(tiny, "features")(inputs, 1)  # ReLU(sum_c g * x)
     torch.testing.assert_close(with_relu, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
     low = SpatialContribution(tiny, "features", upsample=False, **PRESETS["gradient_x_input"])
-    low_relu = SpatialContribution(tiny, "features", upsample=False, relu=True,
-                                   **PRESETS["gradient_x_input"])
+    low_relu = SpatialContribution(
+        tiny, "features", upsample=False, relu=True, **PRESETS["gradient_x_input"]
+    )
     torch.testing.assert_close(F.relu(low(inputs, 1)), low_relu(inputs, 1), rtol=0, atol=0)
 
 
@@ -287,8 +311,7 @@ def test_multi_layer_maps_combine_single_layer_maps(tiny, inputs):
     ref = norm[0] ** 0.25 * norm[1] ** 0.75
     torch.testing.assert_close(weighted(inputs, 2), ref, rtol=1e-12, atol=1e-15)
     mean = NormGrad(tiny, LAYERS, fusion="mean", layer_weights="linear")  # weights 1/2, 1
-    torch.testing.assert_close(mean(inputs, 2), (norm[0] + 2 * norm[1]) / 3, rtol=1e-12,
-                               atol=1e-15)
+    torch.testing.assert_close(mean(inputs, 2), (norm[0] + 2 * norm[1]) / 3, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("arch", sorted(LAYER_SETS))
@@ -301,8 +324,9 @@ def test_layer_sets_name_layers_of_the_torchvision_models(arch):
 
 
 def test_one_layer_in_a_list_equals_the_single_layer(tiny, inputs):
-    torch.testing.assert_close(NormGrad(tiny, ["features"])(inputs),
-                               NormGrad(tiny, "features")(inputs), rtol=0, atol=0)
+    torch.testing.assert_close(
+        NormGrad(tiny, ["features"])(inputs), NormGrad(tiny, "features")(inputs), rtol=0, atol=0
+    )
 
 
 def test_all_layers_come_from_one_forward_pass(tiny, inputs):
@@ -389,8 +413,7 @@ def test_meta_saliency_leaves_the_model_unchanged_and_equals_a_manual_sgd_step(t
 
 def test_meta_saliency_with_zero_lr_is_the_base_method(tiny, inputs):
     base = SelectiveNormGrad(tiny, "features")
-    torch.testing.assert_close(MetaSaliency(base, lr=0.0)(inputs), base(inputs), rtol=1e-12,
-                               atol=0)
+    torch.testing.assert_close(MetaSaliency(base, lr=0.0)(inputs), base(inputs), rtol=1e-12, atol=0)
 
 
 def test_meta_saliency_ascent_steps_the_other_way(tiny, inputs):
@@ -403,8 +426,9 @@ def test_meta_saliency_ascent_steps_the_other_way(tiny, inputs):
     with torch.no_grad():
         for p, g in zip(model.parameters(), grads):
             p += 0.05 * g
-    torch.testing.assert_close(up, NormGrad(model, "features")(inputs[:1], 2), rtol=1e-10,
-                               atol=1e-14)
+    torch.testing.assert_close(
+        up, NormGrad(model, "features")(inputs[:1], 2), rtol=1e-10, atol=1e-14
+    )
 
 
 def _synthetic(n, gen):
@@ -421,8 +445,9 @@ def _synthetic(n, gen):
 class ToyNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x):

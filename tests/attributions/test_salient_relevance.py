@@ -27,8 +27,9 @@ def _resize(img: torch.Tensor, size, mode="bilinear"):
     return F.interpolate(img, size=size, mode=mode, align_corners=False, antialias=shrink)
 
 
-def slow_context_aware_saliency(rgb, *, scales, patch_sizes, search_scales, min_search_scale,
-                                k, c, foci_threshold):
+def slow_context_aware_saliency(
+    rgb, *, scales, patch_sizes, search_scales, min_search_scale, k, c, foci_threshold
+):
     """Literal, loop-per-pixel replica of the spec (working resolution = input resolution).
 
     ``rgb`` is one ``(3, H, W)`` float64 image in [0, 1]. Colours: skimage's L*a*b*, each
@@ -53,18 +54,22 @@ def slow_context_aware_saliency(rgb, *, scales, patch_sizes, search_scales, min_
         for s in search_scales:
             if r * s < min_search_scale:
                 break
-            src = level if s == 1 else _resize(
-                level[None], (math.ceil(h * s), math.ceil(w * s)), "bicubic")[0]
+            src = (
+                level
+                if s == 1
+                else _resize(level[None], (math.ceil(h * s), math.ceil(w * s)), "bicubic")[0]
+            )
             for row in range(half, src.shape[-2] - half, max(1, half)):
                 for col in range(half, src.shape[-1] - half, max(1, half)):
-                    patch = src[:, row - half: row + half + 1, col - half: col + half + 1]
-                    candidates.append((patch.reshape(-1), (col + 1) / (longest * s),
-                                       (row + 1) / (longest * s)))
+                    patch = src[:, row - half : row + half + 1, col - half : col + half + 1]
+                    candidates.append(
+                        (patch.reshape(-1), (col + 1) / (longest * s), (row + 1) / (longest * s))
+                    )
         sal = torch.zeros(h, w, dtype=torch.float64)
         kk = min(k, len(candidates))
         for row in range(half, h - half):
             for col in range(half, w - half):
-                p = level[:, row - half: row + half + 1, col - half: col + half + 1].reshape(-1)
+                p = level[:, row - half : row + half + 1, col - half : col + half + 1].reshape(-1)
                 x, y = (col + 1) / longest, (row + 1) / longest
                 dists = sorted(
                     float((p - q).norm()) / (1 + c * math.hypot(x - qx, y - qy))
@@ -77,8 +82,10 @@ def slow_context_aware_saliency(rgb, *, scales, patch_sizes, search_scales, min_
     if peak == 0:
         return mean
     foci = [(i, j) for i in range(h0) for j in range(w0) if mean[i, j] > foci_threshold * peak]
-    dist = torch.tensor([[min(math.hypot(i - a, j - b) for a, b in foci) for j in range(w0)]
-                         for i in range(h0)], dtype=torch.float64)
+    dist = torch.tensor(
+        [[min(math.hypot(i - a, j - b) for a, b in foci) for j in range(w0)] for i in range(h0)],
+        dtype=torch.float64,
+    )
     far = float(dist.max())
     return mean * (1 - dist / far) if far > 0 else mean
 
@@ -88,8 +95,15 @@ def test_matches_the_literal_replica_on_a_tiny_map():
     gen = torch.Generator().manual_seed(0)
     rgb = torch.rand(1, 3, 14, 12, generator=gen, dtype=torch.float64)
     rgb[:, :, 3:8, 4:9] = torch.tensor([0.9, 0.2, 0.1], dtype=torch.float64)[:, None, None]
-    options = {"scales": (1.0, 0.5), "patch_sizes": (5, 3), "search_scales": (1.0, 0.5, 0.25),
-               "min_search_scale": 0.2, "k": 8, "c": 3.0, "foci_threshold": 0.8}
+    options = {
+        "scales": (1.0, 0.5),
+        "patch_sizes": (5, 3),
+        "search_scales": (1.0, 0.5, 0.25),
+        "min_search_scale": 0.2,
+        "k": 8,
+        "c": 3.0,
+        "foci_threshold": 0.8,
+    }
     fast = context_aware_saliency(rgb, longest_side=None, **options)
     slow = slow_context_aware_saliency(rgb[0], **options)
     # the fast path computes patch distances as |p|^2 + |q|^2 - 2<p, q> (cancellation ~1e-8)
@@ -119,8 +133,9 @@ def test_distance_transform_matches_scipy():
 def test_dense_blob_is_kept_and_isolated_pixels_are_suppressed():
     gen = torch.Generator().manual_seed(3)
     relevance = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
-    relevance[:, :, 38:54, 8:24] = 1.0 + 0.1 * torch.rand(1, 3, 16, 16, generator=gen,
-                                                          dtype=torch.float64)
+    relevance[:, :, 38:54, 8:24] = 1.0 + 0.1 * torch.rand(
+        1, 3, 16, 16, generator=gen, dtype=torch.float64
+    )
     isolated = [(5, 40), (12, 55), (20, 33), (30, 58), (50, 45), (58, 60), (8, 10), (22, 5)]
     for i, j in isolated:
         relevance[:, :, i, j] = 1.0
@@ -139,8 +154,7 @@ def test_constant_image_gives_zeros_without_nan():
 
 
 def test_global_brightness_does_not_matter():
-    rgb = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(4),
-                     dtype=torch.float64)
+    rgb = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     a = context_aware_saliency(rgb, longest_side=None, lab=False, k=16)
     b = context_aware_saliency(0.5 * rgb, longest_side=None, lab=False, k=16)
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
@@ -152,8 +166,9 @@ def test_salient_relevance_is_saliency_of_the_lrp_heatmap():
     lrp = LRP(model, "epsilon_plus_flat")
     sr = SalientRelevance(lrp, longest_side=32, k=16)
     maps = sr(x, target=[0, 3])
-    expected = context_aware_saliency(relevance_to_rgb(lrp.relevance(x, [0, 3])),
-                                      longest_side=32, k=16)
+    expected = context_aware_saliency(
+        relevance_to_rgb(lrp.relevance(x, [0, 3])), longest_side=32, k=16
+    )
     torch.testing.assert_close(maps, expected)
     assert maps.shape == (2, 24, 24) and maps.dtype == torch.float64
 

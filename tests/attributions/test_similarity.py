@@ -152,10 +152,10 @@ def test_gem_is_complete_and_interpolates_avg_and_max():
     gem1 = SimilarityMaps(identity_embedder(GeM(1.0)), "0", pooling="gem", p=1.0, upsample=False)
     for got, want in zip(gem1(q2, r2), avg(q2, r2)):
         torch.testing.assert_close(got, want)
-    mx = SimilarityMaps(identity_embedder(nn.AdaptiveMaxPool2d(1)), "0", pooling="max",
-                        upsample=False)
-    gem = SimilarityMaps(identity_embedder(GeM(400.0)), "0", pooling="gem", p=400.0,
-                         upsample=False)
+    mx = SimilarityMaps(
+        identity_embedder(nn.AdaptiveMaxPool2d(1)), "0", pooling="max", upsample=False
+    )
+    gem = SimilarityMaps(identity_embedder(GeM(400.0)), "0", pooling="gem", p=400.0, upsample=False)
     for got, want in zip(gem(q2, r2), mx(q2, r2)):
         torch.testing.assert_close(got, want, atol=0.02, rtol=0)
 
@@ -175,8 +175,9 @@ def test_l2_normalizing_model_works_with_cosine_not_dot():
     model = embedder("avg", extra=[L2Normalize()])
     q, refs = images(1, seed=13), images(2, seed=14)
     q_maps, _ = SimilarityMaps(model, "0", metric="cosine")(q, refs)
-    torch.testing.assert_close(q_maps.sum((1, 2)), similarity(model, q, refs, "cosine"),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        q_maps.sum((1, 2)), similarity(model, q, refs, "cosine"), atol=1e-5, rtol=0
+    )
     with pytest.raises(ValueError, match="metric='cosine'"):
         SimilarityMaps(model, "0", metric="dot")(q, refs)
 
@@ -297,8 +298,9 @@ def test_grad_cam_fallback_equals_relu_of_the_decomposition_for_avg_dot():
     model = embedder("avg")
     q, refs = images(1, seed=19), images(3, seed=20)
     exact = SimilarityMaps(model, "0", metric="dot", upsample=False).explain(q, refs)
-    grad = SimilarityMaps(model, "0", pooling="grad_cam", metric="dot", upsample=False,
-                          batch_size=2).explain(q, refs)
+    grad = SimilarityMaps(
+        model, "0", pooling="grad_cam", metric="dot", upsample=False, batch_size=2
+    ).explain(q, refs)
     # Grad-CAM weights = spatially averaged gradient = e_other / N, so L = ReLU(H)
     torch.testing.assert_close(grad.query_maps, exact.query_maps.clamp_min(0))
     torch.testing.assert_close(grad.reference_maps, exact.reference_maps.clamp_min(0))
@@ -391,8 +393,11 @@ def test_hooks_removed_and_model_unchanged():
 
 def test_hooks_removed_after_an_exception():
     trap = Raising()
-    model = nn.Sequential(seeded(TinyConvNet()).features, trap, nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten()).to(DT).train()
+    model = (
+        nn.Sequential(seeded(TinyConvNet()).features, trap, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        .to(DT)
+        .train()
+    )
     trap.armed = True
     for pooling in ("avg", "grad_cam"):
         with pytest.raises(RuntimeError, match="boom"):

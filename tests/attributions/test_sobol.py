@@ -39,10 +39,12 @@ def ishigami_indices(a: float = 7.0, b: float = 0.1) -> tuple[torch.Tensor, torc
 
 def test_ishigami_closed_form_matches_spec_numbers():
     first, total = ishigami_indices()
-    torch.testing.assert_close(first, torch.tensor([0.3139, 0.4424, 0.0], dtype=torch.float64),
-                               atol=1e-4, rtol=0)
-    torch.testing.assert_close(total, torch.tensor([0.5576, 0.4424, 0.2437], dtype=torch.float64),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        first, torch.tensor([0.3139, 0.4424, 0.0], dtype=torch.float64), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        total, torch.tensor([0.5576, 0.4424, 0.2437], dtype=torch.float64), atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("estimator", ESTIMATOR_NAMES)
@@ -79,10 +81,12 @@ def test_pure_interaction_has_zero_first_and_full_total_order():
     a, b = sample(3, n, seed=2)
     x = design_matrix(a, b)
     indices = estimate((x[:, 0] - 0.5) * (x[:, 1] - 0.5), n, 3)
-    torch.testing.assert_close(indices.first, torch.zeros(3, dtype=torch.float64), atol=2e-2,
-                               rtol=0)
-    torch.testing.assert_close(indices.total, torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64),
-                               atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        indices.first, torch.zeros(3, dtype=torch.float64), atol=2e-2, rtol=0
+    )
+    torch.testing.assert_close(
+        indices.total, torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), atol=2e-2, rtol=0
+    )
 
 
 # SALib -------------------------------------------------------------------------------------
@@ -103,11 +107,16 @@ def test_same_saltelli_samples_give_salib_indices():
     rows = torch.from_numpy(x).view(n, d + 2, d)
     a, b = rows[:, 0], rows[:, d + 1]
     # our design from SALib's A and B reproduces SALib's AB matrices
-    torch.testing.assert_close(design_matrix(a, b)[2 * n :].view(d, n, d),
-                               rows[:, 1 : d + 1].transpose(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(
+        design_matrix(a, b)[2 * n :].view(d, n, d),
+        rows[:, 1 : d + 1].transpose(0, 1),
+        rtol=0,
+        atol=0,
+    )
     y = ishigami(torch.from_numpy(x))
-    ref = salib_analyze.analyze(problem, y.numpy(), calc_second_order=False, num_resamples=2,
-                                seed=1)
+    ref = salib_analyze.analyze(
+        problem, y.numpy(), calc_second_order=False, num_resamples=2, seed=1
+    )
     per_design = y.view(n, d + 2)
     f_a, f_b, f_c = per_design[:, 0], per_design[:, d + 1], per_design[:, 1 : d + 1].T
     ours_total = ESTIMATORS["jansen"](f_a, f_b, f_c).total
@@ -125,10 +134,15 @@ def test_reference_code_formulas_replicated():
     jansen_ref = ((f_a[None] - f_c) ** 2).sum(1) / (2 * n * f_a.var(ddof=1))
     glen_ref = np.array([1 - np.corrcoef(f_a, f_c[i])[0, 1] for i in range(d)])
     t = [torch.from_numpy(v) for v in (f_a, f_b, f_c)]
-    torch.testing.assert_close(ESTIMATORS["jansen"](*t, variance="a").total,
-                               torch.from_numpy(jansen_ref), rtol=1e-12, atol=0)
-    torch.testing.assert_close(ESTIMATORS["glen_isaacs"](*t).total, torch.from_numpy(glen_ref),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ESTIMATORS["jansen"](*t, variance="a").total,
+        torch.from_numpy(jansen_ref),
+        rtol=1e-12,
+        atol=0,
+    )
+    torch.testing.assert_close(
+        ESTIMATORS["glen_isaacs"](*t).total, torch.from_numpy(glen_ref), rtol=1e-12, atol=1e-12
+    )
     assert ESTIMATORS["saltelli"] is ESTIMATORS["homma"]
 
 
@@ -191,8 +205,7 @@ def test_unscrambled_sobol_starts_at_zero_like_the_reference_codes():
 # perturbations -----------------------------------------------------------------------------
 def test_box_blur_matches_opencv():
     cv2 = pytest.importorskip("cv2")
-    img = torch.rand(1, 3, 23, 31, generator=torch.Generator().manual_seed(0),
-                     dtype=torch.float64)
+    img = torch.rand(1, 3, 23, 31, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for k in (10, 5):
         ref = cv2.blur(img[0].permute(1, 2, 0).numpy(), (k, k))  # BORDER_REFLECT_101
         ours = box_blur(img, k)[0].permute(1, 2, 0)
@@ -206,8 +219,9 @@ def test_perturbation_formulas():
     torch.testing.assert_close(Inpainting()(x, m), x * m)
     torch.testing.assert_close(Inpainting(0.5)(x, m), x * m + (1 - m) * 0.5)
     mean = Inpainting("mean")
-    torch.testing.assert_close(mean(x, m, mean.reference(x)),
-                               x * m + (1 - m) * x.mean((2, 3), keepdim=True))
+    torch.testing.assert_close(
+        mean(x, m, mean.reference(x)), x * m + (1 - m) * x.mean((2, 3), keepdim=True)
+    )
     blur = Blur(4)
     torch.testing.assert_close(blur(x, m, blur.reference(x)), x * m + (1 - m) * box_blur(x, 4))
     torch.testing.assert_close(Amplitude()(x, m), x * (m - 0.5))
@@ -235,8 +249,9 @@ class RegionScore(nn.Module):
 
 @pytest.fixture
 def image():
-    return 0.5 + torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0),
-                            dtype=torch.float64)
+    return 0.5 + torch.rand(
+        1, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
 
 
 def test_single_cell_model_gets_all_the_total_index(image):
@@ -255,8 +270,9 @@ def test_single_cell_model_gets_all_the_total_index(image):
     many = SobolAttribution(model, grid_size=4, n_designs=256, batch_size=512, upsample=False)
     assert float(many(image, target=0)[0][others].abs().max()) < 1e-12
     assert abs(float(many(image, target=0)[0, 1, 2]) - 1) < 1e-2
-    first = SobolAttribution(model, grid_size=4, n_designs=256, batch_size=512, order="first",
-                             upsample=False)(image, target=0)
+    first = SobolAttribution(
+        model, grid_size=4, n_designs=256, batch_size=512, order="first", upsample=False
+    )(image, target=0)
     # first order is 1 - (...) / V: exact zeros up to cancellation
     assert abs(float(first[0, 1, 2]) - 1) < 1e-2 and float(first[0][others].abs().max()) < 1e-9
 
@@ -267,8 +283,7 @@ def test_map_is_maximal_on_the_region_the_model_reads(image, perturbation):
     # get positive indices, every other cell exactly 0 (F(C_j) == F(A) for them).
     model = RegionScore((16, 32), (0, 16), power=3)
     kw = {"kernel_size": 5} if perturbation == "blur" else None
-    method = SobolAttribution(model, grid_size=4, perturbation=perturbation,
-                              perturbation_kwargs=kw)
+    method = SobolAttribution(model, grid_size=4, perturbation=perturbation, perturbation_kwargs=kw)
     maps = method(image, target=0)
     assert maps.shape == (1, 32, 32)
     peak = int(maps[0].argmax())
@@ -310,13 +325,20 @@ def test_options_run_and_callable_perturbation(image):
         maps = SobolAttribution(model, grid_size=4, n_designs=12, sampler=sampler)(image, 0)
         assert maps.shape == (1, 32, 32) and torch.isfinite(maps).all()
     for estimator in ESTIMATOR_NAMES:
-        maps = SobolAttribution(model, grid_size=4, n_designs=8, estimator=estimator,
-                                mask_interpolation="bilinear", map_interpolation="bilinear")
+        maps = SobolAttribution(
+            model,
+            grid_size=4,
+            n_designs=8,
+            estimator=estimator,
+            mask_interpolation="bilinear",
+            map_interpolation="bilinear",
+        )
         assert torch.isfinite(maps(image, 0)).all()
     # variance="a" (the reference codes' V) rescales each image's map by one factor
     pooled = SobolAttribution(model, grid_size=4, n_designs=8, upsample=False)(image, 0)
-    only_a = SobolAttribution(model, grid_size=4, n_designs=8, upsample=False, variance="a",
-                              progress=True)(image, 0)
+    only_a = SobolAttribution(
+        model, grid_size=4, n_designs=8, upsample=False, variance="a", progress=True
+    )(image, 0)
     ratio = only_a[pooled > 1e-9] / pooled[pooled > 1e-9]
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
     seen = []

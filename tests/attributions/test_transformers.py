@@ -28,34 +28,67 @@ torchvision = pytest.importorskip("torchvision")
 
 def _tv_vit():
     model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
         num_classes=5,
     )
     torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision zero-inits the head
     return model
 
 
-TINY = {"pretrained": False, "img_size": 32, "patch_size": 8, "depth": 2, "num_classes": 5,
-        "embed_dim": 32, "num_heads": 2}
-HF = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
-      "num_attention_heads": 2, "intermediate_size": 64}
+TINY = {
+    "pretrained": False,
+    "img_size": 32,
+    "patch_size": 8,
+    "depth": 2,
+    "num_classes": 5,
+    "embed_dim": 32,
+    "num_heads": 2,
+}
+HF = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 FAMILIES = {
     "timm_vit": lambda: timm.create_model("vit_tiny_patch16_224", **TINY),
     "timm_deit": lambda: timm.create_model("deit_tiny_distilled_patch16_224", **TINY),
     "timm_swin": lambda: timm.create_model(
-        "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=4,
-        window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16, num_classes=5),
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=4,
+        window_size=4,
+        depths=(1, 1),
+        num_heads=(2, 4),
+        embed_dim=16,
+        num_classes=5,
+    ),
     "timm_convnext": lambda: timm.create_model(
-        "convnext_atto", pretrained=False, num_classes=5, dims=(8, 16, 32, 64),
-        depths=(1, 1, 1, 1)),
+        "convnext_atto", pretrained=False, num_classes=5, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1)
+    ),
     "hf_vit": lambda: transformers.ViTForImageClassification(
-        transformers.ViTConfig(**HF, num_labels=5)),
+        transformers.ViTConfig(**HF, num_labels=5)
+    ),
     "hf_clip": lambda: transformers.CLIPVisionModelWithProjection(
-        transformers.CLIPVisionConfig(**HF, projection_dim=8)),
+        transformers.CLIPVisionConfig(**HF, projection_dim=8)
+    ),
     "tv_vit": _tv_vit,
     "tv_swin": lambda: torchvision.models.swin_transformer.SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=[4, 4],
-        num_classes=5),
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[2, 4],
+        window_size=[4, 4],
+        num_classes=5,
+    ),
 }
 # layers for models without a token default (ConvNeXt is a CNN)
 LAYERS = {"timm_convnext": "stages.3"}
@@ -76,8 +109,7 @@ MHA_LRP = r"nn.MultiheadAttention computes its query/key/value projections funct
 REFUSALS = [
     (r".*", r"guided_grad_cam", NO_RELU),
     (r".*swin", r"attention_rollout|chefer_relevance|lrp|salient_relevance", WINDOWED),
-    (r"timm_convnext", r"attention_rollout|chefer_relevance|lrp|salient_relevance",
-     NO_ATTENTION),
+    (r"timm_convnext", r"attention_rollout|chefer_relevance|lrp|salient_relevance", NO_ATTENTION),
     (r"tv_vit", r"lrp|salient_relevance", MHA_LRP),
     # bound propagation covers ReLU networks: GELU, LayerNorm and attention have no rule
     (r".*", r"eva", r"no bound-propagation rule|cannot be traced by torch.fx"),
@@ -94,8 +126,11 @@ def _refusal(family: str, method: str) -> str | None:
 def _attention_state(model):
     fused = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
     config = getattr(model, "config", None)
-    return fused, getattr(config, "_attn_implementation", None), \
-        torch.backends.mha.get_fastpath_enabled()
+    return (
+        fused,
+        getattr(config, "_attn_implementation", None),
+        torch.backends.mha.get_fastpath_enabled(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +153,8 @@ def test_every_method_works_or_refuses_clearly(family, method, models):
             cls.create(model, layer=LAYERS.get(family), **CHEAP.get(method, {}))(x, target=[1, 2])
     else:
         maps = cls.create(model, layer=LAYERS.get(family), **CHEAP.get(method, {}))(
-            x, target=[1, 2])
+            x, target=[1, 2]
+        )
         assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
         assert torch.isfinite(maps).all()
     assert hook_count(model) == 0
@@ -130,27 +166,43 @@ def test_every_method_works_or_refuses_clearly(family, method, models):
 
 # -- token layouts -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family, kind, prefix, grid, layer", [
-    ("timm_vit", "vit", 1, (4, 4), "blocks.1.norm1"),
-    ("timm_deit", "vit", 2, (4, 4), "blocks.1.norm1"),
-    ("timm_swin", "swin", None, None, "layers.1.blocks.0.norm1"),
-    ("timm_convnext", None, None, None, None),
-    ("hf_vit", "vit", 1, (4, 4), "vit.layers.1.layernorm_before"),
-    ("hf_clip", "vit", 1, (4, 4), "vision_model.encoder.layers.1.layer_norm1"),
-    ("tv_vit", "vit", 1, (4, 4), "encoder.layers.encoder_layer_1.ln_1"),
-    ("tv_swin", "swin", None, None, "features.3.0.norm1"),
-])
+
+@pytest.mark.parametrize(
+    "family, kind, prefix, grid, layer",
+    [
+        ("timm_vit", "vit", 1, (4, 4), "blocks.1.norm1"),
+        ("timm_deit", "vit", 2, (4, 4), "blocks.1.norm1"),
+        ("timm_swin", "swin", None, None, "layers.1.blocks.0.norm1"),
+        ("timm_convnext", None, None, None, None),
+        ("hf_vit", "vit", 1, (4, 4), "vit.layers.1.layernorm_before"),
+        ("hf_clip", "vit", 1, (4, 4), "vision_model.encoder.layers.1.layer_norm1"),
+        ("tv_vit", "vit", 1, (4, 4), "encoder.layers.encoder_layer_1.ln_1"),
+        ("tv_swin", "swin", None, None, "features.3.0.norm1"),
+    ],
+)
 def test_token_layout_per_family(family, kind, prefix, grid, layer, models):
     layout = token_layout(models[family])
     assert (layout.kind, layout.prefix, layout.grid, layout.default_layer) == (
-        kind, prefix, grid, layer)
+        kind,
+        prefix,
+        grid,
+        layer,
+    )
 
 
 def test_non_square_grid_and_register_tokens_follow_the_model():
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(32, 48),
-                            patch_size=8, depth=1, num_classes=3, embed_dim=16, num_heads=2,
-                            reg_tokens=2).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=(32, 48),
+        patch_size=8,
+        depth=1,
+        num_classes=3,
+        embed_dim=16,
+        num_heads=2,
+        reg_tokens=2,
+    ).eval()
     assert token_layout(vit).prefix == 3 and token_layout(vit).grid == (4, 6)
     x = torch.rand(1, 3, 32, 48)
     raw = GradCAM(vit, "blocks.0.norm1", upsample=False)(x, target=0)
@@ -167,6 +219,7 @@ def test_last_block_patch_tokens_warn():
 
 # -- Grad-CAM against pytorch-grad-cam's ViT recipe ---------------------------------------------
 
+
 def test_grad_cam_equals_pytorch_grad_cam_vit_recipe():
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.image import scale_cam_image
@@ -181,8 +234,9 @@ def test_grad_cam_equals_pytorch_grad_cam_vit_recipe():
         return result.transpose(2, 3).transpose(1, 2)
 
     mine = GradCAM(vit, "blocks.1.norm1", upsample=False)(x, target=[1, 3])
-    with pgc.GradCAM(model=vit, target_layers=[vit.blocks[-1].norm1],
-                     reshape_transform=reshape_transform) as cam:
+    with pgc.GradCAM(
+        model=vit, target_layers=[vit.blocks[-1].norm1], reshape_transform=reshape_transform
+    ) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in (1, 3)])
     ours = scale_cam_image(scale_cam_image(mine.numpy(), (32, 32))[:, None].mean(1))
     assert float(mine.max()) > 0
@@ -190,6 +244,7 @@ def test_grad_cam_equals_pytorch_grad_cam_vit_recipe():
 
 
 # -- rollout: closed form on a one-layer model ----------------------------------------------------
+
 
 def test_rollout_equals_closed_form_on_one_layer():
     torch.manual_seed(0)
@@ -200,8 +255,11 @@ def test_rollout_equals_closed_form_on_one_layer():
         tokens = torch.cat([vit.cls_token.expand(2, -1, -1), tokens], 1) + vit.pos_embed
         y = vit.blocks[0].norm1(tokens)
         attn = vit.blocks[0].attn
-        q, k, _ = F.linear(y, attn.qkv.weight, attn.qkv.bias).reshape(2, 17, 3, 2, 16).permute(
-            2, 0, 3, 1, 4)
+        q, k, _ = (
+            F.linear(y, attn.qkv.weight, attn.qkv.bias)
+            .reshape(2, 17, 3, 2, 16)
+            .permute(2, 0, 3, 1, 4)
+        )
         probs = (q @ k.transpose(-2, -1) / math.sqrt(16)).softmax(-1).mean(1)  # (B, N, N)
         step = 0.5 * probs + 0.5 * torch.eye(17, dtype=torch.float64)
         step = step / step.sum(-1, keepdim=True)
@@ -214,8 +272,13 @@ def test_rollout_equals_closed_form_on_one_layer():
 def test_rollout_is_the_same_on_every_attention_kernel():
     """timm fused vs eager, HF sdpa vs eager: the capture forces the eager path, same maps."""
     torch.manual_seed(0)
-    hf = transformers.ViTForImageClassification(
-        transformers.ViTConfig(**HF, num_labels=5, attn_implementation="sdpa")).double().eval()
+    hf = (
+        transformers.ViTForImageClassification(
+            transformers.ViTConfig(**HF, num_labels=5, attn_implementation="sdpa")
+        )
+        .double()
+        .eval()
+    )
     x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
     sdpa = AttentionRollout(hf)(x)
     hf.config._attn_implementation = "eager"
@@ -225,11 +288,24 @@ def test_rollout_is_the_same_on_every_attention_kernel():
 
 # -- a planted token decides the class -----------------------------------------------------------
 
+
 def _planted_vit():
     """A one-block timm ViT whose class token attends to the reddest patch and whose logit 1 is
     that patch's redness; built by hand (D = 8, one head, MLP switched off)."""
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                            depth=1, num_classes=2, embed_dim=8, num_heads=1).double().eval()
+    vit = (
+        timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=32,
+            patch_size=8,
+            depth=1,
+            num_classes=2,
+            embed_dim=8,
+            num_heads=1,
+        )
+        .double()
+        .eval()
+    )
     e = torch.eye(8, dtype=torch.float64)
     u, w, v, out = e[0] - e[1], e[2] - e[3], e[4] - e[5], e[6] - e[7]  # zero-mean directions
     with torch.no_grad():
@@ -250,8 +326,7 @@ def _planted_vit():
     return vit
 
 
-@pytest.mark.parametrize("method", ["attention_rollout", "chefer_relevance", "attn_lrp",
-                                    "cp_lrp"])
+@pytest.mark.parametrize("method", ["attention_rollout", "chefer_relevance", "attn_lrp", "cp_lrp"])
 def test_planted_token_gets_the_top_relevance(method):
     vit = _planted_vit()
     gen = torch.Generator().manual_seed(4)
@@ -259,7 +334,7 @@ def test_planted_token_gets_the_top_relevance(method):
     planted = [6, 13]  # patch indices (row-major on the 4x4 grid)
     for i, p in enumerate(planted):
         r, c = divmod(p, 4)
-        x[i, 0, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = 1.0
+        x[i, 0, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = 1.0
     assert vit(x).argmax(1).tolist() == [1, 1]
     if method in ("attn_lrp", "cp_lrp"):
         maps = LRP(vit, method)(x, target=1)
@@ -271,13 +346,15 @@ def test_planted_token_gets_the_top_relevance(method):
 
 # -- LRP through attention: conservation ---------------------------------------------------------
 
+
 def _bias_free(model):
     """Zero every bias and every constant token (class token, position embeddings): constants
     take relevance like biases, so without them relevance must be conserved."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or any(s in name for s in ("pos_embed", "cls_token",
-                                                                "position", "class_embed")):
+            if name.endswith("bias") or any(
+                s in name for s in ("pos_embed", "cls_token", "position", "class_embed")
+            ):
                 p.zero_()
     return model
 
@@ -285,7 +362,8 @@ def _bias_free(model):
 BIAS_FREE = {
     "timm_vit": lambda: timm.create_model("vit_tiny_patch16_224", **TINY),
     "hf_vit": lambda: transformers.ViTForImageClassification(
-        transformers.ViTConfig(**HF, num_labels=5)),
+        transformers.ViTConfig(**HF, num_labels=5)
+    ),
 }
 
 
@@ -336,12 +414,18 @@ def test_unknown_leaf_module_is_refused():
 
 # -- CLIP-style similarity on the token grid -----------------------------------------------------
 
+
 def test_similarity_maps_on_a_clip_vision_tower():
     from xai.attributions.similarity import SimilarityMaps
 
     torch.manual_seed(0)
-    clip = transformers.CLIPVisionModelWithProjection(
-        transformers.CLIPVisionConfig(**HF, projection_dim=8)).double().eval()
+    clip = (
+        transformers.CLIPVisionModelWithProjection(
+            transformers.CLIPVisionConfig(**HF, projection_dim=8)
+        )
+        .double()
+        .eval()
+    )
     layer = token_layout(clip).default_layer
     sim = SimilarityMaps(clip, layer, pooling="grad_cam", metric="cosine", reshape="auto")
     gen = torch.Generator().manual_seed(6)

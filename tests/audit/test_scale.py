@@ -24,10 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-        nn.Linear(64, 5),
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(64, 5),
+        )
+        .double()
+        .eval()
+    )
 
 
 def _data(n: int = 90):
@@ -43,8 +50,9 @@ def _state(model, method, x, y, m, g, start: int, stop: int, batch: int) -> Audi
     state = AuditState(grid_size=3, n_worst=3, keep_for_concepts=4)
     for s in range(start, stop, batch):
         e = min(s + batch, stop)
-        stats = batch_stats(method, model, x[s:e], y[s:e], m[s:e], g[s:e], s, 3, "label",
-                            state.image_size)
+        stats = batch_stats(
+            method, model, x[s:e], y[s:e], m[s:e], g[s:e], s, 3, "label", state.image_size
+        )
         state.image_size = state.image_size or (12, 12)
         state.update(stats)
     return state
@@ -128,8 +136,9 @@ def test_local_engine_reuses_the_explainers_forward_for_predictions():
             return self.inner(inp)
 
     counted = Counting(model).eval()
-    result = audit(counted, x, labels=y, masks=m, explainer=Saliency(counted), batch_size=20,
-                   progress=False)
+    result = audit(
+        counted, x, labels=y, masks=m, explainer=Saliency(counted), batch_size=20, progress=False
+    )
     assert calls == [20, 20]  # one forward per batch: the explainer's, observed
     with torch.no_grad():
         pred = model(x).argmax(1).tolist()
@@ -148,8 +157,12 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -190,13 +203,15 @@ def _compare(a, b) -> None:
             for k in x:
                 if isinstance(x[k], float):
                     assert (math.isnan(x[k]) and math.isnan(y[k])) or x[k] == pytest.approx(
-                        y[k], rel=1e-9, abs=1e-12), (table, k)
+                        y[k], rel=1e-9, abs=1e-12
+                    ), (table, k)
                 else:
                     assert x[k] == y[k], (table, k)
     assert a.samples.keys() == b.samples.keys()
     for k in a.samples:
-        np.testing.assert_allclose(np.asarray(a.samples[k], dtype=float),
-                                   np.asarray(b.samples[k], dtype=float), rtol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(a.samples[k], dtype=float), np.asarray(b.samples[k], dtype=float), rtol=1e-9
+        )
     torch.testing.assert_close(a.mean_maps, b.mean_maps)
     torch.testing.assert_close(a.hotspot_counts, b.hotspot_counts)
     assert {c: [d["index"] for d in v] for c, v in a.worst.items()} == {
@@ -207,14 +222,27 @@ def _compare(a, b) -> None:
 @needs_fmnist
 def test_ray_audit_equals_local_even_when_an_actor_is_killed(cluster, planted, tmp_path):
     model, test = planted
-    kw = dict(labels=test.labels, masks=test.masks, groups=test.groups,
-              class_names=test.class_names, group_names=test.group_names, batch_size=50,
-              progress=False)
+    kw = dict(
+        labels=test.labels,
+        masks=test.masks,
+        groups=test.groups,
+        class_names=test.class_names,
+        group_names=test.group_names,
+        batch_size=50,
+        progress=False,
+    )
     local = audit(model, test.inputs, explainer=Saliency(model), **kw)
     assert 6 in local.flagged_classes  # the planted shortcut is there to be found
     faulty = Faulty(Saliency(model), str(tmp_path), on_call=3, how="kill")
-    remote = audit(model, test.inputs, explainer=faulty, engine="ray", num_workers=2,
-                   ray_options={"shard_size": 100}, **kw)
+    remote = audit(
+        model,
+        test.inputs,
+        explainer=faulty,
+        engine="ray",
+        num_workers=2,
+        ray_options={"shard_size": 100},
+        **kw,
+    )
     assert (tmp_path / "fired").exists()  # a worker really died mid-run
     _compare(remote, local)
     assert sorted(remote.samples["index"]) == list(range(len(test)))  # nobody twice
@@ -230,19 +258,28 @@ def test_restarted_ray_job_skips_finished_shards(cluster, planted, tmp_path):
     opts = {"shard_size": 50, "checkpoint_dir": str(tmp_path / "shards")}
     faulty = Faulty(Saliency(model), str(calls), on_call=4, how="raise")
     with pytest.raises(Exception, match="injected failure"):
-        audit(model, test.inputs, explainer=faulty, engine="ray", num_workers=1,
-              ray_options=opts, **kw)
+        audit(
+            model,
+            test.inputs,
+            explainer=faulty,
+            engine="ray",
+            num_workers=1,
+            ray_options=opts,
+            **kw,
+        )
     finished = len(list((tmp_path / "shards").glob("shard-*.pt")))
     assert 1 <= finished < 6
     before = len(list(calls.glob("call-*")))
-    resumed = audit(model, test.inputs, explainer=faulty, engine="ray", num_workers=1,
-                    ray_options=opts, **kw)
+    resumed = audit(
+        model, test.inputs, explainer=faulty, engine="ray", num_workers=1, ray_options=opts, **kw
+    )
     recomputed = len(list(calls.glob("call-*"))) - before
     assert recomputed == 6 - finished  # one explainer call per unfinished shard only
     _compare(resumed, audit(model, test.inputs, explainer=Saliency(model), **kw))
     with pytest.raises(ValueError, match="another job"):
-        audit(model, test.inputs, explainer=faulty, engine="ray", grid_size=5,
-              ray_options=opts, **kw)
+        audit(
+            model, test.inputs, explainer=faulty, engine="ray", grid_size=5, ray_options=opts, **kw
+        )
 
 
 def test_explain_dataset_shards_equal_in_memory_maps(cluster, tmp_path):
@@ -251,8 +288,17 @@ def test_explain_dataset_shards_equal_in_memory_maps(cluster, tmp_path):
     model, (x, y, _m, _g) = _net(), _data(70)
     method = Saliency(model)
     expected = method(x, target=y).float()
-    files = explain_dataset(model, x, tmp_path / "maps", explainer=method, labels=y,
-                            batch_size=16, shard_size=30, num_workers=2, progress=False)
+    files = explain_dataset(
+        model,
+        x,
+        tmp_path / "maps",
+        explainer=method,
+        labels=y,
+        batch_size=16,
+        shard_size=30,
+        num_workers=2,
+        progress=False,
+    )
     assert len(files) == 3 and all(f.is_file() for f in files)
     index, maps = load_maps(tmp_path / "maps")
     assert index.tolist() == list(range(70))
@@ -260,13 +306,32 @@ def test_explain_dataset_shards_equal_in_memory_maps(cluster, tmp_path):
     # a resumed job recomputes only the missing shard (on Ray: renumbered sub-shards)
     first = files[0].stat().st_mtime_ns
     files[1].unlink()
-    explain_dataset(model, x, tmp_path / "maps", explainer=method, labels=y, batch_size=16,
-                    shard_size=30, num_workers=1, progress=False)
+    explain_dataset(
+        model,
+        x,
+        tmp_path / "maps",
+        explainer=method,
+        labels=y,
+        batch_size=16,
+        shard_size=30,
+        num_workers=1,
+        progress=False,
+    )
     assert files[0].stat().st_mtime_ns == first
     torch.testing.assert_close(load_maps(tmp_path / "maps")[1], expected, rtol=1e-6, atol=1e-7)
     # Parquet shards (local engine) hold the same maps
-    explain_dataset(model, x, tmp_path / "pq", explainer=method, labels=y, batch_size=16,
-                    shard_size=30, engine="local", file_format="parquet", progress=False)
+    explain_dataset(
+        model,
+        x,
+        tmp_path / "pq",
+        explainer=method,
+        labels=y,
+        batch_size=16,
+        shard_size=30,
+        engine="local",
+        file_format="parquet",
+        progress=False,
+    )
     index, maps = load_maps(tmp_path / "pq")
     assert index.tolist() == list(range(70))
     torch.testing.assert_close(maps, expected, rtol=1e-6, atol=1e-7)

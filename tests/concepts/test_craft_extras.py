@@ -51,8 +51,9 @@ def test_implicit_gradient_equals_finite_differences_of_resolved_nnls(fitted):
     from xai.concepts import differentiable_encode
 
     rows = torch.relu(image).mean((2, 3))
-    torch.testing.assert_close(differentiable_encode(ce.factorizer_, rows)[0],
-                               torch.as_tensor(u0), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        differentiable_encode(ce.factorizer_, rows)[0], torch.as_tensor(u0), atol=1e-9, rtol=0
+    )
     step = 1e-6
     grad = np.zeros((4,) + base.shape)
     for idx in np.ndindex(*base.shape):
@@ -85,8 +86,9 @@ def test_grad_cam_concept_map_closed_form(fitted):
 def test_pca_concept_attribution_is_the_linear_projection():
     bank = planted_bank()
     x = planted_images(bank, n=12)
-    ce = ConceptExtractor(PlantedNet(), "features", n_concepts=3, factorizer="pca",
-                          patches="positions").fit(x, target=TARGET)
+    ce = ConceptExtractor(
+        PlantedNet(), "features", n_concepts=3, factorizer="pca", patches="positions"
+    ).fit(x, target=TARGET)
     maps = ce.concept_attribution_maps(x[:2])
     v = ce.concepts_.numpy()
     xs = x[:2].numpy()
@@ -109,8 +111,9 @@ def test_concept_attribution_errors_and_no_side_effects(fitted):
         ce.concept_attribution_maps(x[:1], [7])
     with pytest.raises(ValueError, match="method must be"):
         ce.concept_attribution_maps(x[:1], method="saliency")
-    km = ConceptExtractor(PlantedNet(), "features", n_concepts=3, factorizer="kmeans",
-                          patches="positions").fit(x, target=TARGET)
+    km = ConceptExtractor(
+        PlantedNet(), "features", n_concepts=3, factorizer="kmeans", patches="positions"
+    ).fit(x, target=TARGET)
     with pytest.raises(ValueError, match="differentiable encoding"):
         km.concept_attribution_maps(x[:1])
 
@@ -128,8 +131,9 @@ def test_reference_order_of_concept_maps_matches_the_notebook_port(fitted):
             np.testing.assert_allclose(got[b, k].numpy(), ref, atol=1e-9)
     from xai.concepts import filter_maps
 
-    torch.testing.assert_close(ce.concept_maps(big, percentile=90),
-                               filter_maps(ce.concept_maps(big), percentile=90))
+    torch.testing.assert_close(
+        ce.concept_maps(big, percentile=90), filter_maps(ce.concept_maps(big), percentile=90)
+    )
     with pytest.raises(ValueError, match="order must be"):
         ce.concept_maps(big, percentile=90, order="later")
 
@@ -172,9 +176,9 @@ def test_refine_splits_a_concept_into_its_planted_sub_concepts():
     child = parent.refine(concept, "early", n_concepts=2, top_fraction=0.5)
     assert child.parent_ == (parent, concept) and child.layer == "early"
     rows = child.parent_rows_
-    torch.testing.assert_close(rows.sort().values,
-                               parent.coefficients_[:, concept].topk(len(rows)).indices.sort()
-                               .values)
+    torch.testing.assert_close(
+        rows.sort().values, parent.coefficients_[:, concept].topk(len(rows)).indices.sort().values
+    )
     _, cos = match_concepts(_SUB[:2], child.concepts_)
     assert float(cos.min()) >= 0.95, cos
     _, cos_other = match_concepts(_SUB[2:], child.concepts_)
@@ -240,12 +244,22 @@ def _replicated(points: np.ndarray, d: int) -> np.ndarray:
 
 def test_sobol_reference_preset_equals_a_port_of_the_reference_code():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                          nn.Flatten(), nn.Linear(16, 3)).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        )
+        .double()
+        .eval()
+    )
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64)
     grid, n = 4, 16
-    got = SobolAttribution(model, grid_size=grid, n_designs=n, reference=True,
-                           upsample=False)(x, target=2)
+    got = SobolAttribution(model, grid_size=grid, n_designs=n, reference=True, upsample=False)(
+        x, target=2
+    )
     masks = _replicated(qmc.Sobol(2 * grid * grid, scramble=False).random(n), grid * grid)
     up = np.kron(masks.reshape(-1, grid, grid), np.ones((2, 2)))  # nearest, 8 / 4 = 2
     with torch.no_grad():
@@ -258,8 +272,9 @@ def test_concept_importance_reference_preset_equals_a_port_of_craft():
     bank = planted_bank()
     model = PlantedNet()
     x = planted_images(bank, n=2)
-    ce = ConceptExtractor(model, "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions").fit(x, target=TARGET)
+    ce = ConceptExtractor(
+        model, "features", n_concepts=4, factorizer=FixedBank(bank), patches="positions"
+    ).fit(x, target=TARGET)
     got = ce.local_importance(x, method="sobol", reference=True)
     u = ce.encode(x).numpy()  # (B, h, w, K)
     k = bank.shape[0]
@@ -272,6 +287,7 @@ def test_concept_importance_reference_preset_equals_a_port_of_craft():
         scores = np.maximum(acts, 0).mean((1, 2)) @ w + bias
         ref = _jansen_a(scores, 32, k)
         torch.testing.assert_close(got[b], torch.as_tensor(ref), atol=1e-10, rtol=1e-9)
-    pooled = ce.local_importance(x, method="sobol", sampler="halton", scramble=False,
-                                 variance="pooled")
+    pooled = ce.local_importance(
+        x, method="sobol", sampler="halton", scramble=False, variance="pooled"
+    )
     assert not torch.allclose(pooled, got)  # the variance choice is really passed through

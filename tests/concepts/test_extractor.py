@@ -46,17 +46,23 @@ def test_importance_of_a_linear_head_equals_the_closed_form():
     bank = planted_bank()
     model = PlantedNet()
     x = planted_images(bank, n=3)
-    ce = ConceptExtractor(model, "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions", batch_size=2048).fit(x, target=TARGET)
+    ce = ConceptExtractor(
+        model,
+        "features",
+        n_concepts=4,
+        factorizer=FixedBank(bank),
+        patches="positions",
+        batch_size=2048,
+    ).fit(x, target=TARGET)
     u = ce.encode(x)
     exact = _closed_form(model, u, bank)
     for method in ("gradient_input", "integrated_gradients", "occlusion"):
-        torch.testing.assert_close(ce.local_importance(x, method=method), exact,
-                                   rtol=1e-7, atol=1e-9, msg=method)
+        torch.testing.assert_close(
+            ce.local_importance(x, method=method), exact, rtol=1e-7, atol=1e-9, msg=method
+        )
     # Sobol of a linear function of independent uniform masks: c_k^2 / sum_j c_j^2.
     sobol = ce.local_importance(x, method="sobol", n_designs=1024)
-    torch.testing.assert_close(sobol, exact**2 / (exact**2).sum(1, keepdim=True), atol=0.02,
-                               rtol=0)
+    torch.testing.assert_close(sobol, exact**2 / (exact**2).sum(1, keepdim=True), atol=0.02, rtol=0)
     torch.testing.assert_close(ce.importance(x, method="occlusion"), exact.mean(0))
 
 
@@ -75,8 +81,9 @@ def test_gradient_input_is_optimal_for_c_deletion_and_insertion_sobol_is_not():
     bank = planted_bank(k=4, channels=16, seed=3)
     model = PlantedNet(channels=16, seed=4)
     x = planted_images(bank, n=3, seed=5)
-    ce = ConceptExtractor(model, "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions").fit(x, target=TARGET)
+    ce = ConceptExtractor(
+        model, "features", n_concepts=4, factorizer=FixedBank(bank), patches="positions"
+    ).fit(x, target=TARGET)
     gi = ce.local_importance(x, method="gradient_input")
     assert bool((gi < 0).any()) and bool((gi > 0).any())  # mixed signs: the interesting case
     deletion, insertion = c_deletion(ce, x, gi).scores, c_insertion(ce, x, gi).scores
@@ -102,8 +109,9 @@ def test_concept_sobol_equals_pixel_sobol_on_the_same_function():
     scale = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
     image = (scale[:, None] * bank).T.reshape(1, 16, 2, 2)  # cell (i, j) holds concept 2i + j
     train = planted_images(bank, n=4, size=2)
-    ce = ConceptExtractor(model, "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions", seed=0).fit(train, target=TARGET)
+    ce = ConceptExtractor(
+        model, "features", n_concepts=4, factorizer=FixedBank(bank), patches="positions", seed=0
+    ).fit(train, target=TARGET)
     concept = ce.local_importance(image, method="sobol", n_designs=64)
     pixel = SobolAttribution(model, grid_size=2, n_designs=64, seed=0, upsample=False)(
         image, target=TARGET
@@ -117,8 +125,9 @@ def test_concept_maps_locate_planted_concepts():
     image[0, :, 0, 0] = bank[2]  # concept 2 only in the top-left cell
     image[0, :, 3, 3] = 2 * bank[0]
     train = planted_images(bank, n=4)
-    ce = ConceptExtractor(PlantedNet(), "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions").fit(train, target=0)
+    ce = ConceptExtractor(
+        PlantedNet(), "features", n_concepts=4, factorizer=FixedBank(bank), patches="positions"
+    ).fit(train, target=0)
     coeffs = ce.transform(image)
     torch.testing.assert_close(coeffs[0, 2, 0, 0], torch.tensor(1.0, dtype=torch.float64))
     torch.testing.assert_close(coeffs[0, 0, 3, 3], torch.tensor(2.0, dtype=torch.float64))
@@ -126,8 +135,9 @@ def test_concept_maps_locate_planted_concepts():
     maps = ce.concept_maps(image)
     assert maps.shape == (1, 4, 4, 4)
     big = F.interpolate(image, size=(8, 8))
-    torch.testing.assert_close(ce.concept_maps(big),
-                               F.interpolate(ce.transform(big), size=(8, 8), mode="bilinear"))
+    torch.testing.assert_close(
+        ce.concept_maps(big), F.interpolate(ce.transform(big), size=(8, 8), mode="bilinear")
+    )
 
 
 def test_grid_and_random_patches_and_crops():
@@ -137,13 +147,16 @@ def test_grid_and_random_patches_and_crops():
     ce = ConceptExtractor(model, "features", n_concepts=3, patch_size=5).fit(x)
     assert ce.patches_.shape == (2 * 2 * 2, 3)  # stride int(0.8 * 5) = 4: tops 0, 4
     i, t, left = ce.patches_[3].tolist()
-    crop = F.interpolate(x[i : i + 1, :, t : t + 5, left : left + 5], size=(10, 10),
-                         mode="bilinear")
+    crop = F.interpolate(
+        x[i : i + 1, :, t : t + 5, left : left + 5], size=(10, 10), mode="bilinear"
+    )
     torch.testing.assert_close(ce.activations_[3], crop.clamp_min(0).mean((0, 2, 3)))
-    ce2 = ConceptExtractor(model, "features", n_concepts=3, patch_size=5, patches="random",
-                           n_patches=20, seed=3).fit(x)
-    ce3 = ConceptExtractor(model, "features", n_concepts=3, patch_size=5, patches="random",
-                           n_patches=20, seed=3).fit(x)
+    ce2 = ConceptExtractor(
+        model, "features", n_concepts=3, patch_size=5, patches="random", n_patches=20, seed=3
+    ).fit(x)
+    ce3 = ConceptExtractor(
+        model, "features", n_concepts=3, patch_size=5, patches="random", n_patches=20, seed=3
+    ).fit(x)
     assert ce2.patches_.shape == (20, 3)
     torch.testing.assert_close(ce2.concepts_, ce3.concepts_)
 
@@ -178,8 +191,9 @@ def test_errors():
     with pytest.raises(ValueError, match="channel axis"):
         ConceptExtractor(Flat().double(), "flat", n_concepts=2, patches="positions").fit(x)
     with pytest.raises(ValueError, match="does not factor through layer"):
-        ConceptExtractor(SkipAround().double(), "block", n_concepts=2, factorizer="pca",
-                         patches="positions").fit(torch.randn(2, 3, 4, 4, dtype=torch.float64))
+        ConceptExtractor(
+            SkipAround().double(), "block", n_concepts=2, factorizer="pca", patches="positions"
+        ).fit(torch.randn(2, 3, 4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="larger than the images"):
         ConceptExtractor(PlantedNet(), "features", n_concepts=2, patch_size=9).fit(x)
     with pytest.raises(ValueError, match="unknown factorizer"):
@@ -203,7 +217,8 @@ def test_model_and_inputs_unchanged():
         ce = ConceptExtractor(model, "features", n_concepts=3, patches="positions").fit(x)
         for method in ("sobol", "gradient_input", "integrated_gradients", "occlusion"):
             ce.importance(method=method, n_designs=8) if method == "sobol" else ce.importance(
-                method=method)
+                method=method
+            )
         ce.concept_maps(x)
     assert hook_count(model) == 0
     assert all(m.training for m in model.modules())

@@ -31,7 +31,8 @@ def test_nmf_on_planted_nonnegative_data():
     bank = planted_bank(k=5, channels=20, seed=2)
     gen = torch.Generator().manual_seed(0)
     u = torch.rand(400, 5, generator=gen, dtype=torch.float64) * (
-        torch.rand(400, 5, generator=gen) < 0.4)
+        torch.rand(400, 5, generator=gen) < 0.4
+    )
     a = u @ bank
     f = NMFFactorizer(5, seed=0)
     codes = f.fit(a)
@@ -83,7 +84,8 @@ def test_dictionary_learning_gives_sparse_codes():
     bank = planted_bank(k=4, channels=16, seed=5)
     gen = torch.Generator().manual_seed(5)
     u = torch.rand(200, 4, generator=gen, dtype=torch.float64) * (
-        torch.rand(200, 4, generator=gen) < 0.3)
+        torch.rand(200, 4, generator=gen) < 0.3
+    )
     a = u @ bank
     f = DictionaryFactorizer(4, alpha=0.01)
     codes = f.fit(a)

@@ -23,8 +23,9 @@ def test_top_concepts_are_the_largest_exact_contributions():
     bank = planted_bank()
     model = PlantedNet()
     x = planted_images(bank, n=3)
-    ce = ConceptExtractor(model, "features", n_concepts=4, factorizer=FixedBank(bank),
-                          patches="positions").fit(x, target=2)
+    ce = ConceptExtractor(
+        model, "features", n_concepts=4, factorizer=FixedBank(bank), patches="positions"
+    ).fit(x, target=2)
     idx, values = top_concepts(ce, x, n=2)
     contributions = ce.encode(x).mean((1, 2)) * (bank @ model.fc.weight[2].detach())
     expected = contributions.topk(2, dim=1)

@@ -23,8 +23,15 @@ def cat_concepts(mobilenet):
     from xai.data import preprocess, sample_photos_raw
 
     image = preprocess(dict(sample_photos_raw(include_foolbox=False))["chelsea"], 112)
-    ce = ConceptExtractor(mobilenet, "features.18", n_concepts=5, patches="random",
-                          n_patches=64, patch_size=48, seed=0)
+    ce = ConceptExtractor(
+        mobilenet,
+        "features.18",
+        n_concepts=5,
+        patches="random",
+        n_patches=64,
+        patch_size=48,
+        seed=0,
+    )
     return ce.fit(image), image
 
 
@@ -42,8 +49,11 @@ def test_concepts_are_stable_across_random_halves(cat_concepts):
     perm = torch.randperm(len(acts), generator=gen)
     half = len(acts) // 2
     banks = []
-    for rows in (acts[perm[:half]], acts[perm[half:]],
-                 acts[perm[half:]][:, torch.randperm(acts.shape[1], generator=gen)]):
+    for rows in (
+        acts[perm[:half]],
+        acts[perm[half:]],
+        acts[perm[half:]][:, torch.randperm(acts.shape[1], generator=gen)],
+    ):
         f = NMFFactorizer(5, seed=0)
         f.fit(rows)
         banks.append(f.components)

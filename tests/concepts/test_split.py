@@ -52,8 +52,9 @@ def test_h_of_g_is_the_model():
     model = seeded(TinyConvNet())
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(head(model, "features", layer_output(model, "features", x), x),
-                                   model(x))
+        torch.testing.assert_close(
+            head(model, "features", layer_output(model, "features", x), x), model(x)
+        )
 
 
 def test_hooks_removed_after_an_exception():

@@ -23,7 +23,10 @@ def test_table_matches_direct_calls(setup):
     net, x, masks = setup
     methods = {"saliency": Saliency(net), "cam": GradCAM(net, "features")}
     metrics = [
-        M.Deletion(n_steps=4), M.PointingGame(0), M.Sparseness(), M.MaxSensitivity(n_samples=2)
+        M.Deletion(n_steps=4),
+        M.PointingGame(0),
+        M.Sparseness(),
+        M.MaxSensitivity(n_samples=2),
     ]
     table = M.evaluate(net, x, methods, metrics, masks=masks)
     assert len(table["score"]) == 2 * 4 * 2
@@ -37,8 +40,11 @@ def test_table_matches_direct_calls(setup):
                 direct = metric(net, x, maps, masks=masks)
             else:
                 direct = metric(net, x, maps)
-            rows = [i for i in range(16) if table["method"][i] == name
-                    and table["metric"][i] == metric.name]
+            rows = [
+                i
+                for i in range(16)
+                if table["method"][i] == name and table["metric"][i] == metric.name
+            ]
             assert [table["sample"][i] for i in rows] == [0, 1]
             assert [table["score"][i] for i in rows] == pytest.approx(direct.scores.tolist())
             if direct.curve is not None:

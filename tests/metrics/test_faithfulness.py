@@ -201,10 +201,20 @@ def test_pixel_flipping_matches_quantus():
     x, a = _quantus_inputs()
     y = model(x).argmax(1)
     ref = quantus.PixelFlipping(
-        features_in_step=32, perturb_baseline=0.0, normalise=False, abs=False,
-        disable_warnings=True, display_progressbar=False,
-    )(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu",
-      softmax=False)
+        features_in_step=32,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=a.numpy(),
+        device="cpu",
+        softmax=False,
+    )
     ours = PixelFlipping(32, baseline=0.0)(model, x, a, target=y)
     # Quantus' curve omits the unperturbed point; float32 model, same inputs: 1e-5.
     np.testing.assert_allclose(ours.curve[:, 1:].numpy(), np.asarray(ref), rtol=1e-5, atol=1e-6)
@@ -217,10 +227,22 @@ def test_region_perturbation_matches_quantus(order):
     x, a = _quantus_inputs(1)
     y = model(x).argmax(1)
     ref = quantus.RegionPerturbation(
-        patch_size=4, regions_evaluation=10, order=order, perturb_baseline=0.0, normalise=False,
-        abs=False, disable_warnings=True, display_progressbar=False,
-    )(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu",
-      softmax=False)
+        patch_size=4,
+        regions_evaluation=10,
+        order=order,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=a.numpy(),
+        device="cpu",
+        softmax=False,
+    )
     ours = RegionPerturbation(4, n_regions=10, baseline=0.0, order=order)(model, x, a, target=y)
     np.testing.assert_allclose(ours.curve[:, 1:].numpy(), np.asarray(ref), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.scores, ours.curve.mean(1))
@@ -242,11 +264,23 @@ def test_faithfulness_correlation_matches_quantus_on_the_same_subsets(monkeypatc
         return batch_baseline_replacement_by_indices(arr, indices, **kw)
 
     ref = quantus.FaithfulnessCorrelation(
-        nr_runs=20, subset_size=30, perturb_baseline=0.0, perturb_func=recording,
-        normalise=False, abs=False, return_aggregate=False,
-        disable_warnings=True, display_progressbar=False,
-    )(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu",
-      softmax=False)
+        nr_runs=20,
+        subset_size=30,
+        perturb_baseline=0.0,
+        perturb_func=recording,
+        normalise=False,
+        abs=False,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=a.numpy(),
+        device="cpu",
+        softmax=False,
+    )
     subsets = torch.as_tensor(np.stack(drawn, 1))  # (B, runs, size)
     metric = FaithfulnessCorrelation(subset_size=30, n_samples=20, baseline=0.0)
     monkeypatch.setattr(metric, "_draw", lambda gen, batch, n, size: subsets)

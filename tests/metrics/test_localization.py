@@ -42,8 +42,14 @@ def _quantus(name, x, a, masks, **kw):
     model = gray()
     y = model(x).argmax(1).numpy()
     return np.asarray(
-        metric(model=model, x_batch=x.numpy(), y_batch=y, a_batch=a[:, None].numpy(),
-               s_batch=masks[:, None].numpy().astype(float), device="cpu")
+        metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=y,
+            a_batch=a[:, None].numpy(),
+            s_batch=masks[:, None].numpy().astype(float),
+            device="cpu",
+        )
     )
 
 
@@ -62,8 +68,13 @@ def test_pointing_game_tolerance_is_euclidean():
     x = torch.zeros(1, 1, 20, 20)
     mask = torch.zeros(1, 20, 20)
     mask[0, 10, 10] = 1
-    for (r, c), tol, hit in [((10, 13), 3, 1), ((10, 14), 3, 0), ((12, 12), 2.9, 1),
-                             ((12, 12), 2.8, 0), ((13, 12), 3, 0)]:
+    for (r, c), tol, hit in [
+        ((10, 13), 3, 1),
+        ((10, 14), 3, 0),
+        ((12, 12), 2.9, 1),
+        ((12, 12), 2.8, 0),
+        ((13, 12), 3, 0),
+    ]:
         a = torch.zeros(1, 20, 20)
         a[0, r, c] = 1
         assert PointingGame(tolerance=tol)(None, x, a, masks=mask).scores.item() == hit
@@ -157,8 +168,13 @@ def test_sparseness_and_complexity_match_quantus(data):
         quantus = pytest.importorskip("quantus")
         ref = getattr(quantus, name)(
             disable_warnings=True, display_progressbar=False, normalise=False, abs=True
-        )(model=gray(), x_batch=x.numpy(), y_batch=np.zeros(4, dtype=int),
-          a_batch=signed[:, None].numpy(), device="cpu")
+        )(
+            model=gray(),
+            x_batch=x.numpy(),
+            y_batch=np.zeros(4, dtype=int),
+            a_batch=signed[:, None].numpy(),
+            device="cpu",
+        )
         ours = ours_cls()(None, x, signed).scores
         # Quantus adds 1e-7 (sparseness) / 1e-12 (complexity) inside: rtol 1e-5
         np.testing.assert_allclose(ours.numpy(), np.asarray(ref), rtol=1e-5)

@@ -95,15 +95,22 @@ def test_parameter_randomization_matches_quantus_mprt():
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     y = model(x).argmax(1)
     ref = quantus.MPRT(
-        layer_order="top_down", seed=42, abs=True, normalise=False, disable_warnings=True,
+        layer_order="top_down",
+        seed=42,
+        abs=True,
+        normalise=False,
+        disable_warnings=True,
         display_progressbar=False,
-    )(model=model, x_batch=x.numpy(), y_batch=y.numpy(),
-      a_batch=_quantus_explain(model, x.numpy(), y.numpy()), explain_func=_quantus_explain,
-      device="cpu")
-    # Quantus seeds every layer with seed + 1; the same reset sequence gives the same models.
-    ours = ModelParameterRandomization(seed=43)(
-        model, x, Saliency(model), target=y
+    )(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=_quantus_explain(model, x.numpy(), y.numpy()),
+        explain_func=_quantus_explain,
+        device="cpu",
     )
+    # Quantus seeds every layer with seed + 1; the same reset sequence gives the same models.
+    ours = ModelParameterRandomization(seed=43)(model, x, Saliency(model), target=y)
     assert ours.labels == ("fc", "conv2", "conv1")
     expected = np.stack([np.asarray(ref[name]) for name in ours.labels], 1)
     # float32 maps, identical ranks: agreement to 1e-5

@@ -43,7 +43,10 @@ def test_max_sensitivity_matches_captum():
     # captum expands inputs with repeat_interleave: row b * K + j is sample b, draw j
     flat_noise = noise.transpose(0, 1).reshape(-1, *x.shape[1:])
     ref = sensitivity_max(
-        explanation_func, x, perturb_func=lambda inp: inp + flat_noise, n_perturb_samples=k,
+        explanation_func,
+        x,
+        perturb_func=lambda inp: inp + flat_noise,
+        n_perturb_samples=k,
         target=y,
     )
     ours = MaxSensitivity(n_samples=k, perturbation=FixedNoise(noise))(model, x, explainer, y)
@@ -71,11 +74,13 @@ def test_gradient_times_input_closed_form():
     def grad_x_input(inputs, target=None):
         return (model.weight[0].detach() * inputs).sum(1)
 
-    noise = (torch.rand(6, *x.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
-             * 2 - 1) * 0.1
+    noise = (
+        torch.rand(6, *x.shape, generator=torch.Generator().manual_seed(2), dtype=F64) * 2 - 1
+    ) * 0.1
     res = MaxSensitivity(n_samples=6, perturbation=FixedNoise(noise))(model, x, grad_x_input, 0)
-    diffs = torch.stack([(model.weight[0].detach() * n).sum(1).flatten(1).norm(dim=1)
-                         for n in noise])
+    diffs = torch.stack(
+        [(model.weight[0].detach() * n).sum(1).flatten(1).norm(dim=1) for n in noise]
+    )
     base = grad_x_input(x).flatten(1).norm(dim=1)
     torch.testing.assert_close(res.scores, (diffs / base).amax(0))
     unnorm = AvgSensitivity(n_samples=6, normalize=False, perturbation=FixedNoise(noise))
@@ -92,8 +97,9 @@ def test_batching_and_seed():
             MaxSensitivity(n_samples=4, seed=1, batch_size=bs)(model, x, explainer).scores,
             full.scores,
         )
-    assert not torch.equal(MaxSensitivity(n_samples=4, seed=2)(model, x, explainer).scores,
-                           full.scores)
+    assert not torch.equal(
+        MaxSensitivity(n_samples=4, seed=2)(model, x, explainer).scores, full.scores
+    )
 
 
 def test_errors():

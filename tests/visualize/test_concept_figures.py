@@ -53,8 +53,7 @@ def test_gallery_refuses_positions():
 def test_overlay_panels(fitted):
     ce, x = fitted
     maps = ce.concept_maps(x)[0]
-    fig = concept_overlay(x[0, :3], maps, importances=torch.tensor([0.3, 0.1, 0.6]),
-                          n_concepts=2)
+    fig = concept_overlay(x[0, :3], maps, importances=torch.tensor([0.3, 0.1, 0.6]), n_concepts=2)
     assert len(fig.axes) == 3
     assert fig.axes[1].get_title() == "concept 2"
     with pytest.raises(ValueError, match="K, H, W"):

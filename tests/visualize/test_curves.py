@@ -11,11 +11,23 @@ from xai.visualize.curves import bars, curves
 
 
 def _table():
-    rows = {"method": [], "metric": [], "sample": [], "score": [], "higher_is_better": [],
-            "category": [], "curve": [], "steps": []}
+    rows = {
+        "method": [],
+        "metric": [],
+        "sample": [],
+        "score": [],
+        "higher_is_better": [],
+        "category": [],
+        "curve": [],
+        "steps": [],
+    }
     steps = [0.0, 0.5, 1.0]
-    data = {("a", "deletion"): [[3, 1, 0], [5, 1, 0]], ("b", "deletion"): [[3, 2, 0], [5, 4, 0]],
-            ("a", "sparseness"): None, ("b", "sparseness"): None}
+    data = {
+        ("a", "deletion"): [[3, 1, 0], [5, 1, 0]],
+        ("b", "deletion"): [[3, 2, 0], [5, 4, 0]],
+        ("a", "sparseness"): None,
+        ("b", "sparseness"): None,
+    }
     for (method, metric), curves_ in data.items():
         for i in range(2):
             rows["method"].append(method)
@@ -54,8 +66,9 @@ def test_curves_from_results_on_given_axes():
 
     fig = Figure()
     ax = fig.add_subplot()
-    res = MetricResult(torch.tensor([0.1, 0.3]), torch.tensor([[1.0, 0.0], [3.0, 0.0]]),
-                       torch.tensor([0.0, 1.0]))
+    res = MetricResult(
+        torch.tensor([0.1, 0.3]), torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([0.0, 1.0])
+    )
     out = curves({"m": res}, ax=ax, metric="deletion")
     assert out is fig and ax.get_title() == "deletion"
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [2.0, 0.0])
@@ -64,8 +77,10 @@ def test_curves_from_results_on_given_axes():
 def test_bars_show_mean_scores_per_method_and_metric():
     fig = bars(_table())
     axes = [a for a in fig.axes if a.get_visible()]
-    assert [a.get_title() for a in axes] == ["deletion (lower is better)",
-                                              "sparseness (higher is better)"]
+    assert [a.get_title() for a in axes] == [
+        "deletion (lower is better)",
+        "sparseness (higher is better)",
+    ]
     heights = [p.get_height() for p in axes[1].patches]
     np.testing.assert_allclose(heights, [0.25, 0.55])
     grouped = bars(_table(), ax=__import__("matplotlib.figure").figure.Figure().add_subplot())

@@ -61,7 +61,9 @@ def test_overlay_grid_and_save(tmp_path):
 
 
 def test_importing_xai_does_not_import_pyplot():
-    code = ("import sys, xai, xai.attributions, xai.visualize; "
-            "print('matplotlib.pyplot' in sys.modules)")
+    code = (
+        "import sys, xai, xai.attributions, xai.visualize; "
+        "print('matplotlib.pyplot' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -18,12 +18,8 @@ def _images(n: int, size: int = 16) -> torch.Tensor:
 
 
 def test_module_import_does_not_import_pyplot():
-    code = (
-        "import sys, xai.visualize.similarity; "
-        "print('matplotlib.pyplot' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = "import sys, xai.visualize.similarity; print('matplotlib.pyplot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -50,8 +46,14 @@ def test_pair_figure_has_both_overlays_and_the_score():
 def test_retrieval_strip_has_query_plus_hits():
     imgs = _images(4)
     maps = torch.rand(3, 16, 16)
-    fig = retrieval_strip(imgs[0], imgs[1:], maps, torch.tensor([0.9, 0.5, 0.1]),
-                          region=(2, 2, 8, 8), labels=["a", "b", "c"])
+    fig = retrieval_strip(
+        imgs[0],
+        imgs[1:],
+        maps,
+        torch.tensor([0.9, 0.5, 0.1]),
+        region=(2, 2, 8, 8),
+        labels=["a", "b", "c"],
+    )
     assert len(fig.axes) == 4
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[1].startswith("#1 a") and "0.900" in titles[1]

@@ -56,8 +56,16 @@ def concepts_demo(
     norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     model = load_mobilenet_v2()
     image = preprocess(dict(sample_photos_raw())[photo], size)
-    ce = ConceptExtractor(model, "features.18", n_concepts=n_concepts, patches="random",
-                          n_patches=n_patches, patch_size=patch_size, batch_size=16, seed=0)
+    ce = ConceptExtractor(
+        model,
+        "features.18",
+        n_concepts=n_concepts,
+        patches="random",
+        n_patches=n_patches,
+        patch_size=patch_size,
+        batch_size=16,
+        seed=0,
+    )
     ce.fit(image)
     label = imagenet_categories()[ce.target_]
     importance = ce.importance(method="sobol")
@@ -68,17 +76,30 @@ def concepts_demo(
         fig.savefig(path, dpi=110)
         paths.append(path)
 
-    fig = concept_gallery(ce, importances=importance, n_crops=5,
-                          title=f"Concepts of '{label}' at features.18 (Sobol importance)", **norm)
+    fig = concept_gallery(
+        ce,
+        importances=importance,
+        n_crops=5,
+        title=f"Concepts of '{label}' at features.18 (Sobol importance)",
+        **norm,
+    )
     save(fig, "concepts_gallery.png")
-    fig = concept_overlay(image[0], ce.concept_maps(image)[0], importances=importance,
-                          n_concepts=min(4, n_concepts),
-                          title=f"Where the top concepts of '{label}' are", **norm)
+    fig = concept_overlay(
+        image[0],
+        ce.concept_maps(image)[0],
+        importances=importance,
+        n_concepts=min(4, n_concepts),
+        title=f"Where the top concepts of '{label}' are",
+        **norm,
+    )
     save(fig, "concepts_maps.png")
     crops = ce.crops()
     local = ce.local_importance(crops, method="gradient_input")
     fig = strategic_cluster_graph(
-        local, images=crops, min_count=max(2, n_patches // 10), **norm,
+        local,
+        images=crops,
+        min_count=max(2, n_patches // 10),
+        **norm,
         title=f"Crops of '{label}' by the concepts that drive the score (gradient x input)",
     )
     save(fig, "concepts_clusters.png")

@@ -123,9 +123,19 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     jeeps = [i for i, n in enumerate(names) if n.endswith("_609")]
     a, b = (jeeps[0], jeeps[1]) if len(jeeps) >= 2 else (0, 1)
     result = sim.explain(batch[a : a + 1], batch[b : b + 1])
-    save(similarity_pair(batch[a], batch[b], result.query_maps[0], result.reference_maps[0],
-                         float(result.scores[0]), metric="cosine", titles=(names[a], names[b]),
-                         **norm), "similarity_pair.png")
+    save(
+        similarity_pair(
+            batch[a],
+            batch[b],
+            result.query_maps[0],
+            result.reference_maps[0],
+            float(result.scores[0]),
+            metric="cosine",
+            titles=(names[a], names[b]),
+            **norm,
+        ),
+        "similarity_pair.png",
+    )
 
     # 2. region search: the center of the query against every other photo
     query = batch[a : a + 1]
@@ -133,15 +143,26 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
     hits = sim.search(query, box, batch[others], top_k=min(top_k, len(others)))
     hit_rows = [others[int(i)] for i in hits.indices]
-    save(retrieval_strip(batch[a], batch[hit_rows], hits.maps, hits.scores, region=box,
-                         labels=[names[i] for i in hit_rows], **norm),
-         "similarity_region_search.png")
+    save(
+        retrieval_strip(
+            batch[a],
+            batch[hit_rows],
+            hits.maps,
+            hits.scores,
+            region=box,
+            labels=[names[i] for i in hit_rows],
+            **norm,
+        ),
+        "similarity_region_search.png",
+    )
 
     # 3. similarity graph of a small gallery (at most 12 photos)
     gallery = list(range(min(12, len(names))))
     matrix = sim.matrix(batch[gallery])
-    save(similarity_graph(batch[gallery], matrix, k=2, labels=[names[i] for i in gallery],
-                          **norm), "similarity_graph.png")
+    save(
+        similarity_graph(batch[gallery], matrix, k=2, labels=[names[i] for i in gallery], **norm),
+        "similarity_graph.png",
+    )
 
     # 4. Tux Paint stamps, when installed: full-image retrieval for the first stamp
     stamps = tuxpaint_stamps()
@@ -150,8 +171,16 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
         k = min(top_k, len(stamps) - 1)
         res = sim.explain(stamp_batch[:1], stamp_batch[1:])
         order = res.scores.topk(k).indices
-        save(retrieval_strip(stamp_batch[0], stamp_batch[1:][order], res.reference_maps[order],
-                             res.scores[order], query_map=res.query_maps[order[0]],
-                             labels=[stamps[1 + int(i)][0] for i in order], **norm),
-             "similarity_tuxpaint.png")
+        save(
+            retrieval_strip(
+                stamp_batch[0],
+                stamp_batch[1:][order],
+                res.reference_maps[order],
+                res.scores[order],
+                query_map=res.query_maps[order[0]],
+                labels=[stamps[1 + int(i)][0] for i in order],
+                **norm,
+            ),
+            "similarity_tuxpaint.png",
+        )
     return paths

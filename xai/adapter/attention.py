@@ -65,13 +65,17 @@ def _site(name: str, module: nn.Module) -> AttentionSite | None:
     if isinstance(module, nn.MultiheadAttention):
         return AttentionSite(name, module, "mha")
     qkv = getattr(module, "qkv", None)
-    if hasattr(module, "fused_attn") and isinstance(qkv, nn.Linear) and isinstance(
-        getattr(module, "attn_drop", None), nn.Module
+    if (
+        hasattr(module, "fused_attn")
+        and isinstance(qkv, nn.Linear)
+        and isinstance(getattr(module, "attn_drop", None), nn.Module)
     ):
         dim = qkv.out_features // 3
         roles = ("q", "k", "v")
         return AttentionSite(
-            name, module, "timm",
+            name,
+            module,
+            "timm",
             tuple((qkv, slice(i * dim, (i + 1) * dim), r) for i, r in enumerate(roles)),
         )
     projections = [getattr(module, f"{r}_proj", None) for r in ("q", "k", "v")]
@@ -179,8 +183,11 @@ class AttentionRecord:
                 raise RuntimeError(
                     f"attention module {site.name!r} ({type(site.module).__name__}) was called "
                     f"{calls} times in one forward pass (expected once): its attention "
-                    + ("was computed by a path that bypasses the module"
-                       if calls == 0 else "is ambiguous")
+                    + (
+                        "was computed by a path that bypasses the module"
+                        if calls == 0
+                        else "is ambiguous"
+                    )
                 )
 
 
@@ -210,8 +217,11 @@ def attention_maps(model: nn.Module) -> Iterator[AttentionRecord]:
                 pre_kwargs[site.module] = _ask_for_weights
                 forward_kwargs[site.module] = _mha_recorder(record, site)
         try:
-            with hooks(forward=forward, forward_pre_kwargs=pre_kwargs,  # type: ignore[arg-type]
-                       forward_kwargs=forward_kwargs):
+            with hooks(
+                forward=forward,
+                forward_pre_kwargs=pre_kwargs,  # type: ignore[arg-type]
+                forward_kwargs=forward_kwargs,
+            ):
                 yield record
         finally:
             record.maps = []
@@ -246,8 +256,12 @@ def _mha_recorder(record: AttentionRecord, site: AttentionSite):
         record._record(site, weights)
         assert isinstance(weights, Tensor) and isinstance(output, (tuple, list))
         value = kwargs.get("value", args[2] if len(args) > 2 else None)
-        if (not isinstance(value, Tensor) or module.bias_k is not None or module.add_zero_attn
-                or value.dim() != 3):
+        if (
+            not isinstance(value, Tensor)
+            or module.bias_k is not None
+            or module.add_zero_attn
+            or value.dim() != 3
+        ):
             raise ValueError(
                 f"attention module {site.name!r}: nn.MultiheadAttention with batched 3-D "
                 "inputs and without bias_k/add_zero_attn is supported"
@@ -275,10 +289,10 @@ def _mha_from_weights(module: nn.Module, value: Tensor, weights: Tensor) -> Tens
         value = value.transpose(0, 1)  # (S, B, E)
     s, b = value.shape[:2]
     if module._qkv_same_embed_dim:
-        w_v = module.in_proj_weight[2 * e:]
+        w_v = module.in_proj_weight[2 * e :]
     else:
         w_v = module.v_proj_weight
-    b_v = module.in_proj_bias[2 * e:] if module.in_proj_bias is not None else None
+    b_v = module.in_proj_bias[2 * e :] if module.in_proj_bias is not None else None
     v = F.linear(value, w_v, b_v).reshape(s, b * heads, e // heads).transpose(0, 1)
     length = weights.shape[-2]
     out = torch.bmm(weights.reshape(b * heads, length, s).to(v.dtype), v)  # (B*H, L, hd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -221,7 +221,8 @@ class ModelAdapter:
 
 def warn_if_zero(grads: Tensor, name: str) -> None:
     """Warn when a captured gradient is identically zero (e.g. ViT patch tokens of the last
-    block when only the class token feeds the head)."""
+    block when only the class token feeds the head).
+    """
     if grads.numel() and not bool(grads.any()):
         warnings.warn(
             f"the gradient at layer {name!r} is zero everywhere; the map will be empty. For "

@@ -8,7 +8,8 @@ Every registration happens inside :func:`hooks`, a context manager built on
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from torch import nn
 

@@ -13,7 +13,8 @@ from xai._typing import LayerLike
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """Return the module whose hooks fire: compiled and (Distributed)DataParallel wrappers
-    are unwrapped, since hooks added to a compiled wrapper after compilation are ignored."""
+    are unwrapped, since hooks added to a compiled wrapper after compilation are ignored.
+    """
     inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
     if isinstance(inner, nn.Module):
         return inner

@@ -15,7 +15,8 @@ def _prefix_tokens(
     n_tokens: int, declared: int | None, grid: tuple[int, int] | None = None
 ) -> tuple[int, int, int]:
     """Return (prefix, h, w) for ``n_tokens`` tokens: the model's own patch grid when it fits,
-    else the smallest prefix that leaves a square grid."""
+    else the smallest prefix that leaves a square grid.
+    """
     if grid is not None and declared is not None and n_tokens - declared == grid[0] * grid[1]:
         return declared, grid[0], grid[1]
     candidates = [declared] if declared is not None else range(9)
@@ -71,9 +72,7 @@ def make_reshape(reshape: ReshapeLike, model: nn.Module) -> Callable[[Tensor], T
         return swin_reshape
     if callable(reshape):
         return reshape
-    raise ValueError(
-        f"reshape must be None, 'auto', 'vit', 'swin' or a callable, got {reshape!r}"
-    )
+    raise ValueError(f"reshape must be None, 'auto', 'vit', 'swin' or a callable, got {reshape!r}")
 
 
 @dataclass(frozen=True)
@@ -117,13 +116,17 @@ def _grid(image: object, patch: object) -> tuple[int, int] | None:
 
 def _default_layer(model: nn.Module) -> str | None:
     """The last block's pre-attention norm; for post-norm PyTorch encoder layers (whose
-    ``norm1`` follows the attention) the output of the block before the last one."""
+    ``norm1`` follows the attention) the output of the block before the last one.
+    """
     names = [n for n, _ in model.named_modules() if n.split(".")[-1] in FIRST_NORMS]
     if not names:
         return None
     modules = dict(model.named_modules())
     parent = names[-1].rpartition(".")[0]
-    if isinstance(modules.get(parent), nn.TransformerEncoderLayer) and not modules[parent].norm_first:
+    if (
+        isinstance(modules.get(parent), nn.TransformerEncoderLayer)
+        and not modules[parent].norm_first
+    ):
         blocks = [n for n, m in modules.items() if isinstance(m, nn.TransformerEncoderLayer)]
         return blocks[-2] if len(blocks) > 1 else None
     return names[-1]

@@ -140,8 +140,9 @@ def _same_storage(a: Tensor, b: Tensor) -> bool:
 class _Rewirer:
     """State of one :func:`rewired` context: pending inputs and the producer of each tensor."""
 
-    def __init__(self, rules: Mapping[nn.Module, BackwardRule],
-                 on_call: Callable[[Call], None] | None) -> None:
+    def __init__(
+        self, rules: Mapping[nn.Module, BackwardRule], on_call: Callable[[Call], None] | None
+    ) -> None:
         self.rules = rules
         self.on_call = on_call
         self.pending: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
@@ -173,8 +174,14 @@ class _Rewirer:
             value = value.clone()
         entry = self.produced.get(id(x))
         source = entry[1] if entry is not None and entry[0] is x else None
-        call = Call(module=module, input=snapshot, output=value, source=source,
-                    output_version=value._version, input_version=snapshot._version)
+        call = Call(
+            module=module,
+            input=snapshot,
+            output=value,
+            source=source,
+            output_version=value._version,
+            input_version=snapshot._version,
+        )
         if self.on_call is not None:
             self.on_call(call)
         out = _Rewire.apply(x, call, self.rules[module]) if x.requires_grad else value
@@ -205,8 +212,9 @@ def rewired(
     state = _Rewirer(rules, on_call)
     modules = list(rules)
     try:
-        with hooks(forward={m: state.post for m in modules},
-                   forward_pre={m: state.pre for m in modules}):
+        with hooks(
+            forward={m: state.post for m in modules}, forward_pre={m: state.pre for m in modules}
+        ):
             yield
     finally:
         state.pending.clear()
@@ -245,8 +253,13 @@ class Residual:
 
 class _Split(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, branch: Tensor, shortcut: Tensor, value: Tensor,  # type: ignore[override]
-                split: SplitRule) -> Tensor:
+    def forward(
+        ctx,
+        branch: Tensor,
+        shortcut: Tensor,
+        value: Tensor,  # type: ignore[override]
+        split: SplitRule,
+    ) -> Tensor:
         ctx.save_for_backward(branch, shortcut)
         ctx.split = split
         return value
@@ -358,8 +371,13 @@ class Link:
 
 class _Link(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, source: Tensor, value: Tensor, link: Link,  # type: ignore[override]
-                rule: LinkRule) -> Tensor:
+    def forward(
+        ctx,
+        source: Tensor,
+        value: Tensor,
+        link: Link,  # type: ignore[override]
+        rule: LinkRule,
+    ) -> Tensor:
         ctx.save_for_backward(source)
         ctx.link = link
         ctx.rule = rule

@@ -14,7 +14,8 @@ classes predicted on the clean inputs.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,7 +54,7 @@ class Target:
     def __call__(self, outputs: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def freeze(self, outputs: Tensor) -> "Target":
+    def freeze(self, outputs: Tensor) -> Target:
         """The same target with any data-dependent choice (argmax) fixed from ``outputs``."""
         return self
 
@@ -62,7 +63,7 @@ class Target:
         """Whether :meth:`freeze` must be called before scoring perturbed copies."""
         return False
 
-    def select(self, index: Tensor) -> "Target":
+    def select(self, index: Tensor) -> Target:
         """The target for a batch whose row ``j`` is a copy of original sample ``index[j]``."""
         return self
 
@@ -177,10 +178,10 @@ class ClassTarget(Target):
         idx = self.indices(outputs)
         return outputs.gather(1, idx[:, None])[:, 0]
 
-    def freeze(self, outputs: Tensor) -> "ClassTarget":
+    def freeze(self, outputs: Tensor) -> ClassTarget:
         return ClassTarget(self.indices(outputs).cpu())
 
-    def select(self, index: Tensor) -> "ClassTarget":
+    def select(self, index: Tensor) -> ClassTarget:
         if self.classes is None:
             raise RuntimeError("freeze() an argmax target before select()")
         if isinstance(self.classes, int):
@@ -207,10 +208,10 @@ class ProbabilityTarget(ClassTarget):
         probs = outputs.softmax(1) if self.activation == "softmax" else outputs.sigmoid()
         return probs.gather(1, idx[:, None])[:, 0]
 
-    def freeze(self, outputs: Tensor) -> "ProbabilityTarget":
+    def freeze(self, outputs: Tensor) -> ProbabilityTarget:
         return ProbabilityTarget(self.indices(outputs).cpu(), self.activation)
 
-    def select(self, index: Tensor) -> "ProbabilityTarget":
+    def select(self, index: Tensor) -> ProbabilityTarget:
         frozen = super().select(index)
         return ProbabilityTarget(frozen.classes, self.activation)
 
@@ -253,7 +254,7 @@ class SegmentationTarget(Target):
             scores = scores * mask
         return scores.flatten(1).sum(1)
 
-    def select(self, index: Tensor) -> "SegmentationTarget":
+    def select(self, index: Tensor) -> SegmentationTarget:
         if self.mask is not None and self.mask.dim() == 3:
             return SegmentationTarget(self.cls, self.mask[index.to(self.mask.device)])
         return self
@@ -300,7 +301,7 @@ class SimilarityTarget(Target):
                 "pass one per sample or a single (D,) reference"
             )
 
-    def select(self, index: Tensor) -> "SimilarityTarget":
+    def select(self, index: Tensor) -> SimilarityTarget:
         if self.reference.dim() == 2:
             return SimilarityTarget(self.reference[index.to(self.reference.device)], self.metric)
         return self

@@ -17,6 +17,7 @@ from xai.attributions.base import (
     register,
     upsample,
 )
+
 __all__ = [
     "Attribution",
     "LayerAttribution",

@@ -58,8 +58,9 @@ class _AttentionMethod(Attribution):
 
     model_family: ClassVar[str] = "vit"
 
-    def __init__(self, model: nn.Module, *, token: str = "auto", upsample: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs
+    ) -> None:
         super().__init__(model, **kwargs)
         if token not in ("auto", "cls", "mean"):
             raise ValueError(f"token must be 'auto', 'cls' or 'mean', got {token!r}")
@@ -128,8 +129,9 @@ class AttentionRollout(_AttentionMethod):
         >>> maps = AttentionRollout(vit)(x)    # (B, H, W)
     """
 
-    def __init__(self, model: nn.Module, *, head_fusion: str = "mean",
-                 discard_ratio: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, *, head_fusion: str = "mean", discard_ratio: float = 0.0, **kwargs
+    ) -> None:
         super().__init__(model, **kwargs)
         if head_fusion not in HEAD_FUSIONS:
             raise ValueError(f"head_fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")

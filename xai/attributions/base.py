@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import re
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from xai.adapter.capture import warn_if_zero
 from xai.adapter.layers import _unwrap
 from xai.adapter.reshape import token_layout
 
-_REGISTRY: dict[str, type["Attribution"]] = {}
+_REGISTRY: dict[str, type[Attribution]] = {}
 A = TypeVar("A", bound=type["Attribution"])
 
 
@@ -55,7 +56,7 @@ def available(model_family: str | None = None) -> list[str]:
     return sorted(n for n, c in _REGISTRY.items() if c.model_family in ("any", model_family))
 
 
-def get(name: str) -> type["Attribution"]:
+def get(name: str) -> type[Attribution]:
     """The method class registered under ``name`` (close matches are suggested on a typo)."""
     import difflib
 
@@ -103,7 +104,7 @@ class Attribution(ABC):
         self.progress = progress
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> "Attribution":
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> Attribution:
         """Build the method with its defaults from the arguments every method can be given.
 
         The registry-driven code (contract test, CLI, demo) builds every method this way;
@@ -145,7 +146,7 @@ class Attribution(ABC):
     def _finalize(self, maps: Tensor, inputs: Tensor) -> Tensor:
         return maps
 
-    def rebind(self, model: nn.Module) -> "Attribution":
+    def rebind(self, model: nn.Module) -> Attribution:
         """A copy of this method, with the same options, explaining another model.
 
         Used by metrics that re-explain a modified copy of the model (parameter
@@ -180,7 +181,8 @@ class Attribution(ABC):
 
 def _warn_if_flat(maps: Tensor, dtype: torch.dtype, name: str) -> None:
     """Half-precision models round small score changes away (bfloat16 keeps 8 significant
-    bits): a constant map is then an artefact of the precision, not an explanation."""
+    bits): a constant map is then an artefact of the precision, not an explanation.
+    """
     flat = maps.detach().flatten(1)
     constant = (flat == flat[:, :1]).all(1)
     if bool(constant.any()):
@@ -235,7 +237,8 @@ class LayerAttribution(Attribution):
     @classmethod
     def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
         """Registry constructor; without ``layer``, vision transformers get the last block's
-        pre-attention norm (see :func:`xai.adapter.reshape.token_layout`)."""
+        pre-attention norm (see :func:`xai.adapter.reshape.token_layout`).
+        """
         if layer is None:
             layer = token_layout(_unwrap(model)).default_layer
         if layer is None:
@@ -314,7 +317,8 @@ class LayerAttribution(Attribution):
 
 def _check_finite_activations(acts: Tensor, layer: str) -> None:
     """Finite inputs can still overflow inside the model (a float16 model, a diverged one):
-    NaN/Inf activations would give NaN maps, or a LinAlgError from EigenCAM's SVD."""
+    NaN/Inf activations would give NaN maps, or a LinAlgError from EigenCAM's SVD.
+    """
     bad = ~torch.isfinite(acts.flatten(1)).all(1)
     if bool(bad.any()):
         raise ValueError(

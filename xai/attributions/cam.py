@@ -270,8 +270,9 @@ class EigenCAM(LayerAttribution):
 
     needs_gradients = False
 
-    def __init__(self, model: nn.Module, layer: LayerLike, *, center: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerLike, *, center: bool = True, **kwargs
+    ) -> None:
         super().__init__(model, layer, **kwargs)
         self.center = center
 
@@ -285,8 +286,9 @@ class EigenCAM(LayerAttribution):
         proj = mat @ vh[:, 0, :, None]  # (B, hw, 1)
         proj = proj[..., 0]
         mean_map = activations.reshape(b, k, -1).mean(1).double()
-        corr = ((proj - proj.mean(1, keepdim=True))
-                * (mean_map - mean_map.mean(1, keepdim=True))).sum(1)
+        corr = (
+            (proj - proj.mean(1, keepdim=True)) * (mean_map - mean_map.mean(1, keepdim=True))
+        ).sum(1)
         sign = torch.where(corr < 0, -1.0, 1.0).to(proj.dtype)
         proj = proj * sign[:, None]
         return F.relu(proj).reshape(b, *spatial).to(activations.dtype)
@@ -305,8 +307,9 @@ class GuidedGradCAM(GradCAM):
         Convolutional Net", ICLR Workshops 2015.
     """
 
-    def __init__(self, model: nn.Module, layer: LayerLike, *, reduction: str = "max_abs",
-                 **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerLike, *, reduction: str = "max_abs", **kwargs
+    ) -> None:
         if kwargs.get("upsample") is False:
             raise ValueError("GuidedGradCAM maps are at the input resolution; drop upsample")
         super().__init__(model, layer, **kwargs)
@@ -320,5 +323,6 @@ class GuidedGradCAM(GradCAM):
         with guided_relus(self.adapter.module):
             scores = target(self.adapter.forward(x))
             (guided,) = torch.autograd.grad(scores.sum(), x)
-        return reduce_channels(guided * upsample(cam, tuple(inputs.shape[-2:]))[:, None],
-                               self.reduction)
+        return reduce_channels(
+            guided * upsample(cam, tuple(inputs.shape[-2:]))[:, None], self.reduction
+        )

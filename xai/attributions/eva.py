@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 from typing import ClassVar
 
 import torch
@@ -243,7 +242,8 @@ class EVA(Attribution):
         """``(n_samples, *in_shape)`` points of the unit ball, sample 0 at the center.
 
         Drawn from ``seed`` and the set's index only, so every image sees the same draws (a
-        batch equals its samples one by one)."""
+        batch equals its samples one by one).
+        """
         gen = torch.Generator().manual_seed(
             (0 if self.seed is None else int(self.seed)) * 1_000_003 + subset
         )

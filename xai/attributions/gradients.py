@@ -152,7 +152,8 @@ class SmoothGrad(_CaptumAttribution):
 
     def noise(self, inputs: Tensor) -> Tensor:
         """The noise added to each copy, ``(n_samples, B, C, H, W)`` (for inspection: the
-        attribution itself draws it chunk by chunk, the same values)."""
+        attribution itself draws it chunk by chunk, the same values).
+        """
         sigma = self._sigma(inputs)
         return torch.stack([self._scaled(d, sigma, inputs) for d in self._draws(inputs)])
 
@@ -162,7 +163,8 @@ class SmoothGrad(_CaptumAttribution):
 
     def _draws(self, inputs: Tensor) -> Iterator[Tensor]:
         """The standard-normal draw of each noisy copy, ``(C, H, W)`` float64, one at a time:
-        the same values whatever the chunking, and never all in memory."""
+        the same values whatever the chunking, and never all in memory.
+        """
         gen = self._generator(torch.device("cpu"))
         for _ in range(self.n_samples):
             yield torch.randn(tuple(inputs.shape[1:]), generator=gen, dtype=torch.float64)

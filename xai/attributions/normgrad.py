@@ -56,7 +56,8 @@ the target class, on a copy of the model) to make it more class-sensitive.
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,7 @@ def _group_stats(t: Tensor, groups: int, needs: tuple[str, ...]) -> dict[str, Te
     return out
 
 
-def _window_stats(stats: dict[str, Tensor], conv: "_Geometry") -> dict[str, Tensor]:
+def _window_stats(stats: dict[str, Tensor], conv: _Geometry) -> dict[str, Tensor]:
     """Statistics of the unfolded (k x k window) vectors from per-location statistics.
 
     Additive statistics are summed over the window (a grouped convolution with a ones kernel),
@@ -161,8 +162,7 @@ def _window_stats(stats: dict[str, Tensor], conv: "_Geometry") -> dict[str, Tens
         if key in ("sq", "sum", "pos_sq", "neg_sq"):
             g = padded.shape[1]
             ones = padded.new_ones(g, 1, *conv.kernel_size)
-            out[key] = F.conv2d(padded, ones, stride=conv.stride, dilation=conv.dilation,
-                                groups=g)
+            out[key] = F.conv2d(padded, ones, stride=conv.stride, dilation=conv.dilation, groups=g)
         elif key == "min":
             out[key] = -F.max_pool2d(-padded, conv.kernel_size, conv.stride, 0, conv.dilation)
         else:  # max, max_abs
@@ -195,8 +195,9 @@ def _aggregate(a: dict[str, Tensor], b: dict[str, Tensor], aggregation: str) -> 
         # max(0, a_i b_j) is a_i+ b_j+ + a_i- b_j- (the two cannot both be non-zero)
         return (a["pos_sq"] * b["pos_sq"] + a["neg_sq"] * b["neg_sq"]).sum(1).sqrt()
     if aggregation == "max":
-        corners = torch.stack([a["max"] * b["max"], a["max"] * b["min"],
-                               a["min"] * b["max"], a["min"] * b["min"]])
+        corners = torch.stack(
+            [a["max"] * b["max"], a["max"] * b["min"], a["min"] * b["max"], a["min"] * b["min"]]
+        )
         return corners.amax(0).amax(1)
     return (a["max_abs"] * b["max_abs"]).amax(1)  # max_abs
 
@@ -223,7 +224,7 @@ class _Geometry:
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and not any(self.pad)
 
     @classmethod
-    def of(cls, conv: nn.Conv2d) -> "_Geometry":
+    def of(cls, conv: nn.Conv2d) -> _Geometry:
         return cls(
             tuple(conv.kernel_size),  # type: ignore[arg-type]
             tuple(conv.stride),  # type: ignore[arg-type]
@@ -421,7 +422,7 @@ class SpatialContribution(LayerAttribution):
     @classmethod
     def from_preset(
         cls, preset: str, model: nn.Module, layer: LayerLike | Sequence[LayerLike], **kwargs
-    ) -> "SpatialContribution":
+    ) -> SpatialContribution:
         """Build one of :data:`PRESETS` (``"grad_cam"``, ``"norm_grad"``, ...) at ``layer``."""
         _check_choice(preset, "preset", tuple(PRESETS))
         return cls(model, layer, **{**PRESETS[preset], **kwargs})  # type: ignore[arg-type]
@@ -502,8 +503,9 @@ class NormGrad(SpatialContribution):
         aggregation: str = "norm",
         **kwargs,
     ) -> None:
-        super().__init__(model, layer, virtual_layer=virtual_layer, aggregation=aggregation,
-                         **kwargs)
+        super().__init__(
+            model, layer, virtual_layer=virtual_layer, aggregation=aggregation, **kwargs
+        )
 
 
 @register
@@ -597,7 +599,7 @@ class MetaSaliency(Attribution):
         """Meta-saliency of :class:`NormGrad` at ``layer`` (what the registry-driven code runs)."""
         return cls(NormGrad.create(model, layer=layer), **kwargs)
 
-    def rebind(self, model: nn.Module) -> "MetaSaliency":
+    def rebind(self, model: nn.Module) -> MetaSaliency:
         clone = super().rebind(model)
         clone.method = self.method.rebind(model)
         return clone  # type: ignore[return-value]

@@ -58,8 +58,9 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -403,9 +404,7 @@ class SimilarityMaps:
                 "at a time (query[i:i + 1]) against a batch of references"
             )
         if q.shape[1] != refs.shape[1]:
-            raise ValueError(
-                f"query has {q.shape[1]} channels but references have {refs.shape[1]}"
-            )
+            raise ValueError(f"query has {q.shape[1]} channels but references have {refs.shape[1]}")
         return q.detach(), refs.detach().to(q.device)
 
     def _chunks(self, total: int) -> Iterable[slice]:
@@ -424,8 +423,7 @@ class SimilarityMaps:
             acts = cap.activations.get(self.layer)
         if acts is None:
             raise RuntimeError(
-                f"layer {self.layer!r} was not called in the forward pass: is it used by the "
-                "model?"
+                f"layer {self.layer!r} was not called in the forward pass: is it used by the model?"
             )
         if acts.dim() != 4:
             raise ValueError(
@@ -563,9 +561,7 @@ class SimilarityMaps:
     def _grad_cam(self, inputs: Tensor, target: SimilarityTarget) -> Tensor:
         from xai.attributions.cam import GradCAM
 
-        cam = GradCAM(
-            self.model, self.layer, reshape=self.adapter.reshape, upsample=self.upsample
-        )
+        cam = GradCAM(self.model, self.layer, reshape=self.adapter.reshape, upsample=self.upsample)
         out = []
         for chunk in self._chunks(inputs.shape[0]):
             tgt = target.select(torch.arange(chunk.start, chunk.stop))

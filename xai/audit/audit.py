@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from xai._checks import check_inputs
 from xai._typing import LayerLike
-from xai.audit.state import AuditState, BatchStats, load_state
 from xai.adapter.targets import class_indices
+from xai.audit.state import AuditState, BatchStats, load_state
 
 __all__ = ["AuditResult", "audit"]
 
@@ -100,7 +100,8 @@ class AuditResult:
 
     def to_dict(self) -> dict:
         """A JSON-serializable summary (no images): tables, flags, per-sample columns,
-        hot-spot counts and the settings."""
+        hot-spot counts and the settings.
+        """
         return _jsonable({
             "config": self.config,
             "classes": self.classes,
@@ -507,7 +508,9 @@ def _local_state(
     if ckpt is not None and ckpt.is_file():
         state = load_state(ckpt)
         if (state.grid_size, state.n_worst, state.keep_for_concepts) != (
-            grid_size, n_worst, keep_for_concepts
+            grid_size,
+            n_worst,
+            keep_for_concepts,
         ):
             raise ValueError(
                 f"the checkpoint {ckpt} was written by an audit with other settings "
@@ -649,8 +652,9 @@ def batch_stats(
         "peak_col": torch.where(has_peak, cols, minus_one).cpu(),
         "badness": badness.cpu(),
     }  # fmt: skip
-    return BatchStats(columns, norm.cpu(), has_peak.cpu(), cells.cpu(), x, maps.float(),
-                      None if m is None else m)
+    return BatchStats(
+        columns, norm.cpu(), has_peak.cpu(), cells.cpu(), x, maps.float(), None if m is None else m
+    )
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -819,6 +823,4 @@ def _summarize(
         c: [{k: v for k, v in d.items() if k != "badness"} for d in lst]
         for c, lst in state.worst.items()
     }
-    return AuditResult(
-        classes, groups, class_groups, flags, samples, mean_maps, hot, worst, config
-    )
+    return AuditResult(classes, groups, class_groups, flags, samples, mean_maps, hot, worst, config)

@@ -52,8 +52,9 @@ class _Source:
         if isinstance(data, (Tensor, np.ndarray)):
             self.kind = "tensors"
             self.tensors = tuple(
-                None if t is None else torch.as_tensor(np.asarray(t) if not isinstance(t, Tensor)
-                                                       else t)
+                None
+                if t is None
+                else torch.as_tensor(np.asarray(t) if not isinstance(t, Tensor) else t)
                 for t in (data, labels, masks, groups)
             )
             if self.tensors[1] is None:
@@ -112,8 +113,10 @@ class _ShardWorker:
             payload = self._run(int(start), int(stop))
             out_ids.append(int(shard))
             out_payload.append(payload)
-        return {"shard": np.asarray(out_ids, dtype=np.int64),
-                "payload": np.asarray(out_payload, dtype=object)}
+        return {
+            "shard": np.asarray(out_ids, dtype=np.int64),
+            "payload": np.asarray(out_payload, dtype=object),
+        }
 
     def _run(self, start: int, stop: int) -> bytes:
         from xai.audit.audit import _as_tensor, batch_stats
@@ -183,7 +186,8 @@ def _run_shards(
     progress: bool,
 ) -> Iterator[tuple[int, bytes | Path]]:
     """Yield ``(shard id, payload bytes or the file holding it)`` for every shard, in any order:
-    those already in ``checkpoint_dir`` first, then the ones the actors compute."""
+    those already in ``checkpoint_dir`` first, then the ones the actors compute.
+    """
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
     if not isinstance(num_workers, int) or num_workers < 1:
@@ -203,8 +207,12 @@ def _run_shards(
                     "settings); use a new checkpoint_dir or delete it"
                 )
         else:
-            manifest.write_text(json.dumps({"fingerprint": stamp, "n": source.n,
-                                            "shard_size": shard_size, "job": job}, default=str))
+            manifest.write_text(
+                json.dumps(
+                    {"fingerprint": stamp, "n": source.n, "shard_size": shard_size, "job": job},
+                    default=str,
+                )
+            )
         for shard, _s, _e in shards:
             path = ckpt / f"shard-{shard:06d}.pt"
             if path.is_file():
@@ -222,8 +230,12 @@ def _run_shards(
     ds = from_items(items, override_num_blocks=len(items))
     results = ds.map_batches(
         _ShardWorker,
-        fn_constructor_kwargs={"model": model, "explainer": explainer,
-                               "source_ref": source_ref, "job": job},
+        fn_constructor_kwargs={
+            "model": model,
+            "explainer": explainer,
+            "source_ref": source_ref,
+            "job": job,
+        },
         batch_size=1,
         concurrency=num_workers,
         num_cpus=num_cpus,
@@ -310,7 +322,8 @@ def ray_audit_state(
         checkpoint_dir=checkpoint_dir, address=address, progress=progress,
     ):  # fmt: skip
         states[shard] = (
-            load_state(payload) if isinstance(payload, Path)
+            load_state(payload)
+            if isinstance(payload, Path)
             else AuditState.from_state_dict(_load_payload(payload))
         )
     merged = AuditState(grid_size, n_worst, keep_for_concepts)
@@ -369,20 +382,25 @@ def explain_dataset(
         raise ValueError(f"engine must be 'ray' or 'local', got {engine!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = _Source(data, labels, None, None) if labels is not None or not isinstance(
-        data, (Tensor, np.ndarray)) else _UnlabelledSource(data)
+    source = (
+        _Source(data, labels, None, None)
+        if labels is not None or not isinstance(data, (Tensor, np.ndarray))
+        else _UnlabelledSource(data)
+    )
     shard_size = shard_size or 8 * batch_size
     shards = _shards(source.n, shard_size)
     ext = "npy" if file_format == "npy" else "parquet"
     files = [out / f"maps-{i:06d}.{ext}" for i, _s, _e in shards]
     todo = [sh for sh, f in zip(shards, files) if not f.is_file()]
-    job = {"kind": "maps", "target": target, "batch_size": batch_size,
-           "device": "cuda" if num_gpus and num_gpus > 0 else "cpu"}
+    job = {
+        "kind": "maps",
+        "target": target,
+        "batch_size": batch_size,
+        "device": "cuda" if num_gpus and num_gpus > 0 else "cpu",
+    }
     if engine == "local":
         worker = _ShardWorker(model, explainer, source, job)
-        results: Iterator[tuple[int, bytes]] = (
-            (i, worker._run(s, e)) for i, s, e in todo
-        )
+        results: Iterator[tuple[int, bytes]] = ((i, worker._run(s, e)) for i, s, e in todo)
     else:
         sub = _SubsetSource(source, todo)
         results = (

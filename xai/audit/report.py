@@ -84,7 +84,8 @@ def figures(
 ) -> dict[str, Any]:
     """The report's matplotlib figures: ``mean_maps``, ``hotspots``, ``mass_inside`` (with
     masks) and ``worst`` (overlays of the worst cases of the flagged classes, or of the
-    ``max_classes`` classes with the least mass inside when none is flagged)."""
+    ``max_classes`` classes with the least mass inside when none is flagged).
+    """
     from matplotlib.figure import Figure
 
     from xai.visualize import overlay
@@ -107,8 +108,14 @@ def figures(
         axes = []
         for i, r in enumerate(rows):
             ax = fig.add_subplot(nrow, cols, i + 1)
-            im = ax.imshow(np.asarray(data[r["class"]], dtype=np.float64), cmap="inferno",
-                           vmin=0.0, vmax=1.0, extent=(0, w, h, 0), interpolation="nearest")
+            im = ax.imshow(
+                np.asarray(data[r["class"]], dtype=np.float64),
+                cmap="inferno",
+                vmin=0.0,
+                vmax=1.0,
+                extent=(0, w, h, 0),
+                interpolation="nearest",
+            )
             mark = " ⚑" if r["class"] in flagged else ""
             ax.set_title(f"{r['name']}{mark}", fontsize=9, color="red" if mark else "black")
             ax.tick_params(labelsize=6)
@@ -155,8 +162,14 @@ def figures(
         for i, c in enumerate(chosen):
             for j, ex in enumerate(result.worst[c]):
                 ax = fig.add_subplot(len(chosen), k, i * k + j + 1)
-                overlay(ex["image"], ex["map"], mean=mean, std=std, ax=ax,
-                        colorbar=j == len(result.worst[c]) - 1)
+                overlay(
+                    ex["image"],
+                    ex["map"],
+                    mean=mean,
+                    std=std,
+                    ax=ax,
+                    colorbar=j == len(result.worst[c]) - 1,
+                )
                 if ex["mask"] is not None:
                     ax.contour(
                         np.asarray(ex["mask"], dtype=float),
@@ -188,7 +201,8 @@ def _md(text: object) -> str:
     """User text made inert in Markdown, as ``html.escape`` does for the HTML report: HTML
     tags are escaped (``<script>`` shows as text), line breaks become spaces (a name cannot
     end a table row or start a heading) and Markdown punctuation, ``|`` included, is
-    backslash-escaped (a name cannot add a table column, a link or an image)."""
+    backslash-escaped (a name cannot add a table column, a link or an image).
+    """
     flat = " ".join(str(text).splitlines())
     return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
@@ -350,8 +364,11 @@ def write_report(
     words = describe_audit(result)  # the flags and worst cases in sentences (xai.verbalize)
     order = ["mass_inside", "mean_maps", "hotspots", "worst"]
     captions = _captions(bool(cfg.get("has_masks")))
-    shown = set(_CLASS_COLUMNS) | (set(_GROUP_COLUMNS) | set(_CG_COLUMNS) if result.groups
-                                   else set()) | (set(_GAP_COLUMNS) if gaps else set())
+    shown = (
+        set(_CLASS_COLUMNS)
+        | (set(_GROUP_COLUMNS) | set(_CG_COLUMNS) if result.groups else set())
+        | (set(_GAP_COLUMNS) if gaps else set())
+    )
     glossary = _glossary(shown)
     gap_lines = [f"{g['name']} (class {g['class']}): {g['message']}" for g in gaps]
     if format == "html":
@@ -439,8 +456,7 @@ def write_report(
                 _md_table(_concept_rows(result), _CONCEPT_COLUMNS),
                 "",
             ]
-        parts += ["## Columns", "", *[f"- **{c}**: {t}" for c, t in glossary], "",
-                  "## Figures", ""]
+        parts += ["## Columns", "", *[f"- **{c}**: {t}" for c, t in glossary], "", "## Figures", ""]
         for key in order:
             if key in images:
                 parts += [

@@ -210,14 +210,12 @@ def report_card(
                     None, x, maps, masks=masks
                 ).mean()
                 row["relevance_mass"] = RelevanceMassAccuracy()(None, x, maps, masks=masks).mean()
-                row["deletion"] = Deletion(n_steps, baseline=case["baseline"],
-                                           batch_size=batch_size)(
-                    model, x, maps, target
-                ).mean()
-                row["insertion"] = Insertion(n_steps, baseline=case["baseline"],
-                                             batch_size=batch_size)(
-                    model, x, maps, target
-                ).mean()
+                row["deletion"] = Deletion(
+                    n_steps, baseline=case["baseline"], batch_size=batch_size
+                )(model, x, maps, target).mean()
+                row["insertion"] = Insertion(
+                    n_steps, baseline=case["baseline"], batch_size=batch_size
+                )(model, x, maps, target).mean()
                 row["randomization"] = mprt(model, x, method, target).mean()
                 row["summary"] = _summary(case, name, maps, row)
             except Exception as err:  # noqa: BLE001 - one failing method must not hide the rest
@@ -228,7 +226,8 @@ def report_card(
 
 def _summary(case: dict[str, Any], method: str, maps: Any, row: dict[str, Any]) -> str:
     """The row in words: mean relevance mass and pointing on the ground truth, then the first
-    image's map described with its ground-truth areas (:mod:`xai.verbalize`)."""
+    image's map described with its ground-truth areas (:mod:`xai.verbalize`).
+    """
     from xai.verbalize import ENGLISH, Verbalizer, percent
 
     card = ENGLISH.card_row.format(
@@ -291,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-steps", type=int, default=10, help="deletion/insertion steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
-    parser.add_argument("--full", action="store_true",
-                        help="the papers' settings (default: the demo's cheap settings)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the papers' settings (default: the demo's cheap settings)",
+    )
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)

@@ -43,8 +43,16 @@ class BatchStats:
             masks (or ``None``), for the worst examples and the concept images.
     """
 
-    def __init__(self, columns: dict[str, Tensor], norm_maps: Tensor, has_peak: Tensor,
-                 cells: Tensor, images: Tensor, maps: Tensor, masks: Tensor | None) -> None:
+    def __init__(
+        self,
+        columns: dict[str, Tensor],
+        norm_maps: Tensor,
+        has_peak: Tensor,
+        cells: Tensor,
+        images: Tensor,
+        maps: Tensor,
+        masks: Tensor | None,
+    ) -> None:
         self.columns = columns
         self.norm_maps = norm_maps
         self.has_peak = has_peak
@@ -107,14 +115,17 @@ class AuditState:
             [self.class_map_sums, torch.zeros(extra, *size, dtype=torch.float64)]
         )
         self.class_hotspots = torch.cat(
-            [self.class_hotspots,
-             torch.zeros(extra, self.grid_size, self.grid_size, dtype=torch.long)]
+            [
+                self.class_hotspots,
+                torch.zeros(extra, self.grid_size, self.grid_size, dtype=torch.long),
+            ]
         )
 
     # ------------------------------------------------------------------ update
     def update(self, stats: BatchStats) -> None:
         """Add one batch, vectorized over its samples (a Python loop runs only over the few
-        classes that have a new worst example or still need concept images)."""
+        classes that have a new worst example or still need concept images).
+        """
         cols = stats.columns
         n = int(cols["index"].shape[0])
         if n == 0:
@@ -190,7 +201,9 @@ class AuditState:
                 a sample index (a sample counted twice).
         """
         if (other.grid_size, other.n_worst, other.keep_for_concepts) != (
-            self.grid_size, self.n_worst, self.keep_for_concepts
+            self.grid_size,
+            self.n_worst,
+            self.keep_for_concepts,
         ):
             raise ValueError("cannot merge audit states with different settings")
         if None not in (self.image_size, other.image_size) and self.image_size != other.image_size:
@@ -222,8 +235,9 @@ class AuditState:
         self.seen += other.seen
         index = torch.cat(self.chunks["index"]) if self.chunks["index"] else torch.empty(0)
         if index.numel() != torch.unique(index).numel():
-            raise ValueError("the merged audit states share sample indices: a sample would be "
-                             "counted twice")
+            raise ValueError(
+                "the merged audit states share sample indices: a sample would be counted twice"
+            )
         return self
 
     # ------------------------------------------------------------------ views

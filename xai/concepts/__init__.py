@@ -1,7 +1,8 @@
 """Concept extraction and concept importance (CRAFT, CVPR 2023; holistic framework, NeurIPS
 2023): :class:`ConceptExtractor`, factorizers, importance methods, maps and metrics. Concept
 probing against labelled masks: :class:`NetworkDissection` (Bau et al., CVPR 2017) and
-:class:`Net2Vec` (Fong & Vedaldi, CVPR 2018)."""
+:class:`Net2Vec` (Fong & Vedaldi, CVPR 2018).
+"""
 
 from xai.concepts.attribution import concept_attribution_maps, differentiable_encode
 from xai.concepts.dissection import (

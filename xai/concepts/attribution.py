@@ -76,8 +76,9 @@ def _active_solve(rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: floa
         if not bool(s.any()):
             continue
         ws = bank[s]
-        sol = torch.linalg.solve(ws @ ws.T + l2 * eye[: ws.shape[0], : ws.shape[0]],
-                                 ws @ rows[r] - l1)
+        sol = torch.linalg.solve(
+            ws @ ws.T + l2 * eye[: ws.shape[0], : ws.shape[0]], ws @ rows[r] - l1
+        )
         if bool((sol > 0).all()):
             out[r] = 0.0
             out[r, s] = sol
@@ -189,8 +190,9 @@ def concept_attribution_maps(
                     weights = grad.mean((2, 3), keepdim=True)
                     cam = F.relu((weights * acts).sum(1, keepdim=True)).detach()
                     per_concept.append(
-                        F.interpolate(cam, size=tuple(x.shape[2:]), mode="bilinear",
-                                      align_corners=False)[:, 0]
+                        F.interpolate(
+                            cam, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False
+                        )[:, 0]
                     )
             maps.append(torch.stack(per_concept, 1).to(dtype))
     return torch.cat(maps)

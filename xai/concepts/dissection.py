@@ -63,7 +63,8 @@ INTERPRETABLE_IOU = 0.04  # NetDissect-Lite settings.py: a unit is interpretable
 
 def concept_names(data: Any, n_concepts: int) -> list[str]:
     """The ``concepts`` attribute of a dataset (following ``Subset.dataset`` and
-    ``DataLoader.dataset``), else ``["concept 0", ...]``."""
+    ``DataLoader.dataset``), else ``["concept 0", ...]``.
+    """
     for _ in range(4):
         names = getattr(data, "concepts", None)
         if names is not None:
@@ -245,7 +246,8 @@ class _Cache:
 
 def _read_rows(path: Path, index: slice | np.ndarray, row: int, dtype: type) -> np.ndarray:
     """Rows ``index`` of a file of fixed-size rows, by plain reads (not a memmap, whose pages
-    would count in the process's RSS as the whole cache is read)."""
+    would count in the process's RSS as the whole cache is read).
+    """
     size = np.dtype(dtype).itemsize * row
     with open(path, "rb") as fh:
         if isinstance(index, slice):

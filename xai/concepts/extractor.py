@@ -112,9 +112,7 @@ class ConceptExtractor:
         check_positive_int(batch_size, "batch_size")
         check_positive_int(n_patches, "n_patches", allow_none=True)
         if patches not in ("grid", "random", "positions"):
-            raise ValueError(
-                f"patches must be 'grid', 'random' or 'positions', got {patches!r}"
-            )
+            raise ValueError(f"patches must be 'grid', 'random' or 'positions', got {patches!r}")
         self.n_concepts = n_concepts
         self.factorizer = factorizer
         self.patch_size = patch_size
@@ -157,7 +155,8 @@ class ConceptExtractor:
 
     def _choose_probe(self, inputs: Tensor) -> None:
         """Pick the smallest probe input (one image of side 1, 8, 32 or the input size) for
-        which ``h(g(x)) == model(x)`` on two images; fail if none does."""
+        which ``h(g(x)) == model(x)`` on two images; fail if none does.
+        """
         x = inputs[:2]
         acts = self.activations(x)
         with preserved(self.model), torch.no_grad():
@@ -201,7 +200,8 @@ class ConceptExtractor:
 
     def crops(self, boxes: Tensor | None = None, images: Tensor | None = None) -> Tensor:
         """The crops of ``boxes`` (default :attr:`patches_`) resized to the input size,
-        ``(n, C, H, W)`` (bilinear, as the CRAFT reference)."""
+        ``(n, C, H, W)`` (bilinear, as the CRAFT reference).
+        """
         boxes = self.patches_ if boxes is None else boxes
         images = self.images_ if images is None else images
         p = self.patch_size
@@ -219,8 +219,12 @@ class ConceptExtractor:
             acts = self.activations(inputs)
             _, h, w, c = acts.shape
             boxes = torch.stack(
-                [torch.arange(b).repeat_interleave(h * w), torch.full((b * h * w,), -1),
-                 torch.full((b * h * w,), -1)], 1
+                [
+                    torch.arange(b).repeat_interleave(h * w),
+                    torch.full((b * h * w,), -1),
+                    torch.full((b * h * w,), -1),
+                ],
+                1,
             )
             return acts.reshape(-1, c), boxes
         boxes = self._boxes(b, height, width)
@@ -378,7 +382,8 @@ class ConceptExtractor:
     ) -> Tensor:
         """Pixel attribution of each concept's coefficient by implicit differentiation
         through the NNLS encoding, ``(B, len(concepts), H, W)``; see
-        :func:`xai.concepts.attribution.concept_attribution_maps`."""
+        :func:`xai.concepts.attribution.concept_attribution_maps`.
+        """
         from xai.concepts.attribution import concept_attribution_maps
 
         return concept_attribution_maps(self, inputs, concepts, method=method)
@@ -421,17 +426,18 @@ class ConceptExtractor:
         if not 0.0 < top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         if self.patches == "positions":
-            raise ValueError(
-                "refine() needs crops: fit the parent with patches='grid' or 'random'"
-            )
+            raise ValueError("refine() needs crops: fit the parent with patches='grid' or 'random'")
         n_rows = self.coefficients_.shape[0]
         n_top = min(n_rows, max(n_concepts, round(top_fraction * n_rows)))
         top = self.coefficients_[:, concept].topk(n_top).indices
         crops = self.crops(self.patches_[top])
         options: dict[str, object] = {
-            "n_concepts": n_concepts, "patches": "positions",
+            "n_concepts": n_concepts,
+            "patches": "positions",
             "factorizer": self.factorizer if isinstance(self.factorizer, str) else "nmf",
-            "batch_size": self.batch_size, "seed": self.seed, "progress": self.progress,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "progress": self.progress,
             "patch_size": self.patch_size,
         }
         options.update(kwargs)

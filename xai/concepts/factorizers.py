@@ -145,7 +145,8 @@ class PCAFactorizer(_SklearnFactorizer):
 class ICAFactorizer(_SklearnFactorizer):
     """Independent component analysis (``sklearn.decomposition.FastICA``, unit-variance
     whitening). The bank is the mixing matrix (``mixing_.T``), so ``decode(encode(a))``
-    reconstructs ``a`` within the ``K``-dimensional subspace."""
+    reconstructs ``a`` within the ``K``-dimensional subspace.
+    """
 
     def _make(self):
         from sklearn.decomposition import FastICA
@@ -160,7 +161,8 @@ class ICAFactorizer(_SklearnFactorizer):
 
 class KMeansFactorizer(_SklearnFactorizer):
     """K-means (``sklearn.cluster.KMeans``): ``U`` is the one-hot nearest centroid, the bank
-    the ``K`` centroids (the prototype / cluster-based concept methods)."""
+    the ``K`` centroids (the prototype / cluster-based concept methods).
+    """
 
     def _make(self):
         from sklearn.cluster import KMeans
@@ -188,7 +190,8 @@ class KMeansFactorizer(_SklearnFactorizer):
 class DictionaryFactorizer(_SklearnFactorizer):
     """Sparse dictionary learning (``sklearn.decomposition.DictionaryLearning``): an L1
     penalty ``alpha`` (default 1, sklearn's) on the codes; codes by Lasso (LARS) for fit and
-    transform alike."""
+    transform alike.
+    """
 
     def _make(self):
         from sklearn.decomposition import DictionaryLearning

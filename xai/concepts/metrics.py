@@ -34,8 +34,9 @@ __all__ = [
 ]
 
 
-def relative_reconstruction_error(activations: Tensor, coefficients: Tensor, bank: Tensor,
-                                  mean: Tensor | None = None) -> float:
+def relative_reconstruction_error(
+    activations: Tensor, coefficients: Tensor, bank: Tensor, mean: Tensor | None = None
+) -> float:
     r""":math:`\|A - U W\|_F / \|A\|_F` (0 is a perfect reconstruction).
 
     Args:
@@ -157,21 +158,23 @@ def _order(importances: Tensor, n_images: int) -> Tensor:
     if imp.dim() == 1:
         imp = imp.expand(n_images, -1)
     if imp.shape[0] != n_images:
-        raise ValueError(
-            f"importances must be (K,) or (B={n_images}, K), got {tuple(imp.shape)}"
-        )
+        raise ValueError(f"importances must be (K,) or (B={n_images}, K), got {tuple(imp.shape)}")
     return torch.sort(imp, dim=1, descending=True, stable=True).indices
 
 
-def _curve(extractor: ConceptExtractor, inputs: Tensor, importances: Tensor,
-           insertion: bool) -> MetricResult:
+def _curve(
+    extractor: ConceptExtractor, inputs: Tensor, importances: Tensor, insertion: bool
+) -> MetricResult:
     u = extractor.encode(inputs)
     b, k = u.shape[0], u.shape[-1]
     order = _order(importances, b)
     curves = torch.empty(b, k + 1, dtype=torch.float64)
     for i in range(b):
-        masks = torch.zeros(k + 1, k, dtype=torch.float64) if insertion else torch.ones(
-            k + 1, k, dtype=torch.float64)
+        masks = (
+            torch.zeros(k + 1, k, dtype=torch.float64)
+            if insertion
+            else torch.ones(k + 1, k, dtype=torch.float64)
+        )
         for step in range(1, k + 1):
             masks[step:, order[i, step - 1]] = 1.0 if insertion else 0.0
         curves[i] = extractor.scores(u[i : i + 1], masks)[:, 0]
@@ -193,7 +196,8 @@ def c_deletion(extractor: ConceptExtractor, inputs: Tensor, importances: Tensor)
 
 def c_insertion(extractor: ConceptExtractor, inputs: Tensor, importances: Tensor) -> MetricResult:
     """C-Insertion: from all coefficients 0, add concepts in decreasing importance; area under
-    the score curve. Higher is better. Arguments as :func:`c_deletion`."""
+    the score curve. Higher is better. Arguments as :func:`c_deletion`.
+    """
     return _curve(extractor, inputs, importances, insertion=True)
 
 

@@ -349,7 +349,8 @@ class Net2Vec:
     def predict(self, inputs: Tensor) -> Tensor:
         """Probe outputs: segmentation ``(B, C, H, W)`` probabilities at the input size;
         classification ``(B, C)`` probabilities that the image contains each concept. On the
-        CPU, where the probes live (the model may be on any device)."""
+        CPU, where the probes live (the model may be on any device).
+        """
         self._check_fitted()
         check_inputs(inputs)
         with self.adapter.capture([self.layer]) as cap, torch.no_grad():
@@ -363,7 +364,8 @@ class Net2Vec:
     def score(self, data: Any, *, weights: Tensor | None = None) -> Tensor:
         """Validation score per fitted concept, ``(C,)``: set IoU of ``M > 0.5`` over the
         images containing the concept (segmentation) or balanced accuracy (classification).
-        NaN where the data has no image of the concept (or, for accuracy, no negative)."""
+        NaN where the data has no image of the concept (or, for accuracy, no negative).
+        """
         self._check_fitted()
         return self._score(self._collect(data), self.weights_ if weights is None else weights,
                            self.bias_)  # fmt: skip
@@ -391,7 +393,8 @@ class Net2Vec:
     def single_filter_score(self, data: Any) -> Tensor:
         """``(C,)`` score of the best single filter chosen on the training data: its NetDissect
         set IoU (segmentation; same thresholds and order as the probe), or a probe retrained
-        on that filter alone (classification)."""
+        on that filter alone (classification).
+        """
         self._check_fitted()
         cache = self._collect(data)
         if self.task == "segmentation":
@@ -459,7 +462,8 @@ class Net2Vec:
 
 def _balanced(present: Tensor, gen: torch.Generator) -> Tensor:
     """``(N, C)`` 0/1: all of the smaller class of each concept and an equal random subsample
-    of the larger one (linearprobe_disc_pytorch.py: redrawn every epoch)."""
+    of the larger one (linearprobe_disc_pytorch.py: redrawn every epoch).
+    """
     n, c = present.shape
     use = torch.zeros(n, c)
     noise = torch.rand(n, c, generator=gen)

@@ -119,7 +119,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def preprocess(image: np.ndarray, size: int = 224) -> Tensor:
     """ImageNet preprocessing of a uint8 RGB image: resize the short side to ``size * 256/224``,
-    center-crop ``size``, scale to [0, 1] and normalize. Returns ``(1, 3, size, size)``."""
+    center-crop ``size``, scale to [0, 1] and normalize. Returns ``(1, 3, size, size)``.
+    """
     import torchvision.transforms.functional as TF
 
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0

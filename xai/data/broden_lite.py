@@ -104,7 +104,8 @@ def color_names(rgb: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _stamps(root: str, category: str, max_side: int) -> tuple[np.ndarray, ...]:
     """The usable RGBA stamps of one folder, shrunk so their longest side is at most
-    ``max_side`` (pasting then resizes small arrays only)."""
+    ``max_side`` (pasting then resizes small arrays only).
+    """
     out = []
     for path in _stamp_files(Path(root), category):
         rgba = _read_rgba(path)
@@ -210,7 +211,8 @@ class BrodenLite(Dataset):
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``index`` as ``(rgb (size, size, 3) float32 in [0, 1], label map)`` where the
         label map is ``(3, size, size)`` int64: object index (-1 = none), texture index,
-        color index, all at full resolution."""
+        color index, all at full resolution.
+        """
         if not 0 <= index < self.n_images:
             raise IndexError(f"index {index} out of range for {self.n_images} images")
         rng = np.random.default_rng([self.seed, index])

@@ -97,7 +97,8 @@ class GroundTruthSet:
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(image (C, H, W), label, mask (H, W), group)``: the tuple :func:`xai.audit.audit`
-        reads from a dataset."""
+        reads from a dataset.
+        """
         return self.inputs[index], self.labels[index], self.masks[index], self.groups[index]
 
     def subset(self, index: Tensor | Sequence[int] | slice) -> GroundTruthSet:
@@ -392,7 +393,8 @@ def _texture(
     name: str, size: int, gen: np.random.Generator, tint: tuple[float, ...] | None = None
 ) -> np.ndarray:
     """A random crop of a scikit-image texture, ``(size, size, 3)`` in [0, 1], tinted by
-    ``tint`` (RGB multipliers; default: a fixed tint per texture)."""
+    ``tint`` (RGB multipliers; default: a fixed tint per texture).
+    """
     gray = _gray_texture(name)
     h, w = gray.shape[:2]
     crop = int(min(h, w) * gen.uniform(0.35, 0.6))
@@ -415,7 +417,8 @@ def _paste_stamp(
 ) -> np.ndarray:
     """Paste ``rgba`` (longest side resized to ``side``) at a uniform random position of the
     ``(S, S, 3)`` ``canvas``, in place, with a hard alpha (>= 0.5); returns its exact
-    ``(S, S)`` bool mask: inside, every pixel is the stamp's; outside, the canvas is unchanged."""
+    ``(S, S)`` bool mask: inside, every pixel is the stamp's; outside, the canvas is unchanged.
+    """
     size = canvas.shape[0]
     h, w = rgba.shape[:2]
     scale = side / max(h, w)

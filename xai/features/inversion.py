@@ -149,7 +149,8 @@ def image_error(
 def auto_lambda_tv(model: nn.Module, layer: LayerLike) -> float:
     """The paper's TV weight by depth: 1, 10 or 100 for the first 30 %, the next 30 % or the
     rest of the model's leaf modules (AlexNet's split of its 20 layers as 6/6/8 in
-    experiment_cnn.m)."""
+    experiment_cnn.m).
+    """
     _, module = resolve_layer(model, layer)
     leaves = [m for _, m in model.named_modules() if not list(m.children())]
     own = {id(m) for m in module.modules()}

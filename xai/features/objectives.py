@@ -182,7 +182,8 @@ class Channel(_LayerObjective):
 
 class Neuron(_LayerObjective):
     """Activation of channel ``k`` at one position ``(y, x)`` (default the center ``(h//2,
-    w//2)``): Lucid's ``neuron``, with ``y`` the row (lucent swaps them on non-square maps)."""
+    w//2)``): Lucid's ``neuron``, with ``y`` the row (lucent swaps them on non-square maps).
+    """
 
     def __init__(
         self,
@@ -217,7 +218,8 @@ class Neuron(_LayerObjective):
 
 class Layer(_LayerObjective):
     """The whole layer: ``"magnitude"`` is mean(A^2) (DeepDream, Mordvintsev et al. 2015),
-    ``"mean"`` is mean(A) (xplique's ``layer`` objective)."""
+    ``"mean"`` is mean(A) (xplique's ``layer`` objective).
+    """
 
     def __init__(
         self, layer: LayerLike, reducer: str = "magnitude", *, batch: int | None = None
@@ -237,7 +239,8 @@ class Layer(_LayerObjective):
 
 class Direction(_LayerObjective):
     """Mean cosine similarity between a direction ``v`` (``(C,)``) and the activation vector at
-    each position: Lucid's ``direction`` (a concept or a combination of channels)."""
+    each position: Lucid's ``direction`` (a concept or a combination of channels).
+    """
 
     def __init__(self, layer: LayerLike, vector: Tensor, *, batch: int | None = None) -> None:
         super().__init__(layer, batch)
@@ -256,7 +259,8 @@ class Direction(_LayerObjective):
 
 class ClassLogit(Objective):
     """The model output for a class (a logit for a classifier), or any target
-    :func:`xai.adapter.as_target` accepts (a callable on the output)."""
+    :func:`xai.adapter.as_target` accepts (a callable on the output).
+    """
 
     needs_output = True
 

@@ -30,7 +30,8 @@ def fft_scale(height: int, width: int, decay_power: float = 1.0) -> Tensor:
 
 def to_rgb(image: Tensor, decorrelate: bool = True) -> Tensor:
     """Map an unconstrained ``(B, 3, H, W)`` image to [0, 1]: optional color decorrelation
-    (matrix normalized by its largest column norm), then a sigmoid."""
+    (matrix normalized by its largest column norm), then a sigmoid.
+    """
     if decorrelate:
         c = torch.tensor(COLOR_CORRELATION, dtype=image.dtype, device=image.device)
         c = c / c.norm(dim=0).max()

@@ -124,7 +124,7 @@ def lucid_transforms() -> list[Transform]:
 
 
 def xplique_transforms(size: int) -> list[Transform]:
-    """xplique's default transformations for an image of side ``size``."""
+    """Xplique's default transformations for an image of side ``size``."""
     u = max(1, size // 16)
     return [
         pad(4 * u, 0.0),

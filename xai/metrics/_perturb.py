@@ -16,7 +16,8 @@ Conventions (shared by every perturbation metric):
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,8 @@ def feature_layout(maps: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
 
 def grid_layout(height: int, width: int, grid_size: int | None, device: torch.device) -> Tensor:
     """Feature index ``(H, W)`` of a ``grid_size`` x ``grid_size`` grid of cells covering the
-    image (nearest-neighbour upsampling of the grid, as Xplique's mu-fidelity); ``None``: pixels."""
+    image (nearest-neighbour upsampling of the grid, as Xplique's mu-fidelity); ``None``: pixels.
+    """
     if grid_size is None:
         return torch.arange(height * width, device=device).view(height, width)
     rows = torch.arange(height, device=device) * grid_size // height

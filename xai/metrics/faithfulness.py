@@ -15,11 +15,13 @@ across samples and steps, under ``torch.no_grad()``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from xai._checks import check_positive_int
 from xai.adapter import ClassTarget, Target, unwrap_output
 from xai.metrics._perturb import (
     BaselineLike,
@@ -31,7 +33,6 @@ from xai.metrics._perturb import (
     resolve_baseline,
     score_rows,
 )
-from xai._checks import check_positive_int
 from xai.metrics.base import (
     ExplanationMetric,
     MetricResult,
@@ -131,7 +132,8 @@ class _PerturbationCurve(ExplanationMetric):
         self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
     ) -> MetricResult:
         """The curve and its trapezoid area over the fraction perturbed (subclasses may
-        report another score from the same curve)."""
+        report another score from the same curve).
+        """
         curve, steps = self._curve(model, inputs, maps, target)
         return MetricResult(torch.trapezoid(curve, steps, dim=1), curve, steps)
 
@@ -352,7 +354,7 @@ class _Correct(Target):
     def __call__(self, outputs: Tensor) -> Tensor:
         return (outputs.argmax(1) == self.classes.indices(outputs)).to(outputs.dtype)
 
-    def select(self, index: Tensor) -> "_Correct":
+    def select(self, index: Tensor) -> _Correct:
         return _Correct(self.classes.select(index))
 
 

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from xai.adapter import Target
 from xai._checks import check_positive_int
+from xai.adapter import Target
 from xai.metrics.base import Explainer, ExplainerMetric, MetricResult, explain
 
 __all__ = ["AvgSensitivity", "MaxSensitivity"]

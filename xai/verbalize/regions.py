@@ -120,7 +120,8 @@ def as_maps(attributions: object, name: str = "attributions") -> np.ndarray:
 
 def position(y: float, x: float, height: int, width: int) -> tuple[str, str]:
     """The ``(row, col)`` third of a point, half-open bins: ``3 (x + 0.5) < W`` is left,
-    ``< 2W`` centre, else right (the same for rows), compared without division."""
+    ``< 2W`` centre, else right (the same for rows), compared without division.
+    """
     row = 0 if 3 * (y + 0.5) < height else 1 if 3 * (y + 0.5) < 2 * height else 2
     col = 0 if 3 * (x + 0.5) < width else 1 if 3 * (x + 0.5) < 2 * width else 2
     return _ROWS[row], _COLS[col]
@@ -128,7 +129,8 @@ def position(y: float, x: float, height: int, width: int) -> tuple[str, str]:
 
 def grid_shares(positive: np.ndarray) -> np.ndarray:
     """``(3, 3)`` share of the positive relevance in each third of rows and columns (zeros when
-    there is none), pixels binned like :func:`position`."""
+    there is none), pixels binned like :func:`position`.
+    """
     h, w = positive.shape
     rows = np.searchsorted([h, 2 * h], 3 * (np.arange(h) + 0.5), side="right")
     cols = np.searchsorted([w, 2 * w], 3 * (np.arange(w) + 0.5), side="right")
@@ -239,7 +241,8 @@ def label_masks(
     shape: tuple[int, int],
 ) -> list[dict[str, np.ndarray]]:
     """Per sample, ``name -> (H, W)`` bool mask from ``{name: (H, W) or (B, H, W) mask}`` or a
-    list of ``B`` such mappings (non-zero = inside)."""
+    list of ``B`` such mappings (non-zero = inside).
+    """
     if labels is None:
         return [{} for _ in range(batch)]
     if isinstance(labels, Mapping):

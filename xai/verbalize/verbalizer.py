@@ -124,7 +124,8 @@ def region_words(
     region: Region, templates: Templates = ENGLISH, naming: str = "peak"
 ) -> dict[str, str]:
     """The template fields of a region: ``size``, ``position``, ``name`` (the label and
-    "outside" suffixes), ``share`` and ``area`` (formatted by :func:`percent`)."""
+    "outside" suffixes), ``share`` and ``area`` (formatted by :func:`percent`).
+    """
     t = templates
     name = ""
     if region.label is not None:
@@ -408,7 +409,8 @@ class Verbalizer:
         objects: str | Sequence[str] = (),
     ) -> list[str]:
         """The regions of each map in order ("Region 1 in the upper left: 66.7% ..."), the
-        image analogue of SMV's total order / top-k listing."""
+        image analogue of SMV's total order / top-k listing.
+        """
         maps = as_maps(attributions)
         b, h, w = maps.shape
         masks = label_masks(labels, b, (h, w))
@@ -503,7 +505,8 @@ class Verbalizer:
         name_b: str = "the second image",
     ) -> list[Comparison]:
         """Where the evidence lies in two images (e.g. an image and its edited copy), and the
-        IoU of their salient areas when the maps have one size."""
+        IoU of their salient areas when the maps have one size.
+        """
         a, b = self._pair(maps_a, maps_b)
         return self._two(a, b, str(name_a), str(name_b), "images")
 

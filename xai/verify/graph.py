@@ -47,7 +47,8 @@ class UnsupportedOperationError(TypeError, ValueError):
     torch.fx cannot trace (the message names the node or the reason).
 
     A ``TypeError`` (the model's kind is not supported) and a ``ValueError`` (the library's
-    refusal type for a model a method cannot explain), so either ``except`` catches it."""
+    refusal type for a model a method cannot explain), so either ``except`` catches it.
+    """
 
 
 @dataclass
@@ -745,7 +746,8 @@ def _string_padding_conv(mod: nn.Conv2d, value: Tensor) -> dict | str:
 
 def _selected_output(out: Any) -> Any:
     """The explained entry of a traced output, as ``xai.adapter.unwrap_output`` picks it: the
-    first of a tuple/list, ``logits`` (or ``out``) of a dict."""
+    first of a tuple/list, ``logits`` (or ``out``) of a dict.
+    """
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     if isinstance(out, dict):

@@ -328,7 +328,8 @@ def _windows(t: Tensor, kernel, stride, padding) -> Tensor:
 
 def _back_maxpool(op: Op, lam: Tensor, low: Tensor, high: Tensor) -> tuple[list[Tensor], Tensor]:
     """Max pooling (auto_LiRPA 0.3 ``BoundMaxPool``): ``x_{i*} <= y``, ``y <= x_{i*}`` when
-    ``l_{i*} >= u_j`` for every other ``j`` of the window, else ``y <= max_i u_i``."""
+    ``l_{i*} >= u_j`` for every other ``j`` of the window, else ``y <= max_i u_i``.
+    """
     k, st, p = op.params["kernel"], op.params["stride"], op.params["padding"]
     n, s = lam.shape[:2]
     ch, h, w = low.shape[1:]

@@ -12,7 +12,14 @@ from xai.visualize.grid import grid, save
 from xai.visualize.overlay import heatmap_rgb, overlay
 
 __all__ = [
-    "add_caption", "grid", "heatmap_rgb", "normalize", "overlay", "save", "to_image", "to_map"
+    "add_caption",
+    "grid",
+    "heatmap_rgb",
+    "normalize",
+    "overlay",
+    "save",
+    "to_image",
+    "to_map",
 ]
 
 # Figure families owned by other parts of the library (curves for metrics, similarity and

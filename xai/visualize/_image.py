@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -110,5 +110,6 @@ def resize_map(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return arr
     import cv2
 
-    return cv2.resize(arr.astype(np.float32), (int(shape[1]), int(shape[0])),
-                      interpolation=cv2.INTER_LINEAR).astype(arr.dtype)
+    return cv2.resize(
+        arr.astype(np.float32), (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR
+    ).astype(arr.dtype)

@@ -27,8 +27,22 @@ if TYPE_CHECKING:
 __all__ = ["concept_gallery", "concept_overlay", "concept_tree", "strategic_cluster_graph"]
 
 _COLORS = [
-    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-    "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075",
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+    "#9a6324",
+    "#800000",
+    "#aaffc3",
+    "#808000",
+    "#000075",
 ]
 
 
@@ -220,7 +234,9 @@ def strategic_cluster_graph(
     from xai.concepts import strategic_clusters
 
     clusters = strategic_clusters(
-        torch.as_tensor(_to_numpy(importances)), min_count=min_count, embedding=embedding,
+        torch.as_tensor(_to_numpy(importances)),
+        min_count=min_count,
+        embedding=embedding,
         seed=seed,
     )
     xy = clusters.coords.numpy()
@@ -234,8 +250,13 @@ def strategic_cluster_graph(
     for c in sorted(set(labels[~grey].tolist())):
         sel = labels == c
         share = float(clusters.shares[c])
-        ax.scatter(xy[sel, 0], xy[sel, 1], c=_COLORS[c % len(_COLORS)], s=40,
-                   label=f"{names[c]} (share {share:.0%})")
+        ax.scatter(
+            xy[sel, 0],
+            xy[sel, 1],
+            c=_COLORS[c % len(_COLORS)],
+            s=40,
+            label=f"{names[c]} (share {share:.0%})",
+        )
     if images is not None:
         step = max(1, len(xy) // n_thumbnails)
         for i in range(0, len(xy), step)[:n_thumbnails]:
@@ -304,8 +325,9 @@ def concept_tree(
             ax.imshow(to_image(images[idx], mean=mean, std=std))
             heat = _to_numpy(maps[idx, row]).astype(float)
             peak = heat.max()
-            ax.imshow(heat / peak if peak > 0 else heat, cmap="inferno", alpha=0.45,
-                      vmin=0.0, vmax=1.0)
+            ax.imshow(
+                heat / peak if peak > 0 else heat, cmap="inferno", alpha=0.45, vmin=0.0, vmax=1.0
+            )
         axes[row + 1, 0].set_ylabel(f"{names[row]}\n({child.layer})", fontsize=9)
     for r in range(k + 1):
         for ax in axes[r]:
@@ -315,8 +337,6 @@ def concept_tree(
                 for spine in ax.spines.values():
                     spine.set_edgecolor(_COLORS[(r - 1) % len(_COLORS)])
                     spine.set_linewidth(3)
-    fig.suptitle(
-        title or f"Concept {concept} of class {parent.target_} split at {child.layer!r}"
-    )
+    fig.suptitle(title or f"Concept {concept} of class {parent.target_} split at {child.layer!r}")
     fig.tight_layout()
     return fig

@@ -8,7 +8,8 @@ pyplot, so nothing is shown and no display is needed.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,12 +30,14 @@ def _rows(table: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def _curve_groups(
     data: Any, metric: str | None
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]]:
-    """metric -> method -> (steps (T,), mean curve (T,), mean score)."""
+    """Metric -> method -> (steps (T,), mean curve (T,), mean score)."""
     from xai.metrics.base import MetricResult
 
     groups: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
-    if isinstance(data, Mapping) and data and all(
-        isinstance(v, MetricResult) for v in data.values()
+    if (
+        isinstance(data, Mapping)
+        and data
+        and all(isinstance(v, MetricResult) for v in data.values())
     ):
         for method, result in data.items():
             if result.curve is None or result.steps is None:
@@ -185,8 +188,15 @@ def bars(
         for j, method in enumerate(methods):
             means = [stats.get(n, {}).get(method, (np.nan, 0.0))[0] for n in names]
             errs = [stats.get(n, {}).get(method, (np.nan, 0.0))[1] for n in names]
-            ax.bar(xs + (j - (len(methods) - 1) / 2) * width, means, width, yerr=errs,
-                   label=method, color=colors[j], capsize=2)
+            ax.bar(
+                xs + (j - (len(methods) - 1) / 2) * width,
+                means,
+                width,
+                yerr=errs,
+                label=method,
+                color=colors[j],
+                capsize=2,
+            )
         ax.set_xticks(xs, [title(n) for n in names], rotation=20, ha="right")
         ax.legend(fontsize="small")
         ax.axhline(0, color="0.3", lw=0.8)

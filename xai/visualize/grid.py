@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -62,8 +62,17 @@ def grid(
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
         for j, (name, m) in enumerate(maps.items(), start=1):
-            overlay(images[i], m[i], mean=mean, std=std, alpha=alpha, cmap=cmap,
-                    scale=scales.get(name), colorbar=colorbar, ax=axes[i, j])
+            overlay(
+                images[i],
+                m[i],
+                mean=mean,
+                std=std,
+                alpha=alpha,
+                cmap=cmap,
+                scale=scales.get(name),
+                colorbar=colorbar,
+                ax=axes[i, j],
+            )
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
     return fig

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -58,14 +58,16 @@ def overlay(
     img = to_image(image, mean=mean, std=std)
     raw = to_map(attribution)
     is_signed = bool((raw < 0).any()) if signed is None else signed
-    heat = normalize(resize_map(raw, img.shape[:2]), signed=is_signed, percentile=percentile,
-                     scale=scale)
+    heat = normalize(
+        resize_map(raw, img.shape[:2]), signed=is_signed, percentile=percentile, scale=scale
+    )
     if ax is None:
         ax = Figure(figsize=(4, 4)).add_subplot()
     ax.imshow(img)
     vmin = -1.0 if is_signed else 0.0
-    im = ax.imshow(heat, cmap=_signed_cmap(cmap, is_signed), alpha=float(alpha), vmin=vmin,
-                   vmax=1.0)
+    im = ax.imshow(
+        heat, cmap=_signed_cmap(cmap, is_signed), alpha=float(alpha), vmin=vmin, vmax=1.0
+    )
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
@@ -76,8 +78,9 @@ def overlay(
     return ax
 
 
-def heatmap_rgb(image, attribution, *, mean=None, std=None, alpha: float = 0.5,
-                cmap: str = "inferno") -> np.ndarray:
+def heatmap_rgb(
+    image, attribution, *, mean=None, std=None, alpha: float = 0.5, cmap: str = "inferno"
+) -> np.ndarray:
     """The overlay as an ``(H, W, 3)`` uint8 array (for saving with other tools)."""
     import matplotlib
 

@@ -18,7 +18,7 @@ of the similarity each image carries.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,8 +44,9 @@ def _draw_region(ax, region, image_shape: tuple[int, int]) -> None:
     if arr.ndim == 1 and arr.shape[0] == 4:
         x0, y0, x1, y1 = (float(v) for v in arr)
         ax.add_patch(
-            Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan",
-                      linewidth=2)
+            Rectangle(
+                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=2
+            )
         )
         return
     if arr.ndim != 2 or arr.shape != tuple(image_shape):
@@ -105,9 +106,19 @@ def similarity_pair(
     axes = fig.subplots(1, 2)
     for ax, image, heat, title in zip(axes, (query_image, reference_image), maps, titles):
         own = scale if scale is not None else _robust_max([heat], percentile)
-        overlay(image, heat, mean=mean, std=std, alpha=alpha, cmap=cmap, signed=signed,
-                percentile=percentile, scale=own, ax=ax,
-                title=f"{title} (map sum {heat.sum():.3f})")
+        overlay(
+            image,
+            heat,
+            mean=mean,
+            std=std,
+            alpha=alpha,
+            cmap=cmap,
+            signed=signed,
+            percentile=percentile,
+            scale=own,
+            ax=ax,
+            title=f"{title} (map sum {heat.sum():.3f})",
+        )
     if score is not None:
         fig.suptitle(f"{metric} = {float(score):.3f}")
     return fig
@@ -174,14 +185,32 @@ def retrieval_strip(
         axes[0].set_axis_off()
         axes[0].set_title("query", fontsize=9)
     else:
-        overlay(q, to_map(query_map), alpha=alpha, cmap=cmap, percentile=percentile,
-                ax=axes[0], title="query")
+        overlay(
+            q,
+            to_map(query_map),
+            alpha=alpha,
+            cmap=cmap,
+            percentile=percentile,
+            ax=axes[0],
+            title="query",
+        )
     _draw_region(axes[0], region, q.shape[:2])
     for rank, (ax, image, m, s) in enumerate(zip(axes[1:], hits, heat, score_list), start=1):
         name = f" {labels[rank - 1]}" if labels is not None else ""
         own = scale if scale is not None else _robust_max([m], percentile)
-        overlay(image, m, mean=mean, std=std, alpha=alpha, cmap=cmap, signed=signed,
-                percentile=percentile, scale=own, ax=ax, title=f"#{rank}{name}  {s:.3f}")
+        overlay(
+            image,
+            m,
+            mean=mean,
+            std=std,
+            alpha=alpha,
+            cmap=cmap,
+            signed=signed,
+            percentile=percentile,
+            scale=own,
+            ax=ax,
+            title=f"#{rank}{name}  {s:.3f}",
+        )
     return fig
 
 
@@ -213,7 +242,8 @@ def _mds_layout(similarities: np.ndarray) -> np.ndarray:
 
 def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int = 300):
     """Push apart nodes closer than ``min_distance`` (deterministic relaxation), so that
-    thumbnails of near-identical images do not hide each other; positions stay in the frame."""
+    thumbnails of near-identical images do not hide each other; positions stay in the frame.
+    """
     pos = np.clip(pos.astype(np.float64), margin, 1 - margin)
     n = pos.shape[0]
     for step in range(steps):
@@ -302,13 +332,26 @@ def similarity_graph(
     ax.set_axis_off()
     for (i, j), w in zip(sorted(edges), weights):
         strength = (w - lo) / (hi - lo) if hi > lo else 1.0
-        (line,) = ax.plot([pos[i, 0], pos[j, 0]], [pos[i, 1], pos[j, 1]], color="tab:blue",
-                          linewidth=0.8 + 4.0 * strength, alpha=0.35 + 0.5 * strength,
-                          zorder=1)
+        (line,) = ax.plot(
+            [pos[i, 0], pos[j, 0]],
+            [pos[i, 1], pos[j, 1]],
+            color="tab:blue",
+            linewidth=0.8 + 4.0 * strength,
+            alpha=0.35 + 0.5 * strength,
+            zorder=1,
+        )
         line.set_gid(f"{i}-{j}")
         mid = (pos[i] + pos[j]) / 2
-        ax.text(mid[0], mid[1], f"{w:.2f}", fontsize=7, ha="center", va="center", zorder=2,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        ax.text(
+            mid[0],
+            mid[1],
+            f"{w:.2f}",
+            fontsize=7,
+            ha="center",
+            va="center",
+            zorder=2,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
     half = thumb_size / 2
     for idx, (thumb, (x, y)) in enumerate(zip(thumbs, pos)):
         inset = fig.add_axes((x - half, y - half, thumb_size, thumb_size), zorder=3)

@@ -72,8 +72,7 @@ class AccountRow:
 
     def scale(self) -> Tensor:
         """The largest magnitude in the row's identity, ``(B,)`` (the reference of ``rtol``)."""
-        parts = [self.relevance_in, self.relevance_out, self.bias, self.stabilizer,
-                 self.rule_term]
+        parts = [self.relevance_in, self.relevance_out, self.bias, self.stabilizer, self.rule_term]
         return torch.stack([p.abs() for p in parts]).amax(0)
 
     def leaks(self, rtol: float = 1e-4) -> Tensor:
@@ -106,17 +105,22 @@ class RelevanceAccount:
         zero = torch.zeros_like(self.score)
         totals = {"bias": zero, "stabilizer": zero, "rule": zero, "leak": zero}
         for row in self.rows:
-            totals = {"bias": totals["bias"] + row.bias,
-                      "stabilizer": totals["stabilizer"] + row.stabilizer,
-                      "rule": totals["rule"] + row.rule_term, "leak": totals["leak"] + row.leak}
+            totals = {
+                "bias": totals["bias"] + row.bias,
+                "stabilizer": totals["stabilizer"] + row.stabilizer,
+                "rule": totals["rule"] + row.rule_term,
+                "leak": totals["leak"] + row.leak,
+            }
         return totals
 
     @property
     def untracked(self) -> Tensor:
         """``(B,)``: ``score - input - sum(in - out)``, changed outside every row (functional
-        operations without a rule); zero when the rows reconcile the score with the input."""
-        through = sum((r.relevance_in - r.relevance_out for r in self.rows),
-                      torch.zeros_like(self.score))
+        operations without a rule); zero when the rows reconcile the score with the input.
+        """
+        through = sum(
+            (r.relevance_in - r.relevance_out for r in self.rows), torch.zeros_like(self.score)
+        )
         return self.score - self.input_total - through
 
     def leaking(self, rtol: float = 1e-4) -> list[str]:
@@ -127,15 +131,25 @@ class RelevanceAccount:
         """A plain-text table of one sample's account, relative to its score."""
         score = float(self.score[sample])
         ref = abs(score) if score else 1.0
-        head = f"{'layer':<36}{'rule':<14}{'in':>10}{'out':>10}{'bias':>10}{'stab.':>10}" \
-               f"{'rule':>10}{'leak':>10}"
+        head = (
+            f"{'layer':<36}{'rule':<14}{'in':>10}{'out':>10}{'bias':>10}{'stab.':>10}"
+            f"{'rule':>10}{'leak':>10}"
+        )
         lines = [f"score {score:.6g}; columns are fractions of it", head]
         for row in self.rows:
-            values = [row.relevance_in, row.relevance_out, row.bias, row.stabilizer,
-                      row.rule_term, row.leak]
+            values = [
+                row.relevance_in,
+                row.relevance_out,
+                row.bias,
+                row.stabilizer,
+                row.rule_term,
+                row.leak,
+            ]
             rule = row.rule.split("(")[0][:13]
-            lines.append(f"{row.name[:35]:<36}{rule:<14}"
-                         + "".join(f"{float(v[sample]) / ref:>10.4f}" for v in values))
+            lines.append(
+                f"{row.name[:35]:<36}{rule:<14}"
+                + "".join(f"{float(v[sample]) / ref:>10.4f}" for v in values)
+            )
         totals = self.absorbed()
         lines.append(
             f"input {float(self.input_total[sample]) / ref:.4f}, bias "
@@ -154,8 +168,15 @@ class AccountBook:
     def __init__(self) -> None:
         self.rows: dict[str, AccountRow] = {}
 
-    def add(self, name: str, kind: str, rule: object, relevance_in: Tensor,
-            relevance_out: Tensor | tuple[Tensor, ...], ledger: dict) -> None:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        rule: object,
+        relevance_in: Tensor,
+        relevance_out: Tensor | tuple[Tensor, ...],
+        ledger: dict,
+    ) -> None:
         outs = relevance_out if isinstance(relevance_out, tuple) else (relevance_out,)
         r_in = _per_sample(relevance_in)
         r_out = sum((_per_sample(o) for o in outs), torch.zeros_like(r_in))
@@ -178,10 +199,22 @@ class AccountBook:
         for name in names:
             parts = [b.rows[name] for b in books]
             first = parts[0]
-            out.append(AccountRow(
-                name, first.kind, first.rule,
-                *(torch.cat([getattr(p, f) for p in parts]) for f in
-                  ("relevance_in", "relevance_out", "bias", "stabilizer", "rule_term")),
-                calls=first.calls,
-            ))
+            out.append(
+                AccountRow(
+                    name,
+                    first.kind,
+                    first.rule,
+                    *(
+                        torch.cat([getattr(p, f) for p in parts])
+                        for f in (
+                            "relevance_in",
+                            "relevance_out",
+                            "bias",
+                            "stabilizer",
+                            "rule_term",
+                        )
+                    ),
+                    calls=first.calls,
+                )
+            )
         return out

@@ -69,8 +69,7 @@ class Canonizer:
         return f"{type(self).__name__}()"
 
 
-def merge_batch_norm(weight: Tensor, bias: Tensor | None, bn: nn.Module
-                     ) -> tuple[Tensor, Tensor]:
+def merge_batch_norm(weight: Tensor, bias: Tensor | None, bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Parameters of ``bn(linear(x))`` as one linear layer, computed without changing anything.
 
     Args:
@@ -133,9 +132,14 @@ class ResidualCanonizer(Canonizer):
     a mismatch (the description does not fit the block) raises ``RuntimeError``.
     """
 
-    def __init__(self, block_type: type[nn.Module], branch: str, shortcut: str | None = None,
-                 post: Callable[[Tensor], Tensor] | None = None,
-                 applies: Callable[[nn.Module], bool] | None = None) -> None:
+    def __init__(
+        self,
+        block_type: type[nn.Module],
+        branch: str,
+        shortcut: str | None = None,
+        post: Callable[[Tensor], Tensor] | None = None,
+        applies: Callable[[nn.Module], bool] | None = None,
+    ) -> None:
         self.block_type = block_type
         self.branch = branch
         self.shortcut = shortcut
@@ -152,8 +156,15 @@ class ResidualCanonizer(Canonizer):
             if not self.handles(module):
                 continue
             shortcut = getattr(module, self.shortcut) if self.shortcut else None
-            out.append(Residual(block=module, branch=getattr(module, self.branch),
-                                shortcut=shortcut, post=self.post, name=name))
+            out.append(
+                Residual(
+                    block=module,
+                    branch=getattr(module, self.branch),
+                    shortcut=shortcut,
+                    post=self.post,
+                    name=name,
+                )
+            )
         return out
 
     def __repr__(self) -> str:
@@ -177,15 +188,18 @@ class _Several(Canonizer):
 
 class ResNetCanonizer(_Several):
     """torchvision ResNet: ``BasicBlock`` and ``Bottleneck`` residual sums (plus nothing else;
-    combine with :class:`MergeBatchNorm`, as ``canonizers="auto"`` does)."""
+    combine with :class:`MergeBatchNorm`, as ``canonizers="auto"`` does).
+    """
 
     def __init__(self) -> None:
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
-        super().__init__([
-            ResidualCanonizer(BasicBlock, "bn2", "downsample", torch.relu),
-            ResidualCanonizer(Bottleneck, "bn3", "downsample", torch.relu),
-        ])
+        super().__init__(
+            [
+                ResidualCanonizer(BasicBlock, "bn2", "downsample", torch.relu),
+                ResidualCanonizer(Bottleneck, "bn3", "downsample", torch.relu),
+            ]
+        )
 
 
 def _global_average(features: Tensor) -> Tensor:
@@ -197,21 +211,32 @@ class MobileNetV2Canonizer(_Several):
     with ``use_res_connect``, and the functional ``adaptive_avg_pool2d`` + ``flatten`` between
     ``features`` and ``classifier``, which gets the composite's sum rule (a proportional
     split, as for an ``nn.AdaptiveAvgPool2d`` module) instead of the plain gradient's uniform
-    split (what zennit does without a canonizer for it)."""
+    split (what zennit does without a canonizer for it).
+    """
 
     def __init__(self) -> None:
         from torchvision.models.mobilenetv2 import InvertedResidual
 
-        super().__init__([
-            ResidualCanonizer(InvertedResidual, "conv", None, None,
-                              applies=lambda block: bool(block.use_res_connect)),
-        ])
+        super().__init__(
+            [
+                ResidualCanonizer(
+                    InvertedResidual,
+                    "conv",
+                    None,
+                    None,
+                    applies=lambda block: bool(block.use_res_connect),
+                ),
+            ]
+        )
 
     def links(self, model: nn.Module) -> list[Link]:
         from torchvision.models.mobilenetv2 import MobileNetV2
 
-        return [Link(source=m.features, sink=m.classifier, function=_global_average, name=name)
-                for name, m in model.named_modules() if type(m) is MobileNetV2]
+        return [
+            Link(source=m.features, sink=m.classifier, function=_global_average, name=name)
+            for name, m in model.named_modules()
+            if type(m) is MobileNetV2
+        ]
 
 
 def auto_canonizers() -> list[Canonizer]:
@@ -233,8 +258,10 @@ def residual_block_types() -> list[tuple[type[nn.Module], Callable[[nn.Module], 
         from torchvision.models.efficientnet import MBConv
         from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
 
-        found += [(InvertedResidualV3, lambda m: bool(m.use_res_connect)),
-                  (MBConv, lambda m: bool(m.use_res_connect))]
+        found += [
+            (InvertedResidualV3, lambda m: bool(m.use_res_connect)),
+            (MBConv, lambda m: bool(m.use_res_connect)),
+        ]
     except ImportError:  # pragma: no cover - older torchvision
         pass
     return found

@@ -67,15 +67,49 @@ CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DENSE = (nn.Linear,)
 LINEAR_LAYERS = CONVOLUTIONS + DENSE
 ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
 )
-AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-             nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-             nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-RESHAPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-            nn.Identity, nn.Flatten, nn.Unflatten)
+AVG_POOLS = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+MAX_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+)
+RESHAPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,7 +119,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def with_zero_params(rule: Rule, zero_params: Sequence[str], empty: str = "absorb") -> Rule:
     """A copy of ``rule`` that also zeroes ``zero_params`` (and treats outputs with a zero
     normalizer as ``empty`` says); rules without parameters, such as :class:`~.rules.Pass` or
-    :class:`~.rules.Norm`, are returned unchanged."""
+    :class:`~.rules.Norm`, are returned unchanged.
+    """
     if not hasattr(rule, "zero_params"):
         return rule
     bad = set(zero_params) - {"weight", "bias"}
@@ -167,6 +202,7 @@ class Composite:
         self.zero_params = tuple(zero_params or ())
         self.empty = empty
         if self.zero_params or empty != "absorb":
+
             def adapt(rule: Rule) -> Rule:
                 return with_zero_params(rule, self.zero_params, empty)
 
@@ -201,8 +237,9 @@ class Composite:
                 return name
         return None
 
-    def assign(self, model: nn.Module
-               ) -> tuple[dict[str, tuple[nn.Module, Rule]], dict[str, nn.Module]]:
+    def assign(
+        self, model: nn.Module
+    ) -> tuple[dict[str, tuple[nn.Module, Rule]], dict[str, nn.Module]]:
         """Rules for the leaf modules of ``model``, and the modules no rule covers.
 
         Returns:
@@ -226,10 +263,10 @@ class Composite:
         for name, module in modules.items():
             is_leaf = next(module.children(), None) is None
             if not is_leaf:
-                if isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer,
-                                       nn.TransformerDecoderLayer)) or any(
-                    True for _ in module.parameters(recurse=False)
-                ):
+                if isinstance(
+                    module,
+                    (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer),
+                ) or any(True for _ in module.parameters(recurse=False)):
                     unsupported[name or "<model>"] = module
                 continue
             rule = self.name_map.get(name)
@@ -237,8 +274,9 @@ class Composite:
                 rule = self._match(module, self.first_map) or self._match(module, self.layer_map)
             if rule is None:
                 rule = self._match(module, self.layer_map) or self._match(module, self.base_map)
-            if rule is None or (isinstance(module, BATCH_NORMS)
-                                and getattr(module, "running_mean", None) is None):
+            if rule is None or (
+                isinstance(module, BATCH_NORMS) and getattr(module, "running_mean", None) is None
+            ):
                 unsupported[name or "<model>"] = module
                 continue
             if rule.needs_parameters and not isinstance(module, LINEAR_LAYERS):
@@ -261,7 +299,9 @@ class EpsilonPlusFlat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))], stabilizer=stabilizer, **kwargs,
+            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            stabilizer=stabilizer,
+            **kwargs,
         )
 
 
@@ -277,15 +317,22 @@ class EpsilonGammaBox(Composite):
         stabilizer: stabilizer of the other rules (default ``1e-6``).
     """
 
-    def __init__(self, low: float | Tensor | None = None, high: float | Tensor | None = None,
-                 epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        low: float | Tensor | None = None,
+        high: float | Tensor | None = None,
+        epsilon: float = 1e-6,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        **kwargs,
+    ) -> None:
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         low = (0 - mean) / std if low is None else low
         high = (1 - mean) / std if high is None else high
         super().__init__(
             [(CONVOLUTIONS, Gamma(gamma, stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(CONVOLUTIONS, ZBox(low, high, stabilizer))], stabilizer=stabilizer,
+            first_map=[(CONVOLUTIONS, ZBox(low, high, stabilizer))],
+            stabilizer=stabilizer,
             **kwargs,
         )
 
@@ -294,16 +341,22 @@ class EpsilonPlus(Composite):
     """Epsilon for dense layers, z+ for convolutions (zennit)."""
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
-        super().__init__([(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
-                         stabilizer=stabilizer, **kwargs)
+        super().__init__(
+            [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
+            stabilizer=stabilizer,
+            **kwargs,
+        )
 
 
 class EpsilonAlpha2Beta1(Composite):
     """Epsilon for dense layers, alpha2-beta1 for convolutions (zennit)."""
 
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
-        super().__init__([(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
-                         stabilizer=stabilizer, **kwargs)
+        super().__init__(
+            [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
+            stabilizer=stabilizer,
+            **kwargs,
+        )
 
 
 class EpsilonAlpha2Beta1Flat(Composite):
@@ -312,7 +365,9 @@ class EpsilonAlpha2Beta1Flat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))], stabilizer=stabilizer, **kwargs,
+            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            stabilizer=stabilizer,
+            **kwargs,
         )
 
 
@@ -344,8 +399,10 @@ class Li2019(Composite):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("stabilizer", 1e-9)
         super().__init__(
-            [(CONVOLUTIONS, Epsilon(1e-9, sign_matched=False)),
-             (DENSE, ZPlus(1e-9, zero_params=("bias",)))],
+            [
+                (CONVOLUTIONS, Epsilon(1e-9, sign_matched=False)),
+                (DENSE, ZPlus(1e-9, zero_params=("bias",))),
+            ],
             **kwargs,
         )
 

@@ -194,8 +194,11 @@ class LRP(Attribution):
         books: list[AccountBook] = []
         with preserved(self.adapter.module):
             rel, scores = self._relevance(x.detach(), tgt, books=books)
-        return RelevanceAccount(relevance=rel.to(dtype=map_dtype(x), device=x.device),
-                                score=scores, rows=books[0].concat(books))
+        return RelevanceAccount(
+            relevance=rel.to(dtype=map_dtype(x), device=x.device),
+            score=scores,
+            rows=books[0].concat(books),
+        )
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         return reduce_channels(self._relevance(inputs, target), self.reduction)
@@ -230,7 +233,8 @@ class LRP(Attribution):
 
     def _relevance(self, inputs: Tensor, target: Target, books: list[AccountBook] | None = None):
         """Input relevance; with ``books`` (a list to fill with one book per chunk), also the
-        ``(B,)`` relevance put on the output, as ``(relevance, scores)``."""
+        ``(B,)`` relevance put on the output, as ``(relevance, scores)``.
+        """
         engine = getattr(self.composite, "relevance", None)
         if engine is not None:  # composites with their own propagation (transformers)
             if books is not None:
@@ -272,8 +276,9 @@ class LRP(Attribution):
                     return sum_rule.through(source, function, relevance)
                 ledger: dict = {}
                 out = sum_rule.through(source, function, relevance, ledger)
-                book.add(f"{name} (functional pooling)", "functional", sum_rule, relevance, out,
-                         ledger)
+                book.add(
+                    f"{name} (functional pooling)", "functional", sum_rule, relevance, out, ledger
+                )
                 return out
 
             return rule
@@ -316,4 +321,3 @@ class LRP(Attribution):
 
     def __repr__(self) -> str:
         return f"LRP({type(self.model).__name__}, composite={self.composite!r})"
-

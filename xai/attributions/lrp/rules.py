@@ -91,8 +91,9 @@ def divide(relevance: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(relevance), relevance / safe)
 
 
-def linear_forward(module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
-                   ) -> Tensor:
+def linear_forward(
+    module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> Tensor:
     """The forward of a linear-type module with replaced parameters (the module is untouched)."""
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
@@ -113,7 +114,8 @@ def parameters(call: Call) -> tuple[Tensor, Tensor | None]:
 
 def layer_output(call: Call) -> Tensor | None:
     """The (batch-norm-merged) layer's output ``W x + b`` as the forward pass computed it, or
-    ``None`` when it is not available intact (then a rule recomputes it)."""
+    ``None`` when it is not available intact (then a rule recomputes it).
+    """
     source = call.context.get("merged_call", call)
     if source is call and "parameters" in call.context:
         return None
@@ -148,11 +150,13 @@ def book(ledger: dict | None, key: str, value: Tensor) -> None:
     ledger[key] = ledger[key] + total if key in ledger else total
 
 
-def book_normalizer(ledger: dict | None, relevance: Tensor, z: Tensor, stabilized: Tensor,
-                    coefficient: float = 1.0) -> None:
+def book_normalizer(
+    ledger: dict | None, relevance: Tensor, z: Tensor, stabilized: Tensor, coefficient: float = 1.0
+) -> None:
     """Book what the stabilizer and zero normalizers absorb when ``relevance`` is divided by
     ``stabilized = stab(z)``: ``R (1 - z / stab(z))`` where ``z != 0`` and ``R`` where
-    ``z == 0`` (nothing to redistribute to)."""
+    ``z == 0`` (nothing to redistribute to).
+    """
     if ledger is None:
         return
     zero = z == 0
@@ -167,15 +171,19 @@ def _bias_like(bias: Tensor, z: Tensor) -> Tensor:
 
 def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
     """``d <linear(x; weight), grad> / dx`` for a linear-type module, without a forward pass
-    (a transposed convolution or a matrix product)."""
+    (a transposed convolution or a matrix product).
+    """
     if isinstance(module, nn.Linear):
         return grad @ weight
-    conv = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
-            nn.Conv3d: torch.nn.grad.conv3d_input}.get(type(module))
-    if (conv is not None and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)):
-        return conv(shape, weight, grad, module.stride, module.padding, module.dilation,
-                    module.groups)
+    conv = {
+        nn.Conv1d: torch.nn.grad.conv1d_input,
+        nn.Conv2d: torch.nn.grad.conv2d_input,
+        nn.Conv3d: torch.nn.grad.conv3d_input,
+    }.get(type(module))
+    if conv is not None and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return conv(
+            shape, weight, grad, module.stride, module.padding, module.dilation, module.groups
+        )
     with torch.enable_grad():  # other padding modes, subclasses: through autograd
         x = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
         (out,) = torch.autograd.grad(linear_forward(module, x, weight, None), x, grad)
@@ -229,7 +237,8 @@ class Group(NamedTuple):
 
 def _signed_parts(a: Tensor) -> tuple[Tensor, Tensor]:
     """``(a^+, a^-)``; ``a^-`` is the marker :data:`_ZERO` when ``a >= 0`` (after a ReLU), so
-    that rules skip its terms: they change nothing but would cost two convolutions each."""
+    that rules skip its terms: they change nothing but would cost two convolutions each.
+    """
     if bool(a.min() >= 0):
         return a, _ZERO
     return a.clamp(min=0), a.clamp(max=0)
@@ -247,7 +256,8 @@ class _Terms(Rule):
     """Rules built from groups of modified forward terms (zennit's ``BasicHook``): for each
     group, ``R / stab(z)`` is sent back through each term's transposed layer and multiplied by
     the term's input. Terms whose input is the marker :data:`_ZERO` (the negative part of a
-    non-negative input) are skipped."""
+    non-negative input) are skipped.
+    """
 
     needs_parameters = True
     empty: str = "absorb"
@@ -275,10 +285,14 @@ class _Terms(Rule):
         return stabilize(z, self.stabilizer)
 
     @staticmethod
-    def _vjp(call: Call, terms: Sequence[tuple[Tensor, Tensor, Tensor | None]],
-             ratios: Callable[[list[Tensor]], Sequence[Tensor]]) -> list[Tensor]:
+    def _vjp(
+        call: Call,
+        terms: Sequence[tuple[Tensor, Tensor, Tensor | None]],
+        ratios: Callable[[list[Tensor]], Sequence[Tensor]],
+    ) -> list[Tensor]:
         """Gradients of ``sum_t <z_t, ratio_t>`` w.r.t. each term's input, through autograd
-        (for rules outside :meth:`_propagate`'s groups; they then book their own ledger)."""
+        (for rules outside :meth:`_propagate`'s groups; they then book their own ledger).
+        """
         inputs, outputs = [], []
         with torch.enable_grad():
             for x, weight, bias in terms:
@@ -288,8 +302,9 @@ class _Terms(Rule):
             grads = torch.autograd.grad(outputs, inputs, grad_outputs=list(ratios(outputs)))
         return list(grads)
 
-    def _propagate(self, call: Call, relevance: Tensor, groups: Sequence[Group], *,
-                   sign_matched: bool = True) -> Tensor:
+    def _propagate(
+        self, call: Call, relevance: Tensor, groups: Sequence[Group], *, sign_matched: bool = True
+    ) -> Tensor:
         ledger = call.context.get("ledger")
         module = call.module
         result: Tensor | None = None
@@ -330,13 +345,24 @@ class _Terms(Rule):
             if ledger is not None:
                 for t in live:
                     if t.bias is not None:
-                        book(ledger, "bias", (group.coefficient * t.sign) * _bias_like(t.bias, z)
-                             * ratio)
-                book_normalizer(ledger, booked, z.expand_as(share),
-                                stabilized.expand_as(share), group.coefficient)
+                        book(
+                            ledger,
+                            "bias",
+                            (group.coefficient * t.sign) * _bias_like(t.bias, z) * ratio,
+                        )
+                book_normalizer(
+                    ledger,
+                    booked,
+                    z.expand_as(share),
+                    stabilized.expand_as(share),
+                    group.coefficient,
+                )
                 weight = torch.ones_like(relevance) if group.mask is None else group.mask
-                covered = group.coefficient * weight if covered is None else (
-                    covered + group.coefficient * weight)
+                covered = (
+                    group.coefficient * weight
+                    if covered is None
+                    else (covered + group.coefficient * weight)
+                )
         if ledger is not None and covered is not None:
             book(ledger, "rule", relevance * (1 - covered))
         return result if result is not None else torch.zeros_like(call.input)
@@ -344,7 +370,8 @@ class _Terms(Rule):
 
 def _flat(call: Call, relevance: Tensor) -> Tensor:
     """``relevance`` at a linear-type layer's outputs spread uniformly over each output's
-    receptive field (the flat rule)."""
+    receptive field (the flat rule).
+    """
     ones_w = torch.ones_like(parameters(call)[0])
     count = linear_forward(call.module, torch.ones_like(call.input), ones_w, None)
     return input_vjp(call.module, call.input.shape, ones_w, divide(relevance, count))
@@ -367,22 +394,35 @@ class Epsilon(_Terms):
 
     needs_parameters = False  # other modules go through their own forward
 
-    def __init__(self, epsilon: float = 1e-6, zero_params: Iterable[str] | None = None, *,
-                 sign_matched: bool = True) -> None:
+    def __init__(
+        self,
+        epsilon: float = 1e-6,
+        zero_params: Iterable[str] | None = None,
+        *,
+        sign_matched: bool = True,
+    ) -> None:
         super().__init__(epsilon, zero_params)
         self.sign_matched = sign_matched
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         if not isinstance(call.module, LINEAR_TYPES):
-            return _module_rule(call, relevance, self.stabilizer, sign_matched=self.sign_matched,
-                                zero_bias="bias" in self.zero_params)
+            return _module_rule(
+                call,
+                relevance,
+                self.stabilizer,
+                sign_matched=self.sign_matched,
+                zero_bias="bias" in self.zero_params,
+            )
         weight, bias = self._params(call)
         z = None if "weight" in self.zero_params else layer_output(call)  # no extra forward
         if z is not None and "bias" in self.zero_params and bias is not None:
             z = z - _bias_like(parameters(call)[1], z)  # type: ignore[arg-type]
-        return self._propagate(call, relevance, [Group([Term(call.input, weight, bias)],
-                                                       output=z)],
-                               sign_matched=self.sign_matched)
+        return self._propagate(
+            call,
+            relevance,
+            [Group([Term(call.input, weight, bias)], output=z)],
+            sign_matched=self.sign_matched,
+        )
 
 
 class ZPlus(_Terms):
@@ -416,8 +456,13 @@ class AlphaBeta(_Terms):
         ValueError: ``alpha`` or ``beta`` negative, or ``alpha - beta != 1``.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6,
-                 zero_params: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta: float = 1.0,
+        stabilizer: float = 1e-6,
+        zero_params: Iterable[str] | None = None,
+    ) -> None:
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
             raise ValueError(
                 f"AlphaBeta needs alpha, beta >= 0 and alpha - beta = 1 (conservation), got "
@@ -452,8 +497,12 @@ class Gamma(_Terms):
         zero_params: parameters set to zero.
     """
 
-    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6,
-                 zero_params: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        gamma: float = 0.25,
+        stabilizer: float = 1e-6,
+        zero_params: Iterable[str] | None = None,
+    ) -> None:
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         super().__init__(stabilizer, zero_params)
@@ -472,8 +521,9 @@ class Gamma(_Terms):
             z = linear_forward(call.module, a, *parameters(call))
         up = [Term(ap, w_up, b_up), Term(an, w_down, None)]
         down = [Term(ap, w_down, b_down), Term(an, w_up, None)]
-        return self._propagate(call, relevance, [Group(up, mask=(z > 0).to(z)),
-                                                 Group(down, mask=(z < 0).to(z))])
+        return self._propagate(
+            call, relevance, [Group(up, mask=(z > 0).to(z)), Group(down, mask=(z < 0).to(z))]
+        )
 
 
 class ZBox(_Terms):
@@ -490,8 +540,13 @@ class ZBox(_Terms):
         zero_params: parameters set to zero.
     """
 
-    def __init__(self, low: float | Tensor, high: float | Tensor, stabilizer: float = 1e-6,
-                 zero_params: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        low: float | Tensor,
+        high: float | Tensor,
+        stabilizer: float = 1e-6,
+        zero_params: Iterable[str] | None = None,
+    ) -> None:
         super().__init__(stabilizer, zero_params)
         self.low = low
         self.high = high
@@ -506,8 +561,11 @@ class ZBox(_Terms):
         weight, bias = self._params(call)
         x = call.input
         low, high = self._bound(self.low, x), self._bound(self.high, x)
-        terms = [Term(x, weight, bias), Term(low, _pos(weight), _pos(bias), -1.0),
-                 Term(high, _neg(weight), _neg(bias), -1.0)]
+        terms = [
+            Term(x, weight, bias),
+            Term(low, _pos(weight), _pos(bias), -1.0),
+            Term(high, _neg(weight), _neg(bias), -1.0),
+        ]
         return self._propagate(call, relevance, [Group(terms)])  # type: ignore[arg-type]
 
 
@@ -523,32 +581,52 @@ class Flat(_Terms):
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         module = call.module
-        if (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
-                and not isinstance(module.padding, str)):
+        if (
+            type(module) is nn.Conv2d
+            and module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        ):
             return self._conv2d(call, relevance)
         weight, _ = parameters(call)
         ones = torch.ones_like(call.input)
-        return self._propagate(call, relevance, [Group([Term(ones, torch.ones_like(weight),
-                                                             None)])])
+        return self._propagate(
+            call, relevance, [Group([Term(ones, torch.ones_like(weight), None)])]
+        )
 
     def _conv2d(self, call: Call, relevance: Tensor) -> Tensor:
         """Same result without a full-size convolution: with all weights one, every output
         channel has the same normalizer ``C_in * (taps inside the image)`` and every input
-        channel the same relevance, so one single-channel convolution each way suffices."""
+        channel the same relevance, so one single-channel convolution each way suffices.
+        """
         module = call.module
         shape = call.input.shape
         kernel = relevance.new_ones(1, 1, *module.kernel_size)  # type: ignore[misc]
-        taps = F.conv2d(relevance.new_ones(1, 1, *shape[2:]), kernel, None, module.stride,
-                        module.padding, module.dilation)
+        taps = F.conv2d(
+            relevance.new_ones(1, 1, *shape[2:]),
+            kernel,
+            None,
+            module.stride,
+            module.padding,
+            module.dilation,
+        )
         count = taps * shape[1]
         stabilized = self._stab(count)
         ratio = (relevance / stabilized).sum(1, keepdim=True)
-        spread = torch.nn.grad.conv2d_input((shape[0], 1, *shape[2:]), kernel, ratio,
-                                            module.stride, module.padding, module.dilation, 1)
+        spread = torch.nn.grad.conv2d_input(
+            (shape[0], 1, *shape[2:]),
+            kernel,
+            ratio,
+            module.stride,
+            module.padding,
+            module.dilation,
+            1,
+        )
         ledger = call.context.get("ledger")
         if ledger is not None:
-            book_normalizer(ledger, relevance, count.expand_as(relevance),
-                            stabilized.expand_as(relevance))
+            book_normalizer(
+                ledger, relevance, count.expand_as(relevance), stabilized.expand_as(relevance)
+            )
         return spread.expand(shape).contiguous()
 
 
@@ -564,12 +642,19 @@ class WSquare(_Terms):
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         weight, bias = self._params(call)
         ones = torch.ones_like(call.input)
-        return self._propagate(call, relevance, [Group([Term(
-            ones, weight**2, None if bias is None else bias**2)])])
+        return self._propagate(
+            call, relevance, [Group([Term(ones, weight**2, None if bias is None else bias**2)])]
+        )
 
 
-def _module_rule(call: Call, relevance: Tensor, epsilon: float, *, sign_matched: bool = True,
-                 zero_bias: bool = False) -> Tensor:
+def _module_rule(
+    call: Call,
+    relevance: Tensor,
+    epsilon: float,
+    *,
+    sign_matched: bool = True,
+    zero_bias: bool = False,
+) -> Tensor:
     """The epsilon rule through the module's own (affine) forward ``f``:
     ``a * d/da <f(a), R / stab(z)>`` with ``z = f(a)`` (``f(a) - f(0)`` with ``zero_bias``).
     ``f(0)`` is what the module adds regardless of its input (a batch norm's shift): its bias.
@@ -608,10 +693,16 @@ class Norm(Rule):
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         return _module_rule(call, relevance, self.stabilizer)
 
-    def through(self, inputs: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor,
-                ledger: dict | None = None) -> Tensor:
+    def through(
+        self,
+        inputs: Tensor,
+        function: Callable[[Tensor], Tensor],
+        relevance: Tensor,
+        ledger: dict | None = None,
+    ) -> Tensor:
         """The rule for a parameter-free linear ``function`` applied functionally (e.g. the
-        ``adaptive_avg_pool2d`` + ``flatten`` of MobileNetV2's head)."""
+        ``adaptive_avg_pool2d`` + ``flatten`` of MobileNetV2's head).
+        """
         with torch.enable_grad():
             x = inputs.detach().requires_grad_(True)
             z = function(x)
@@ -620,8 +711,9 @@ class Norm(Rule):
         book_normalizer(ledger, relevance, z.detach(), stabilized)
         return inputs * grad
 
-    def split(self, branch: Tensor, shortcut: Tensor, relevance: Tensor,
-              ledger: dict | None = None) -> tuple[Tensor, Tensor]:
+    def split(
+        self, branch: Tensor, shortcut: Tensor, relevance: Tensor, ledger: dict | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Relevance of a sum ``branch + shortcut``, split in proportion to the two terms."""
         z = branch + shortcut
         stabilized = stabilize(z, self.stabilizer)

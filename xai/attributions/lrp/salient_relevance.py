@@ -62,7 +62,7 @@ _WHITE_D65 = (0.95047, 1.0, 1.08883)
 
 
 def rgb_to_lab(rgb: Tensor) -> Tensor:
-    """sRGB ``(B, 3, H, W)`` in [0, 1] -> CIE L*a*b* (D65 white, 2 degree observer).
+    """SRGB ``(B, 3, H, W)`` in [0, 1] -> CIE L*a*b* (D65 white, 2 degree observer).
 
     Same formulas and constants as ``skimage.color.rgb2lab``.
     """
@@ -99,7 +99,7 @@ def relevance_to_rgb(relevance: Tensor, mode: str = "abs_minmax") -> Tensor:
         raise ValueError(f"rgb_mode must be 'abs_minmax' or 'sum_abs', got {mode!r}")
     flat = img.flatten(1)
     lo = flat.min(1).values[:, None, None, None]
-    span = (flat.max(1).values[:, None, None, None] - lo)
+    span = flat.max(1).values[:, None, None, None] - lo
     return torch.where(span > 0, (img - lo) / span.clamp_min(torch.finfo(img.dtype).tiny), 0.0)
 
 
@@ -117,7 +117,8 @@ def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
 
 def _patches(img: Tensor, half: int, stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """Patches ``(B, N, C*k*k)`` centred on a stride grid, with centre rows and columns
-    (0-based) ``(N,)``; patches that do not fit are not sampled."""
+    (0-based) ``(N,)``; patches that do not fit are not sampled.
+    """
     k = 2 * half + 1
     stride = max(1, stride)
     h, w = img.shape[-2:]
@@ -134,9 +135,18 @@ def _patches(img: Tensor, half: int, stride: int) -> tuple[Tensor, Tensor, Tenso
     return unfolded.flatten(2).transpose(1, 2), r.flatten(), c.flatten()
 
 
-def _single_scale(img: Tensor, scale: float, half: int, factor: float, *, k: int, c: float,
-                  search_scales: Sequence[float], min_search_scale: float,
-                  chunk_size: int) -> Tensor:
+def _single_scale(
+    img: Tensor,
+    scale: float,
+    half: int,
+    factor: float,
+    *,
+    k: int,
+    c: float,
+    search_scales: Sequence[float],
+    min_search_scale: float,
+    chunk_size: int,
+) -> Tensor:
     """Single-scale saliency ``(B, h, w)`` of an image ``(B, C, h, w)`` (step 3-5)."""
     b, _, h, w = img.shape
     longest = max(h, w)
@@ -166,8 +176,9 @@ def _single_scale(img: Tensor, scale: float, half: int, factor: float, *, k: int
     for start in range(0, query.shape[1], chunk_size):
         q = query[:, start : start + chunk_size]
         # |p - q|^2 = |p|^2 + |q|^2 - 2 <p, q>, the sum fused into the matrix product
-        d2 = torch.baddbmm((q**2).sum(-1, keepdim=True) + cand_sq[:, None, :], q, cand_t,
-                           alpha=-2).clamp_min_(0)
+        d2 = torch.baddbmm(
+            (q**2).sum(-1, keepdim=True) + cand_sq[:, None, :], q, cand_t, alpha=-2
+        ).clamp_min_(0)
         # d = |p - q| / (1 + c |x_p - x_q|); the K smallest d are the K smallest d^2, so the
         # square root is taken of the K selected values only
         weight = torch.cdist(qpos[start : start + chunk_size], cand_pos).mul_(c).add_(1)
@@ -181,7 +192,8 @@ def _single_scale(img: Tensor, scale: float, half: int, factor: float, *, k: int
 
 def _distance_to_mask(mask: Tensor) -> Tensor:
     """Exact Euclidean distance ``(B, H, W)`` from each pixel to the nearest ``True`` pixel
-    (separable two-pass algorithm, as MATLAB's ``bwdist``); ``inf`` when the mask is empty."""
+    (separable two-pass algorithm, as MATLAB's ``bwdist``); ``inf`` when the mask is empty.
+    """
     b, h, w = mask.shape
     dtype = torch.float64
     xs = torch.arange(w, device=mask.device, dtype=dtype)
@@ -260,9 +272,17 @@ def context_aware_saliency(
     maps = []
     for scale, patch in zip(scales, patch_sizes):
         level = img if scale == 1 else _resize(img, _scaled(work, scale))
-        sal = _single_scale(level, scale, patch // 2, 49 / patch**2, k=k, c=c,
-                            search_scales=search_scales, min_search_scale=min_search_scale,
-                            chunk_size=chunk_size)
+        sal = _single_scale(
+            level,
+            scale,
+            patch // 2,
+            49 / patch**2,
+            k=k,
+            c=c,
+            search_scales=search_scales,
+            min_search_scale=min_search_scale,
+            chunk_size=chunk_size,
+        )
         maps.append(_resize(sal[:, None], work)[:, 0])
     mean = torch.stack(maps).mean(0)
     peak = mean.flatten(1).max(1).values[:, None, None]
@@ -300,8 +320,18 @@ class SalientRelevance(Attribution):
         CVPR 2010.
     """
 
-    _SALIENCY_OPTIONS = ("longest_side", "scales", "patch_sizes", "search_scales",
-                         "min_search_scale", "k", "c", "foci_threshold", "lab", "chunk_size")
+    _SALIENCY_OPTIONS = (
+        "longest_side",
+        "scales",
+        "patch_sizes",
+        "search_scales",
+        "min_search_scale",
+        "k",
+        "c",
+        "foci_threshold",
+        "lab",
+        "chunk_size",
+    )
 
     def __init__(self, lrp: LRP, *, rgb_mode: str = "abs_minmax", **kwargs) -> None:
         if not isinstance(lrp, LRP):
@@ -319,14 +349,17 @@ class SalientRelevance(Attribution):
         context_aware_saliency(torch.zeros(1, 3, 4, 4), **{**options, "longest_side": None})
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs
-               ) -> SalientRelevance:
+    def create(
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs
+    ) -> SalientRelevance:
         """Registry constructor (contract test, CLI, demo): the paper's LRP rules (``"li2019"``)
         and a 64 px working resolution (``longest_side=64``), since the paper's 250 px costs
         about 1e11 flops per image (tens of seconds on a CPU); pass ``longest_side=250`` to
-        reproduce the paper."""
-        general = {key: kwargs.pop(key) for key in ("batch_size", "seed", "progress")
-                   if key in kwargs}
+        reproduce the paper.
+        """
+        general = {
+            key: kwargs.pop(key) for key in ("batch_size", "seed", "progress") if key in kwargs
+        }
         composite = kwargs.pop("composite", "li2019")
         kwargs.setdefault("longest_side", 64)
         return cls(LRP(model, composite, **general), **general, **kwargs)
@@ -337,9 +370,9 @@ class SalientRelevance(Attribution):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
             relevance = self.lrp._relevance(inputs[chunk], tgt)
-            image = relevance_to_rgb(relevance.to(torch.promote_types(relevance.dtype,
-                                                                      torch.float32)),
-                                     self.rgb_mode)
+            image = relevance_to_rgb(
+                relevance.to(torch.promote_types(relevance.dtype, torch.float32)), self.rgb_mode
+            )
             maps.append(context_aware_saliency(image, **self.options))
         return torch.cat(maps)
 

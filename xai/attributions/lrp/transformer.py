@@ -104,9 +104,19 @@ class TransformerComposite(Composite):
         self.absorbed: dict[str, Tensor] = {}
 
     def supported_types(self) -> list[str]:
-        return ["Linear", "Conv2d", "LayerNorm", "GELU (and element-wise activations)",
-                "Dropout", "Identity", "DropPath", "LayerScale", "Embedding",
-                "timm Attention", "transformers attention (q_proj/k_proj/v_proj)"]
+        return [
+            "Linear",
+            "Conv2d",
+            "LayerNorm",
+            "GELU (and element-wise activations)",
+            "Dropout",
+            "Identity",
+            "DropPath",
+            "LayerScale",
+            "Embedding",
+            "timm Attention",
+            "transformers attention (q_proj/k_proj/v_proj)",
+        ]
 
     # planning -----------------------------------------------------------------------------
     def _plan(self, model: nn.Module):
@@ -129,14 +139,22 @@ class TransformerComposite(Composite):
                     "support timm and transformers ViTs"
                 )
             if getattr(site.module, "gate", None) is not None:
-                raise ValueError(f"attention {site.name!r} has an output gate, which no rule covers")
+                raise ValueError(
+                    f"attention {site.name!r} has an output gate, which no rule covers"
+                )
             for linear, features, role in site.projections:
                 owner[linear] = site.name
                 vector = factors.setdefault(linear, torch.ones(linear.out_features))
                 factor = self.v_factor if role == "v" else self.qk_factor
                 vector[features if features is not None else slice(None)] = factor
-            out = next((getattr(site.module, n) for n in ("proj", "o_proj", "out_proj")
-                        if isinstance(getattr(site.module, n, None), nn.Linear)), None)
+            out = next(
+                (
+                    getattr(site.module, n)
+                    for n in ("proj", "o_proj", "out_proj")
+                    if isinstance(getattr(site.module, n, None), nn.Linear)
+                ),
+                None,
+            )
             if out is None:
                 raise ValueError(f"attention {site.name!r} has no output projection")
             outputs[out] = site.name
@@ -165,9 +183,10 @@ class TransformerComposite(Composite):
         return divide(z, stabilize(z, self.epsilon))
 
     def _linear_rule(self, factor: Tensor | None, owner: str | None, attention: str | None):
-        """epsilon rule; ``factor`` scales the output features of a q/k/v projection of the
+        """Epsilon rule; ``factor`` scales the output features of a q/k/v projection of the
         attention module ``owner``; ``attention`` names the module whose output projection
-        this is."""
+        this is.
+        """
 
         def rule(call: Call, grad: Tensor) -> Tensor:
             g = grad * self._ratio(call.output)

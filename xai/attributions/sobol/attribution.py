@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,12 +118,12 @@ class SobolAttribution(Attribution):
         *,
         grid_size: int = 8,
         n_designs: int = 32,
-        sampler: Union[str, Sampler] = "sobol",
+        sampler: str | Sampler = "sobol",
         scramble: bool = True,
-        estimator: Union[str, Estimator] = "jansen",
+        estimator: str | Estimator = "jansen",
         order: str = "total",
         variance: str = "pooled",
-        perturbation: Union[str, Perturbation, Callable[[Tensor, Tensor], Tensor]] = "inpainting",
+        perturbation: str | Perturbation | Callable[[Tensor, Tensor], Tensor] = "inpainting",
         perturbation_kwargs: dict | None = None,
         mask_interpolation: str = "nearest",
         map_interpolation: str = "bicubic",
@@ -212,8 +212,11 @@ class SobolAttribution(Attribution):
                 f"zero; {hint}"
             )
         indices = estimate(
-            per_row, self.n_designs, s * s,
-            estimator=self.estimator, variance=self.variance,
+            per_row,
+            self.n_designs,
+            s * s,
+            estimator=self.estimator,
+            variance=self.variance,
         )
         maps = (indices.total if self.order == "total" else indices.first).view(b, 1, s, s)
         if self.upsample and (h, w) != (s, s):
@@ -226,7 +229,8 @@ class SobolAttribution(Attribution):
         inputs: Tensor, reference: Tensor | None, image: Tensor, sl: slice, per_image: int
     ) -> tuple[Tensor, Tensor | None]:
         """The images (and references) of a chunk's rows; a chunk within one image gets a
-        broadcast view instead of a copy (most chunks when ``per_image > batch_size``)."""
+        broadcast view instead of a copy (most chunks when ``per_image > batch_size``).
+        """
         first, last = sl.start // per_image, (sl.stop - 1) // per_image
         if first != last:
             return inputs[image], None if reference is None else reference[image]

@@ -43,8 +43,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 from torch import Tensor
@@ -198,9 +198,7 @@ def _corr(x: Tensor, c: Tensor, floor: Tensor) -> Tensor:
     return _ratio((x * c).mean(-1), ((x**2).mean(-1) * (c**2).mean(-1)).sqrt(), floor)
 
 
-def glen_isaacs(
-    f_a: Tensor, f_b: Tensor, f_c: Tensor, *, variance: str = "pooled"
-) -> SobolIndices:
+def glen_isaacs(f_a: Tensor, f_b: Tensor, f_c: Tensor, *, variance: str = "pooled") -> SobolIndices:
     """Glen & Isaacs (2012) correlation estimators (plain Pearson correlations, as in the
     reference codes); ``variance`` is unused.
 
@@ -224,7 +222,7 @@ ESTIMATORS: dict[str, Estimator] = {
 """Built-in estimators by name (``"saltelli"`` is ``"homma"``, see the module docstring)."""
 
 
-def get_estimator(estimator: Union[str, Estimator]) -> Estimator:
+def get_estimator(estimator: str | Estimator) -> Estimator:
     """The estimator function for a name (or a callable, returned as is)."""
     if isinstance(estimator, str):
         if estimator not in ESTIMATORS:
@@ -243,7 +241,7 @@ def estimate(
     n_designs: int,
     d: int,
     *,
-    estimator: Union[str, Estimator] = "jansen",
+    estimator: str | Estimator = "jansen",
     variance: str = "pooled",
 ) -> SobolIndices:
     """First- and total-order indices from the outputs of the whole stacked design.
@@ -267,9 +265,9 @@ def sobol_indices(
     d: int,
     n_designs: int = 32,
     *,
-    sampler: Union[str, Callable] = "sobol",
+    sampler: str | Callable = "sobol",
     scramble: bool = True,
-    estimator: Union[str, Estimator] = "jansen",
+    estimator: str | Estimator = "jansen",
     variance: str = "pooled",
     seed: int | None = None,
     batch_size: int | None = None,

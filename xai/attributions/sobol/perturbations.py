@@ -22,9 +22,8 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -52,7 +51,8 @@ class Perturbation:
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
         """Perturbed images ``(n, C, H, W)`` from ``x`` ``(n, C, H, W)`` and ``masks``
-        ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``."""
+        ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``.
+        """
         raise NotImplementedError
 
 
@@ -92,7 +92,8 @@ class Inpainting(Perturbation):
 
 def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
     """``cv2.blur`` for ``(B, C, H, W)`` tensors: mean over a ``kernel_size`` square window
-    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders."""
+    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders.
+    """
     h, w = inputs.shape[-2:]
     if kernel_size > min(h, w):
         raise ValueError(
@@ -181,7 +182,7 @@ PERTURBATIONS: dict[str, type[Perturbation]] = {
 
 
 def get_perturbation(
-    perturbation: Union[str, Perturbation, Callable[[Tensor, Tensor], Tensor]],
+    perturbation: str | Perturbation | Callable[[Tensor, Tensor], Tensor],
     **kwargs,
 ) -> Perturbation:
     """A :class:`Perturbation` from a name (with its keyword arguments), an instance, or a

@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def sample(
     d: int,
     n_designs: int,
     *,
-    sampler: Union[str, Sampler] = "sobol",
+    sampler: str | Sampler = "sobol",
     seed: int | None = None,
     scramble: bool = True,
     dtype: torch.dtype = torch.float64,
