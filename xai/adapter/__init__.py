@@ -9,6 +9,8 @@ from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
     ClassTarget,
+    DetectionTarget,
+    Detections,
     ProbabilityTarget,
     SegmentationTarget,
     SimilarityTarget,
@@ -22,6 +24,8 @@ __all__ = [
     "Capture",
     "CallableTarget",
     "ClassTarget",
+    "DetectionTarget",
+    "Detections",
     "LayerInfo",
     "ModelAdapter",
     "ProbabilityTarget",
