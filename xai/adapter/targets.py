@@ -397,7 +397,9 @@ def _detection_hint(what: str) -> str:
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     """Intersection over union ``(N, M)`` of boxes ``(N, 4)`` and ``(M, 4)`` in (x1, y1, x2, y2)
-    format (torchvision's ``box_iou``); differentiable w.r.t. both; 0 for empty boxes.
+    format (torchvision's ``box_iou``); differentiable w.r.t. both. Two boxes of zero area
+    (random-init detectors return some) have IoU 1 when they are identical, 0 otherwise
+    (torchvision gives NaN).
     """
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
     rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
@@ -405,7 +407,8 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(-1)
     area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(-1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(union.dtype).tiny), 0.0)
+    same = (a[:, None, :] == b[None, :, :]).all(-1).to(inter.dtype)
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(union.dtype).tiny), same)
 
 
 _SCORES = ("score", "score_times_iou", "score_plus_iou")
