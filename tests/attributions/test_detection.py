@@ -277,8 +277,9 @@ def test_deletion_metric_on_the_detector(detector, images, detections):
 # the peer: pytorch-grad-cam's FasterRCNNBoxScoreTarget -----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def resnet_fpn():
+def test_the_issue_case_resnet50_fpn_at_backbone_body():
+    """torchvision's fasterrcnn_resnet50_fpn, as a new user tries it: 'backbone.body' names
+    the fix, 'backbone.body:3' explains the best box."""
     torch.manual_seed(0)
     model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None,
@@ -287,10 +288,17 @@ def resnet_fpn():
         min_size=SIZE,
         max_size=SIZE,
         box_score_thresh=0.0,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=50,
-    )
-    return model.double().eval()
+        rpn_pre_nms_top_n_test=50,
+        rpn_post_nms_top_n_test=20,
+    ).eval()
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = DetectionTarget.top(model(x))
+    with pytest.raises(TypeError, match="layer='backbone.body:3'"):
+        GradCAM(model, "backbone.body")(x, target)
+    maps = GradCAM(model, "backbone.body:3")(x, target)
+    assert maps.shape == (1, SIZE, SIZE) and float(maps.max()) > 0
+    assert hook_count(model) == 0
 
 
 def _peer_normalized(layer_map: torch.Tensor) -> np.ndarray:
@@ -303,39 +311,31 @@ def _peer_normalized(layer_map: torch.Tensor) -> np.ndarray:
     return scale_cam_image(np.maximum(per_layer[:, None], 0).mean(1))
 
 
-def test_grad_cam_and_eigen_cam_match_pytorch_grad_cam(resnet_fpn, images):
+def test_grad_cam_and_eigen_cam_match_pytorch_grad_cam(detector, images, detections):
     pgc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
 
-    model, x = resnet_fpn, images[:1]
-    with torch.no_grad():
-        det = model(x)[0]
+    model, x, det = detector, images[:1], detections[0]
     best = int(det["scores"].argmax())
     box, label = det["boxes"][best], int(det["labels"][best])
     ours = DetectionTarget(box, label, score="score_plus_iou")
     theirs = [FasterRCNNBoxScoreTarget([label], box[None].numpy())]
 
     # Grad-CAM on a tensor layer (the peer has no gradients for dict outputs)
-    mine = GradCAM(model, "backbone.body.layer4", upsample=False)(x, ours)
-    with pgc.GradCAM(model, target_layers=[model.backbone.body.layer4]) as cam:
+    mine = GradCAM(model, "backbone.body", upsample=False)(x, ours)
+    with pgc.GradCAM(model, target_layers=[model.backbone.body]) as cam:
         ref = cam(input_tensor=x, targets=theirs)
     np.testing.assert_allclose(_peer_normalized(mine), ref, atol=1e-4)
     assert float(mine.max()) > 0
 
-    # Eigen-CAM on the FPN's finest level: ours by key, theirs by a reshape transform
+    # Eigen-CAM on the backbone's dict output: ours by key, theirs by a reshape transform
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
     mine = EigenCAM(model, "backbone:0", upsample=False)(x, ours)  # target unused
-    with pgc.EigenCAM(
-        model, target_layers=[model.backbone], reshape_transform=lambda out: out["0"]
-    ) as cam:
-        ref = cam(input_tensor=x, targets=theirs)
     with torch.no_grad():  # the FPN level read without our adapter
         acts = model.backbone(model.transform(x)[0].tensors)["0"].numpy()
     proj = get_2d_projection(acts.copy())[0]  # the peer's projection, of arbitrary sign
     corr = np.corrcoef(proj.ravel(), acts[0].mean(0).ravel())[0, 1]
     expected = np.maximum(proj if corr >= 0 else -proj, 0)  # our rule: + with the mean map
     np.testing.assert_allclose(mine[0].numpy(), expected, rtol=1e-3, atol=1e-4)
-    if corr >= 0:  # the peer's sign agrees with ours: the end-to-end maps agree too
-        np.testing.assert_allclose(_peer_normalized(mine), ref, atol=1e-4)
     assert hook_count(model) == 0
