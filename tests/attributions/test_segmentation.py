@@ -95,3 +95,20 @@ def test_occlusion_selects_each_copys_mask(segmenter, images):
     )
     torch.testing.assert_close(batch, single)
     assert float(batch.abs().max()) > 0
+
+
+def test_dense_classifier_demo(mobilenet, tmp_path):
+    """The demo's segmenter: the mean of its per-location logits is the classifier's logits
+    (GAP and a linear layer commute); the figure is written."""
+    from xai._demos.segmentation import DenseClassifier, segmentation_demo
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    dense = DenseClassifier(mobilenet).eval()
+    with torch.no_grad():
+        features = dense.features(x)
+        logits = dense(x)["out"]
+        expected = mobilenet.classifier(features.mean((2, 3)))
+        # at 64 px the feature map is 2x2: the bilinear upsampling keeps the mean exactly
+        torch.testing.assert_close(logits.mean((2, 3)), expected, rtol=1e-4, atol=1e-4)
+    (path,) = segmentation_demo(tmp_path, size=64, photos=("chelsea",), occlusion_window=32)
+    assert path.name == "segmentation.png" and path.stat().st_size > 10_000
