@@ -339,3 +339,18 @@ def test_grad_cam_and_eigen_cam_match_pytorch_grad_cam(detector, images, detecti
     expected = np.maximum(proj if corr >= 0 else -proj, 0)  # our rule: + with the mean map
     np.testing.assert_allclose(mine[0].numpy(), expected, rtol=1e-3, atol=1e-4)
     assert hook_count(model) == 0
+
+
+def test_split_reads_and_replaces_a_keyed_entry(detector, images):
+    """Concept methods split the model at a layer: ``"backbone:0"`` works there too."""
+    from xai.adapter.split import head, layer_output
+
+    acts = layer_output(detector, "backbone:0", images)
+    with torch.no_grad():
+        expected = detector.backbone.body(detector.transform(images)[0].tensors)
+    torch.testing.assert_close(acts, expected)
+    out = head(detector, "backbone:0", acts, images)  # h(g(x)) is the model's output
+    with torch.no_grad():
+        for mine, ref in zip(out, detector(images), strict=True):
+            torch.testing.assert_close(mine["scores"], ref["scores"])
+    assert hook_count(detector) == 0
