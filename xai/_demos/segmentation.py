@@ -29,10 +29,15 @@ class DenseClassifier(nn.Module):
         classifier: a model with ``features`` (``(B, 3, H, W) -> (B, C, h, w)``) and a
             ``classifier`` ending in an ``nn.Linear`` (torchvision's MobileNetV2, EfficientNet).
             Its modules are shared, not copied; the head is a 1x1 view of the linear weights.
+        upsample: upsample the logits to the input size (bilinear, as torchvision's
+            segmenters; default ``True``). ``False`` keeps the feature map's resolution: 1,000
+            classes at full resolution are 200 MB per 224 px image, too much for the many
+            forward passes of a perturbation method.
     """
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, *, upsample: bool = True) -> None:
         super().__init__()
+        self.upsample = upsample
         self.features: nn.Module = classifier.features  # type: ignore[assignment]
         head = classifier.classifier
         linear = head[-1] if isinstance(head, nn.Sequential) else head
@@ -45,6 +50,8 @@ class DenseClassifier(nn.Module):
         feats = self.features(x)
         weight = self.linear.weight[:, :, None, None]
         logits = F.conv2d(feats, weight, self.linear.bias)
+        if not self.upsample:
+            return {"out": logits}
         size = tuple(x.shape[-2:])
         return {"out": F.interpolate(logits, size=size, mode="bilinear", align_corners=False)}
 
@@ -58,10 +65,11 @@ def segmentation_demo(
 ) -> list[Path]:
     """Write ``segmentation.png``: Grad-CAM and occlusion for a segment's class on real photos.
 
-    Each row is a photo: the segment (pixels whose arg-max class is the image's predicted
-    class), then the maps of :class:`~xai.adapter.SegmentationTarget` (that class's logits
-    summed over the segment) by Grad-CAM at ``features.18`` and ``features.14``, and by
-    occlusion (window ``occlusion_window``, stride half of it).
+    Each row is a photo: the segment (the cells of the ``7 x 7`` logit map whose arg-max
+    class is the image's predicted class; drawn upsampled), then the maps of
+    :class:`~xai.adapter.SegmentationTarget` (that class's logits summed over the segment) by
+    Grad-CAM at ``features.18`` and ``features.14``, and by occlusion (window
+    ``occlusion_window``, stride half of it).
 
     Args:
         out_dir: folder for the PNG (created if needed).
@@ -95,7 +103,7 @@ def segmentation_demo(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = DenseClassifier(load_mobilenet_v2()).eval()
+    model = DenseClassifier(load_mobilenet_v2(), upsample=False).eval()
     available = dict(sample_photos_raw(include_foolbox=False))
     names = [n for n in photos if n in available] or list(available)[:3]
     batch = torch.cat([preprocess(available[n], size) for n in names])
@@ -107,7 +115,7 @@ def segmentation_demo(
     methods = [
         GradCAM(model, "features.18"),
         GradCAM(model, "features.14"),
-        Occlusion(model, window_size=occlusion_window, stride=occlusion_window // 2),
+        Occlusion(model, window_size=occlusion_window, stride=occlusion_window // 2, batch_size=16),
     ]
     fig, axes = plt.subplots(len(names), 4, figsize=(11, 2.9 * len(names)), squeeze=False)
     for row, name in enumerate(names):
@@ -115,7 +123,8 @@ def segmentation_demo(
         segment = logits[row].argmax(0) == cls
         target = SegmentationTarget(cls, segment)
         x = batch[row : row + 1]
-        maps = [segment.float()] + [method(x, target)[0] for method in methods]
+        shown = F.interpolate(segment[None, None].float(), size=x.shape[-2:], mode="nearest")
+        maps = [shown[0, 0]] + [method(x, target)[0] for method in methods]
         for col, (title, attribution) in enumerate(zip(columns, maps, strict=True)):
             overlay(
                 x[0],
