@@ -280,7 +280,7 @@ def test_half_precision_maps_follow_float32(name, dtype):
     maps = make(name, low, "act")(x, target=[1, 3])
     assert maps.dtype == torch.float32 and maps.shape == ref.shape
     assert torch.isfinite(maps).all()
-    for a, b in zip(ref, maps):
+    for a, b in zip(ref, maps, strict=True):
         assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.95
 
 
@@ -460,7 +460,7 @@ def test_similarity_maps_layout_equals_reference():
     q, refs = images(1), images(3)
     ref = sim(q, refs)
     got = sim(_non_contiguous(q), refs.contiguous(memory_format=torch.channels_last))
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b)
 
 

@@ -188,7 +188,7 @@ class CheferRelevance(_AttentionMethod):
     def _chunk(self, inputs: Tensor, target: Target) -> Tensor:
         maps, grads = self._maps(inputs, target, gradients=True)
         relevance = None
-        for attn, grad in zip(maps, grads):
+        for attn, grad in zip(maps, grads, strict=True):
             attn = attn.to(torch.promote_types(attn.dtype, torch.float32))
             weighted = (grad.to(attn.dtype) * attn).clamp(min=0).mean(1)  # (B, N, N)
             if relevance is None:

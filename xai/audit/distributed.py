@@ -109,7 +109,7 @@ class _ShardWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out_ids, out_payload = [], []
-        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
+        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
             payload = self._run(int(start), int(stop))
             out_ids.append(int(shard))
             out_payload.append(payload)
@@ -294,11 +294,20 @@ def ray_audit_state(
         data: images ``(N, C, H, W)`` with ``labels`` (``masks``, ``groups``) or a map-style
             ``Dataset`` yielding ``(image, label[, mask[, group]])``.
         explainer: the attribution method (an ``Attribution`` or callable; pickled).
+        labels: per-image class labels, with a tensor ``data`` only.
+        masks: per-image object masks (non-zero = object), with a tensor ``data`` only.
+        groups: per-image group ids, with a tensor ``data`` only.
         batch_size: images per explainer call inside a shard.
-        grid_size, n_worst, target, keep_for_concepts: the audit's settings.
+        grid_size: hot spots are binned on a ``grid_size x grid_size`` grid (default 7), as in
+            :func:`xai.audit.audit`.
+        n_worst: examples kept per class for the report (default 4).
+        target: explain each image's ``"label"`` (default) or its ``"prediction"``.
+        keep_for_concepts: the first images of each class kept for the concept step (default
+            0: none).
         num_workers: actors (default 2).
         shard_size: images per task (default ``8 * batch_size``).
-        num_cpus, num_gpus: resources of each actor (default 1 CPU, no GPU).
+        num_cpus: CPUs reserved by each actor (default 1).
+        num_gpus: GPUs reserved by each actor (default 0; the model runs on CUDA when > 0).
         checkpoint_dir: finished shards are written there; a rerun skips them.
         address: an existing Ray cluster (default: the running or a new local instance).
         progress: a progress bar over the shards.
@@ -369,7 +378,10 @@ def explain_dataset(
         batch_size: images per explainer call.
         shard_size: images per file (default ``8 * batch_size``).
         engine: ``"ray"`` (default) or ``"local"`` (this process, same files).
-        num_workers, num_cpus, num_gpus, address: Ray settings as in :func:`ray_audit_state`.
+        num_workers: Ray actors (default 2), as in :func:`ray_audit_state`.
+        num_cpus: CPUs reserved by each actor (default 1).
+        num_gpus: GPUs reserved by each actor (default 0).
+        address: an existing Ray cluster (default: the running or a new local instance).
         file_format: ``"npy"`` (default) or ``"parquet"`` (needs pyarrow).
         progress: a progress bar over the shards.
 
@@ -391,7 +403,7 @@ def explain_dataset(
     shards = _shards(source.n, shard_size)
     ext = "npy" if file_format == "npy" else "parquet"
     files = [out / f"maps-{i:06d}.{ext}" for i, _s, _e in shards]
-    todo = [sh for sh, f in zip(shards, files) if not f.is_file()]
+    todo = [sh for sh, f in zip(shards, files, strict=True) if not f.is_file()]
     job = {
         "kind": "maps",
         "target": target,

@@ -329,7 +329,9 @@ def write_report(
         out: output folder (created).
         format: ``"html"`` (default) or ``"markdown"``.
         title: the report's title.
-        mean, std: the inputs' normalization, to display the images of the worst cases.
+        mean: per-channel mean of the inputs' normalization, to display the images of the worst
+            cases (default: none).
+        std: per-channel standard deviation of that normalization.
 
     Returns:
         ``{"report": path, "json": path}``.

@@ -1,11 +1,11 @@
-"""Network Dissection: which filters of a layer fire on which labelled concepts.
+r"""Network Dissection: which filters of a layer fire on which labelled concepts.
 
 For every filter ``k`` of a layer, the threshold :math:`T_k` is the top-``quantile`` value of
-its activations over all positions of all images (:math:`P(a_k > T_k) \\le q`, q = 0.005). The
+its activations over all positions of all images (:math:`P(a_k > T_k) \le q`, q = 0.005). The
 filter's mask :math:`M_k(x)` is its activation map thresholded at :math:`T_k` and brought to
 the label resolution; its agreement with concept ``c`` is the set IoU
 
-.. math:: \\mathrm{IoU}_{k,c} = \\frac{\\sum_x |M_k(x) \\cap L_c(x)|}{\\sum_x |M_k(x) \\cup L_c(x)|}
+.. math:: \mathrm{IoU}_{k,c} = \frac{\sum_x |M_k(x) \cap L_c(x)|}{\sum_x |M_k(x) \cup L_c(x)|}
 
 summed over the images that contain ``c`` (Net2Vec's set IoU; ``iou="dataset"`` sums over
 every image, NetDissect's dataset IoU). Counts are accumulated image by image, never
@@ -265,9 +265,9 @@ def _read_rows(path: Path, index: slice | np.ndarray, row: int, dtype: type) -> 
 
 
 def exact_thresholds(chunks: Iterable[Tensor], quantile: float, total: int) -> Tensor:
-    """Per-filter top-``quantile`` thresholds over all positions of all chunks, exactly.
+    r"""Per-filter top-``quantile`` thresholds over all positions of all chunks, exactly.
 
-    :math:`T_k` is the m-th largest value of filter k, :math:`m = \\lfloor q N h w \\rfloor + 1`,
+    :math:`T_k` is the m-th largest value of filter k, :math:`m = \lfloor q N h w \rfloor + 1`,
     so that at most a fraction ``q`` of positions satisfy :math:`a_k > T_k` (strict). A running
     top-m per filter is kept, never the whole data (``torch.quantile`` refuses more than 2^24
     elements anyway).

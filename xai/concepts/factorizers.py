@@ -174,6 +174,7 @@ class KMeansFactorizer(_SklearnFactorizer):
         return torch.nn.functional.one_hot(idx, self.n_concepts).to(dtype)
 
     def fit(self, activations: Tensor) -> Tensor:
+        """Cluster ``(n, C)`` activations; return their ``(n, K)`` one-hot assignments."""
         est = self._make()
         labels = est.fit_predict(self._np(activations))
         self.estimator_ = est
@@ -182,6 +183,7 @@ class KMeansFactorizer(_SklearnFactorizer):
         return self._one_hot(labels, activations.dtype)
 
     def encode(self, activations: Tensor) -> Tensor:
+        """``(n, C)`` activations -> ``(n, K)`` one-hot nearest centroids."""
         self._check_fitted()
         labels = self.estimator_.predict(self._np(activations))  # type: ignore[union-attr]
         return self._one_hot(labels, activations.dtype)

@@ -1,14 +1,14 @@
-"""Net2Vec: concepts as learned weightings of a layer's filters (Fong & Vedaldi, CVPR 2018).
+r"""Net2Vec: concepts as learned weightings of a layer's filters (Fong & Vedaldi, CVPR 2018).
 
-A concept ``c`` is embedded as a vector :math:`w_c \\in \\mathbb{R}^K` over the K filters of a
+A concept ``c`` is embedded as a vector :math:`w_c \in \mathbb{R}^K` over the K filters of a
 layer, learned by one of two probes:
 
 * **segmentation**: the input is each filter's binarized map :math:`I_k = 1[a_k > T_k]`
   (thresholds as in :class:`~xai.concepts.NetworkDissection`); the concept's mask is
-  :math:`M = \\sigma(\\mathrm{up}(\\sum_k w_k I_k))`, trained with the paper's linear,
-  :math:`\\alpha`-balanced loss summed over pixels and averaged over images,
-  :math:`L = -\\frac{1}{N}\\sum_x \\sum_p [\\alpha M_p L_p + (1-\\alpha)(1-M_p)(1-L_p)]`,
-  :math:`\\alpha = 1 - \\mathrm{mean}_x |L_c(x)| / (H_l W_l)`; scored by the set IoU of
+  :math:`M = \sigma(\mathrm{up}(\sum_k w_k I_k))`, trained with the paper's linear,
+  :math:`\alpha`-balanced loss summed over pixels and averaged over images,
+  :math:`L = -\frac{1}{N}\sum_x \sum_p [\alpha M_p L_p + (1-\alpha)(1-M_p)(1-L_p)]`,
+  :math:`\alpha = 1 - \mathrm{mean}_x |L_c(x)| / (H_l W_l)`; scored by the set IoU of
   ``M > 0.5`` on images containing c.
 * **classification**: does the image contain ``c``? ``logit = w . avgpool(a) + b`` with
   ``BCEWithLogitsLoss``, the larger class subsampled to the size of the smaller each epoch;
@@ -328,7 +328,7 @@ class Net2Vec:
                         loss = ((bce * sel).sum(0) / sel.sum(0).clamp_min(1)).sum()
                     grads = torch.autograd.grad(loss, params)
                     with torch.no_grad():
-                        for p, g, buf in zip(params, grads, buffers):
+                        for p, g, buf in zip(params, grads, buffers, strict=True):
                             buf.mul_(self.momentum).add_(g)
                             p.sub_(lr * buf)
         return (weights * mask).detach(), bias.detach(), alpha

@@ -295,6 +295,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(width * (size // 4) ** 2, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` images -> ``(B, n_classes)`` logits."""
         return self.classifier(self.features(x).flatten(1))
 
 
@@ -560,6 +561,7 @@ class BackgroundProbe(nn.Module):
         self.classifier = classifier
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` images -> ``(B, n_classes)`` logits."""
         return self.classifier(self.features(x).mean((2, 3)))
 
 

@@ -4,7 +4,8 @@ Given a reference image :math:`x_0` and its code :math:`\Phi_0 = \Phi(x_0)` at a
 
 .. math::
     x^* = \arg\min_x \frac{\|\Phi(x) - \Phi_0\|^2}{\|\Phi_0\|^2}
-          + \frac{\lambda_V}{2\sigma^2} R_{V^\beta}(x) + \frac{\lambda_\alpha}{2\sigma^2} R_\alpha(x)
+          + \frac{\lambda_V}{2\sigma^2} R_{V^\beta}(x)
+          + \frac{\lambda_\alpha}{2\sigma^2} R_\alpha(x)
 
 with :math:`R_\alpha(x) = \sum |x|^\alpha` and :math:`R_{V^\beta}(x) = \sum_{c,i,j}
 ((x_{c,i,j+1}-x_{c,i,j})^2 + (x_{c,i+1,j}-x_{c,i,j})^2)^{\beta/2}` (forward differences, zero at
@@ -61,7 +62,8 @@ SCHEDULES: dict[str, tuple[tuple[float, int], ...]] = {
 
 
 def total_variation(images: Tensor, beta: float = 2.0) -> Tensor:
-    r"""The :math:`V^\beta` regularizer of each image, :math:`\sum_{c,i,j} (d_h^2 + d_v^2)^{\beta/2}`.
+    r"""The :math:`V^\beta` regularizer of each image,
+    :math:`\sum_{c,i,j} (d_h^2 + d_v^2)^{\beta/2}`.
 
     Forward differences per channel; the last column/row is replicated, so its difference is 0
     (deep-goggle's ``tv``). Safe to differentiate for any ``beta > 0`` (zero gradient where both
@@ -184,15 +186,15 @@ def _schedule(
 
 @dataclass(frozen=True)
 class InversionResult:
-    """What :class:`Inversion` returns.
+    r"""What :class:`Inversion` returns.
 
     Attributes:
         images: ``(R, B, C, H, W)`` reconstructions for ``R`` restarts, in the space of the
             inputs (model inputs, ``(pixel - mean) / std``), not clipped.
         feature_error: ``(R, B)`` normalized feature error
-            :math:`\\|\\Phi(x^*)-\\Phi_0\\|^2/\\|\\Phi_0\\|^2` of the final images.
+            :math:`\|\Phi(x^*)-\Phi_0\|^2/\|\Phi_0\|^2` of the final images.
         history: ``(T, R, B)`` objective :math:`E` at every step (before the update).
-        reference: ``(B, ...)`` the inverted code :math:`\\Phi_0`.
+        reference: ``(B, ...)`` the inverted code :math:`\Phi_0`.
     """
 
     images: Tensor

@@ -87,6 +87,7 @@ class Graph:
 
     @property
     def output(self) -> int:
+        """The index of the output node (the last op)."""
         return len(self.ops) - 1
 
     def split_index(self, layer: str) -> int:
@@ -626,7 +627,7 @@ def _conv_spec(weight: Tensor, bias: Tensor | None, stride, padding, dilation, g
 
 def _conv_functional(args, kwargs) -> dict:
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args, strict=False))
     bound.update(kwargs)
     padding = bound.get("padding", 0)
     if isinstance(padding, str):

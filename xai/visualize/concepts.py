@@ -76,7 +76,10 @@ def concept_gallery(
             is ``None``, used to order the rows (most important first).
         concepts: which concepts to show (default all, by decreasing importance).
         n_crops: crops per concept (default 6).
-        mean, std: undo the input normalization (e.g. ``xai.data.IMAGENET_MEAN``/``STD``).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels (default ``"concept i"``).
         title: figure title (default names the class).
 
@@ -148,6 +151,12 @@ def concept_overlay(
         importances: ``(K,)`` importances used to pick and order the concepts shown.
         concepts: explicit concept indices (overrides ``importances``).
         n_concepts: how many concepts when picked by importance (default 5).
+        percentile: each map keeps its values above this percentile (default 90).
+        alpha: opacity of the concept colours (default 0.65).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels.
         title: figure title.
 
@@ -222,6 +231,12 @@ def strategic_cluster_graph(
         images: optional ``(N, C, H, W)`` images for thumbnails.
         min_count: images a concept must dominate to get a colour (default 10, the paper's).
         embedding: ``"pca"`` (default), ``"tsne"`` or ``"umap"``.
+        seed: seed of the embedding (default 0).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
+        concept_names: labels of the concepts in the legend (default ``"concept i"``).
         n_thumbnails: at most this many thumbnails (default 12).
         title: axes title (default names the figure).
 
@@ -289,7 +304,10 @@ def concept_tree(
     Args:
         child: the extractor returned by ``parent.refine(concept, layer)``.
         n_images: crops per row (default 5).
-        mean, std: undo the input normalization.
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels of the sub-concepts (default ``"sub-concept i"``).
         title: figure title (default names the parent concept and the two layers).
 

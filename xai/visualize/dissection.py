@@ -47,8 +47,10 @@ def top_patches(
         unit: the filter index k.
         layer: the dissected layer (default: the first).
         n: number of images (default: all kept, ``n_top``).
-        mean, std: the normalization of the images, to display them (default: the data's
-            ``mean``/``std`` attributes when present).
+        mean: per-channel mean of the images' normalization, to display them (default: the
+            data's ``mean`` attribute when present).
+        std: per-channel standard deviation of that normalization (default: the data's
+            ``std`` attribute when present).
 
     Returns:
         A ``Figure`` with one row of ``n`` images; outside the filter's mask the image is
@@ -74,7 +76,7 @@ def top_patches(
     concept = int(res.unit_label[unit])
     fig = Figure(figsize=(1.8 * len(index), 2.3))
     axes = fig.subplots(1, len(index), squeeze=False)[0]
-    for ax, image, mask in zip(axes, images, masks):
+    for ax, image, mask in zip(axes, images, masks, strict=True):
         rgb = to_image(image, mean=mean, std=std)
         m = mask.numpy()
         ax.imshow(np.where(m[..., None], rgb, 0.25 * rgb))
@@ -120,7 +122,7 @@ def concept_histogram(
         raise ValueError("no layer results to plot")
     fig = Figure(figsize=(max(6.0, 0.32 * len(layers[0].concepts) + 2), 1.9 * len(layers) + 0.6))
     axes = fig.subplots(len(layers), 1, squeeze=False)[:, 0]
-    for ax, res in zip(axes, layers):
+    for ax, res in zip(axes, layers, strict=True):
         summary = res.summary(threshold)
         counts = np.array([summary["per_concept"].get(c, 0) for c in res.concepts])
         kinds = res.kinds or [None] * len(res.concepts)

@@ -32,14 +32,14 @@ def inversion_strip(
     title: str | None = None,
     cell_size: float = 2.2,
 ):
-    """The original image, then its reconstruction from each layer, left to right.
+    r"""The original image, then its reconstruction from each layer, left to right.
 
     Args:
         image: ``(C, H, W)`` (or ``(1, C, H, W)``) reference image, as given to the model.
         inversions: layer name -> ``(C, H, W)`` reconstruction (same space as ``image``), in
             column order (shallow to deep).
         errors: layer name -> error to print under the layer name (e.g. the feature error
-            :math:`\\|\\Phi(x^*)-\\Phi_0\\|^2/\\|\\Phi_0\\|^2`).
+            :math:`\|\Phi(x^*)-\Phi_0\|^2/\|\Phi_0\|^2`).
         mean: undo the input normalization for display (``x * std + mean``, clipped to [0, 1]).
         std: see ``mean``.
         title: figure title.
@@ -59,7 +59,7 @@ def inversion_strip(
     axes = np.atleast_1d(fig.subplots(1, cols))
     axes[0].imshow(to_image(image, mean=mean, std=std))
     axes[0].set_title("original", fontsize=9)
-    for ax, (layer, rec) in zip(axes[1:], inversions.items()):
+    for ax, (layer, rec) in zip(axes[1:], inversions.items(), strict=True):
         ax.imshow(to_image(rec, mean=mean, std=std))
         label = (
             layer

@@ -31,9 +31,15 @@ def grid(
         images: ``(B, C, H, W)`` batch (tensor or array) or a list of images.
         maps: method name -> ``(B, H, W)`` maps (tensor or array), in column order.
         titles: one row title per image (e.g. ``"tabby cat 0.72"``), shown on the first column.
-        mean, std: undo the input normalization for display.
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
+        alpha: opacity of the maps (default 0.5).
+        cmap: colormap (default: ``"inferno"`` for unsigned maps, ``"RdBu_r"`` for signed ones).
         shared_scale: one colour scale per method across the images (the 99.5th percentile of
             that method's absolute values over all images) instead of one per cell.
+        cell_size: width and height of one cell in inches (default 2.2).
         colorbar: one colourbar per cell.
 
     Returns:

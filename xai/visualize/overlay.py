@@ -37,6 +37,10 @@ def overlay(
     Args:
         image: ``(C, H, W)``/``(H, W, C)`` tensor or array, uint8 or float; ``mean``/``std``
             undo a normalization (e.g. ``xai.data.IMAGENET_MEAN``/``IMAGENET_STD``).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         attribution: ``(H, W)`` map (resized to the image with bilinear interpolation when its
             size differs), tensor or array.
         alpha: opacity of the map (0 shows only the image).
@@ -46,6 +50,7 @@ def overlay(
         percentile: values above this percentile are clipped (robust to a few hot pixels).
         scale: a fixed divisor, to share one colour scale across maps.
         colorbar: add a colourbar.
+        title: the Axes' title.
         caption: a sentence written under the image (e.g. from ``xai.verbalize.Verbalizer``),
             see :func:`xai.visualize.add_caption`.
         ax: the Axes to draw on (a new figure is made when ``None``).

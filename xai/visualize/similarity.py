@@ -104,7 +104,9 @@ def similarity_pair(
     scale = _robust_max(maps, percentile) if shared_scale else None
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, image, heat, title in zip(axes, (query_image, reference_image), maps, titles):
+    for ax, image, heat, title in zip(
+        axes, (query_image, reference_image), maps, titles, strict=True
+    ):
         own = scale if scale is not None else _robust_max([heat], percentile)
         overlay(
             image,
@@ -195,7 +197,9 @@ def retrieval_strip(
             title="query",
         )
     _draw_region(axes[0], region, q.shape[:2])
-    for rank, (ax, image, m, s) in enumerate(zip(axes[1:], hits, heat, score_list), start=1):
+    for rank, (ax, image, m, s) in enumerate(
+        zip(axes[1:], hits, heat, score_list, strict=True), start=1
+    ):
         name = f" {labels[rank - 1]}" if labels is not None else ""
         own = scale if scale is not None else _robust_max([m], percentile)
         overlay(
@@ -246,7 +250,7 @@ def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int =
     """
     pos = np.clip(pos.astype(np.float64), margin, 1 - margin)
     n = pos.shape[0]
-    for step in range(steps):
+    for _ in range(steps):
         delta = pos[:, None, :] - pos[None, :, :]
         dist = np.linalg.norm(delta, axis=-1) + np.eye(n)
         overlap = np.clip(min_distance - dist, 0.0, None)
@@ -330,7 +334,7 @@ def similarity_graph(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_axis_off()
-    for (i, j), w in zip(sorted(edges), weights):
+    for (i, j), w in zip(sorted(edges), weights, strict=True):
         strength = (w - lo) / (hi - lo) if hi > lo else 1.0
         (line,) = ax.plot(
             [pos[i, 0], pos[j, 0]],
@@ -353,7 +357,7 @@ def similarity_graph(
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
         )
     half = thumb_size / 2
-    for idx, (thumb, (x, y)) in enumerate(zip(thumbs, pos)):
+    for idx, (thumb, (x, y)) in enumerate(zip(thumbs, pos, strict=True)):
         inset = fig.add_axes((x - half, y - half, thumb_size, thumb_size), zorder=3)
         inset.imshow(thumb)
         inset.set_xticks([])

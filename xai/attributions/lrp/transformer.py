@@ -104,6 +104,7 @@ class TransformerComposite(Composite):
         self.absorbed: dict[str, Tensor] = {}
 
     def supported_types(self) -> list[str]:
+        """Names of the module types this composite has a rule for."""
         return [
             "Linear",
             "Conv2d",
