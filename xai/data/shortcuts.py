@@ -593,9 +593,9 @@ def train_background_probe(
         from xai.data import load_mobilenet_v2
 
         backbone = load_mobilenet_v2()
-    if not hasattr(backbone, "features"):
+    features = getattr(backbone, "features", None)
+    if not isinstance(features, nn.Module):
         raise TypeError("backbone must have a `features` module (e.g. torchvision MobileNetV2)")
-    features = backbone.features
     was_training = features.training
     features.eval()
     try:

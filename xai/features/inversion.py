@@ -346,13 +346,16 @@ class Inversion:
         sigma = SIGMA_227 * math.sqrt(height * width / 227**2)
         target = reference.repeat(restarts, *([1] * (reference.dim() - 1)))
         mask = None if self.mask is None else self.mask.to(device=device, dtype=target.dtype)
-        try:
-            weight = torch.ones_like(target) if mask is None else mask.expand_as(target)
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the code's shape "
-                f"{tuple(reference.shape)}; give (C, h, w) or (B, C, h, w) weights"
-            ) from None
+        if mask is None:
+            weight = torch.ones_like(target)
+        else:
+            try:
+                weight = mask.expand_as(target)
+            except RuntimeError:
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not broadcast to the code's shape "
+                    f"{tuple(reference.shape)}; give (C, h, w) or (B, C, h, w) weights"
+                ) from None
         norm2 = (target.square() * weight).flatten(1).sum(1)
         if not bool((norm2 > 0).all()):
             raise ValueError(

@@ -108,6 +108,9 @@ class Objective:
 class _Sum(Objective):
     """A weighted sum of objectives plus a constant (flattened, so repr stays readable)."""
 
+    terms: list[tuple[float, Objective]]
+    constant: float
+
     def __init__(self, terms: Sequence[tuple[float, Objective]], constant: float = 0.0) -> None:
         flat: list[tuple[float, Objective]] = []
         for weight, obj in terms:

@@ -119,7 +119,7 @@ class FeatureVisualization:
         self.size, self.batch, self.n_steps, self.lr = size, batch, n_steps, float(lr)
         if transforms == "lucid":
             self.transforms: list[Transform] = lucid_transforms()
-        elif transforms == "xplique":
+        elif isinstance(transforms, str):  # "xplique" (other strings were rejected above)
             self.transforms = xplique_transforms(size)
         else:
             self.transforms = list(transforms or [])

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +111,30 @@ class BoundedModel:
         """The logits at ``x`` (softmax stripped), ``(B, n_classes)``."""
         return self.values(x)[-1]
 
+    @overload
+    def upper(
+        self,
+        ball: Ball,
+        rows: Tensor,
+        *,
+        bound: str = ...,
+        relu_lower: str = ...,
+        top_k: int | None = ...,
+        parts: Literal[False] = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def upper(
+        self,
+        ball: Ball,
+        rows: Tensor,
+        *,
+        bound: str = ...,
+        relu_lower: str = ...,
+        top_k: int | None = ...,
+        parts: Literal[True],
+    ) -> tuple[Tensor, Tensor | None]: ...
+
     def upper(
         self,
         ball: Ball,
@@ -179,6 +204,32 @@ class BoundedModel:
         with torch.no_grad():
             boxes = ibp(self.graph, ball)
         return [boxes[i] for i in range(len(self.graph.ops))]
+
+
+@overload
+def _upper(
+    graph: Graph,
+    ball: Ball,
+    rows: Tensor,
+    bound: str,
+    relu_lower: str,
+    top_k: int | None,
+    parts: Literal[False],
+    budget: int | None,
+) -> Tensor: ...
+
+
+@overload
+def _upper(
+    graph: Graph,
+    ball: Ball,
+    rows: Tensor,
+    bound: str,
+    relu_lower: str,
+    top_k: int | None,
+    parts: bool,
+    budget: int | None,
+) -> Tensor | tuple[Tensor, Tensor | None]: ...
 
 
 def _upper(

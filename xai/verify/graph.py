@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -149,7 +149,7 @@ class Graph:
 
 def _describe(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
+        mod = gm.get_submodule(str(node.target))
         return f"call_module {type(mod).__name__} at {node.target!r}"
     target = getattr(node.target, "__name__", str(node.target))
     return f"{node.op} {target} (node {node.name!r})"
@@ -291,11 +291,11 @@ class _Builder:
     def _eval_const(self, node: torch.fx.Node) -> Any:
         args, kwargs = self._arg(node.args), self._arg(node.kwargs)
         if node.op == "call_module":
-            return self.gm.get_submodule(node.target)(*args, **kwargs)
+            return self.gm.get_submodule(str(node.target))(*args, **kwargs)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return cast(Callable[..., Any], node.target)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         raise _unsupported(node, self.gm)
 
     def _convert(self, node: torch.fx.Node, bounded: list[torch.fx.Node]) -> None:
@@ -304,7 +304,7 @@ class _Builder:
         desc = _describe(node, gm)
         first = args[0] if args else None
         if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
+            mod = gm.get_submodule(str(node.target))
             if isinstance(mod, _SOFTMAX):
                 return self._strip(node, first, desc)
             make = _module_rule(mod)
@@ -355,7 +355,7 @@ class _Builder:
         if fn is getattr and len(args) == 2 and args[1] in ("shape", "ndim", "dtype", "device"):
             self.const[node] = getattr(self.value[args[0]], args[1])
             return None
-        x = args[0] if args else None
+        x: Any = args[0] if args else None  # a traced node when `single`
         single = len(bounded) == 1 and x is bounded[0]
         if fn in (F.relu, torch.relu) and single:
             return self._emit(node, desc, [x], _relu_spec(0.0, None))

@@ -67,8 +67,8 @@ def top_patches(
     k = res.iou.shape[1]
     if not 0 <= unit < k:
         raise ValueError(f"unit must be in [0, {k}), got {unit}")
-    index = res.top_images[unit] if res.top_images is not None else torch.arange(1)
-    index = index[: (n or len(index))].tolist()
+    top = res.top_images[unit] if res.top_images is not None else torch.arange(1)
+    index: list[int] = top[: (n or len(top))].tolist()
     mean = mean if mean is not None else getattr(data, "mean", None)
     std = std if std is not None else getattr(data, "std", None)
     images = torch.stack([data[i][0] for i in index])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from xai.visualize._image import to_image, to_map
 from xai.visualize.overlay import overlay
@@ -14,7 +16,7 @@ from xai.visualize.overlay import overlay
 
 def grid(
     images,
-    maps: Mapping[str, object],
+    maps: Mapping[str, Tensor | np.ndarray | Sequence[Any]],
     *,
     titles: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
