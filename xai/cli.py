@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from xai._cli_user import CliError, add_parsers, pick_methods, run
 from xai._presets import CHEAP_SETTINGS
@@ -182,7 +183,7 @@ def run_demo(
         viz.save(fig, out / "methods_grid.png", dpi=110),
         viz.save(fig, out / "methods_grid.pdf"),
     ]
-    summary = {
+    summary: dict[str, Any] = {
         "model": "torchvision mobilenet_v2 IMAGENET1K_V1",
         "layer": DEMO_LAYER,
         "images": [

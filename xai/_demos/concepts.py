@@ -53,7 +53,6 @@ def concepts_demo(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     model = load_mobilenet_v2()
     image = preprocess(dict(sample_photos_raw())[photo], size)
     ce = ConceptExtractor(
@@ -81,7 +80,8 @@ def concepts_demo(
         importances=importance,
         n_crops=5,
         title=f"Concepts of '{label}' at features.18 (Sobol importance)",
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     save(fig, "concepts_gallery.png")
     fig = concept_overlay(
@@ -90,7 +90,8 @@ def concepts_demo(
         importances=importance,
         n_concepts=min(4, n_concepts),
         title=f"Where the top concepts of '{label}' are",
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     save(fig, "concepts_maps.png")
     crops = ce.crops()
@@ -99,7 +100,8 @@ def concepts_demo(
         local,
         images=crops,
         min_count=max(2, n_patches // 10),
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         title=f"Crops of '{label}' by the concepts that drive the score (gradient x input)",
     )
     save(fig, "concepts_clusters.png")

@@ -28,7 +28,10 @@ class PooledFeatures(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.features = backbone.features
+        features = getattr(backbone, "features", None)
+        if not isinstance(features, nn.Module):
+            raise TypeError("backbone must have a `features` module (e.g. torchvision MobileNetV2)")
+        self.features = features
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x).mean((2, 3))
@@ -108,7 +111,6 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     out.mkdir(parents=True, exist_ok=True)
     model = PooledFeatures(load_mobilenet_v2())
     sim = SimilarityMaps(model, "features.18", pooling="avg", metric="cosine", batch_size=16)
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     photos = sample_photos_raw()
     names = [n for n, _ in photos]
     batch = _batch(photos, size)
@@ -132,7 +134,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
             float(result.scores[0]),
             metric="cosine",
             titles=(names[a], names[b]),
-            **norm,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         ),
         "similarity_pair.png",
     )
@@ -151,7 +154,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
             hits.scores,
             region=box,
             labels=[names[i] for i in hit_rows],
-            **norm,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         ),
         "similarity_region_search.png",
     )
@@ -160,7 +164,14 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     gallery = list(range(min(12, len(names))))
     matrix = sim.matrix(batch[gallery])
     save(
-        similarity_graph(batch[gallery], matrix, k=2, labels=[names[i] for i in gallery], **norm),
+        similarity_graph(
+            batch[gallery],
+            matrix,
+            k=2,
+            labels=[names[i] for i in gallery],
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
         "similarity_graph.png",
     )
 
@@ -179,7 +190,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
                 res.scores[order],
                 query_map=res.query_maps[order[0]],
                 labels=[stamps[1 + int(i)][0] for i in order],
-                **norm,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
             ),
             "similarity_tuxpaint.png",
         )

@@ -82,7 +82,8 @@ class _AttentionMethod(Attribution):
             token = "cls" if prefix else "mean"
         row = relevance[:, 0] if token == "cls" else relevance.mean(1)  # (B, N)
         grid = vit_reshape(row[..., None], prefix, self.layout.grid)[:, 0]  # (B, h, w)
-        return upsample(grid, tuple(inputs.shape[-2:])) if self.upsample else grid
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        return upsample(grid, size) if self.upsample else grid
 
     def _maps(self, inputs: Tensor, target: Target, gradients: bool) -> tuple[list, list]:
         """Attention maps (and their gradients) per block, for one chunk."""

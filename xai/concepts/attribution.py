@@ -89,14 +89,14 @@ class _NNLSEncode(torch.autograd.Function):
     """``u*(a)`` of the fixed-bank NNLS with its implicit (KKT) derivative."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float):  # type: ignore[override]
+    def forward(ctx, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float):
         u = _active_solve(rows, bank, codes, l1, l2)
         ctx.save_for_backward(u, bank)
         ctx.l2 = l2
         return u
 
     @staticmethod
-    def backward(ctx, grad_u: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_u: Tensor):
         u, bank = ctx.saved_tensors
         grad_rows = torch.zeros(u.shape[0], bank.shape[1], dtype=bank.dtype)
         for r in range(u.shape[0]):

@@ -21,7 +21,7 @@ means "back to the mean" for the centered methods.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ class _SklearnFactorizer:
         self.n_concepts = n_concepts
         self.seed = seed
         self.kwargs = kwargs
-        self.estimator_: object | None = None
+        self.estimator_: Any = None  # a fitted scikit-learn estimator (untyped)
         self.components = torch.empty(0)
         self.mean = torch.empty(0)
 
@@ -106,7 +106,7 @@ class _SklearnFactorizer:
 
     def encode(self, activations: Tensor) -> Tensor:
         self._check_fitted()
-        codes = self.estimator_.transform(self._np(activations))  # type: ignore[union-attr]
+        codes = self.estimator_.transform(self._np(activations))
         return torch.as_tensor(np.asarray(codes), dtype=activations.dtype)
 
     def decode(self, coefficients: Tensor) -> Tensor:
@@ -185,7 +185,7 @@ class KMeansFactorizer(_SklearnFactorizer):
     def encode(self, activations: Tensor) -> Tensor:
         """``(n, C)`` activations -> ``(n, K)`` one-hot nearest centroids."""
         self._check_fitted()
-        labels = self.estimator_.predict(self._np(activations))  # type: ignore[union-attr]
+        labels = self.estimator_.predict(self._np(activations))
         return self._one_hot(labels, activations.dtype)
 
 

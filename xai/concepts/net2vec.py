@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -182,13 +182,13 @@ class Net2Vec:
         self.layer = self.adapter.resolve(layer)[0]
         self.model = model
         self.task = task
-        self.quantile = opts["quantile"]
+        self.quantile: float | None = opts["quantile"]
         self.bias = bool(opts["bias"])
         self.lr = float(opts["lr"])
         self.momentum = momentum
         self.epochs = epochs
-        self.train_batch_size = opts["train_batch_size"]
-        self.lr_step = opts["lr_step"]
+        self.train_batch_size = cast(int, opts["train_batch_size"])  # checked above
+        self.lr_step = cast("int | None", opts["lr_step"])
         self.order = order
         self.batch_size = batch_size
         self.seed = seed
@@ -222,7 +222,7 @@ class Net2Vec:
         self.weights_, self.bias_, self.alpha_ = self._train(cache, torch.ones(len(keep), k))
         if self.task == "segmentation":
             inter, on, _, label = _iou_counts(
-                cache, self.layer, self.thresholds_, self.order, self.batch_size
+                cache, self.layer, self._segmentation_thresholds(), self.order, self.batch_size
             )
             self.best_filter_ = set_iou(inter, on, label)[keep].argmax(1)
         else:
@@ -346,6 +346,11 @@ class Net2Vec:
         if not hasattr(self, "weights_"):
             raise RuntimeError("call fit(data) first")
 
+    def _segmentation_thresholds(self) -> Tensor:
+        if self.thresholds_ is None:  # unreachable: the constructor requires a quantile
+            raise RuntimeError("the segmentation probe has no thresholds")
+        return self.thresholds_
+
     def predict(self, inputs: Tensor) -> Tensor:
         """Probe outputs: segmentation ``(B, C, H, W)`` probabilities at the input size;
         classification ``(B, C)`` probabilities that the image contains each concept. On the
@@ -399,7 +404,7 @@ class Net2Vec:
         cache = self._collect(data)
         if self.task == "segmentation":
             inter, on, _, label = _iou_counts(
-                cache, self.layer, self.thresholds_, self.order, self.batch_size
+                cache, self.layer, self._segmentation_thresholds(), self.order, self.batch_size
             )
             iou = set_iou(inter, on, label)[self._keep]
             return iou.gather(1, self.best_filter_[:, None])[:, 0].float()

@@ -16,7 +16,7 @@ across samples and steps, under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -672,7 +672,7 @@ class Infidelity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "infidelity"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
 
