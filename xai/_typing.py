@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias
 
+import numpy as np
 from torch import Tensor, nn
 
 LayerLike: TypeAlias = str | nn.Module
@@ -18,3 +19,7 @@ ReshapeLike: TypeAlias = Literal["auto", "vit", "swin"] | Callable[[Tensor], Ten
 """How to turn a layer output into a ``(B, C, h, w)`` grid: ``None`` (already spatial),
 ``"auto"`` (from the model family, see :func:`xai.adapter.reshape.token_layout`),
 ``"vit"`` (tokens ``(B, N, C)`` with prefix tokens), ``"swin"`` (``(B, h, w, C)``) or a callable."""
+
+ArrayLike: TypeAlias = Tensor | np.ndarray
+"""An image, map or batch given to the figures: a tensor (detached and moved to the CPU for
+display) or a NumPy array."""

@@ -10,6 +10,10 @@ Used by the CLI demo and ``notebooks/04_concepts.ipynb``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["concepts_demo"]
 
@@ -70,7 +74,7 @@ def concepts_demo(
     importance = ce.importance(method="sobol")
     paths: list[Path] = []
 
-    def save(fig, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out / name
         fig.savefig(path, dpi=110)
         paths.append(path)

@@ -9,10 +9,14 @@ CLI demo and ``notebooks/05_similarity.ipynb``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PooledFeatures", "similarity_demo", "tuxpaint_stamps"]
 
@@ -116,7 +120,7 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     batch = _batch(photos, size)
     paths: list[Path] = []
 
-    def save(fig, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out / name
         fig.savefig(path, dpi=110)
         paths.append(path)

@@ -22,7 +22,7 @@ Windowed attention (Swin) and CNNs are refused with a message that says why.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,7 @@ class _AttentionMethod(Attribution):
     model_family: ClassVar[str] = "vit"
 
     def __init__(
-        self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs
+        self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(model, **kwargs)
         if token not in ("auto", "cls", "mean"):
@@ -70,7 +70,9 @@ class _AttentionMethod(Attribution):
         self.upsample = upsample
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
+    def create(
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any
+    ) -> Attribution:
         """Registry constructor; ``layer`` is ignored (every block's attention is used)."""
         return cls(model, **kwargs)
 
@@ -131,7 +133,12 @@ class AttentionRollout(_AttentionMethod):
     """
 
     def __init__(
-        self, model: nn.Module, *, head_fusion: str = "mean", discard_ratio: float = 0.0, **kwargs
+        self,
+        model: nn.Module,
+        *,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         if head_fusion not in HEAD_FUSIONS:

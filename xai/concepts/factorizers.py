@@ -95,7 +95,7 @@ class _SklearnFactorizer:
         self._set_bank(est)
         return torch.as_tensor(np.asarray(codes), dtype=activations.dtype)
 
-    def _set_bank(self, est) -> None:
+    def _set_bank(self, est: Any) -> None:
         self.components = torch.as_tensor(np.asarray(est.components_), dtype=torch.float64)
         mean = getattr(est, "mean_", None)
         self.mean = (
@@ -154,7 +154,7 @@ class ICAFactorizer(_SklearnFactorizer):
         kw = {"whiten": "unit-variance", "max_iter": 1000, **self.kwargs}
         return FastICA(n_components=self.n_concepts, random_state=self.seed, **kw)
 
-    def _set_bank(self, est) -> None:
+    def _set_bank(self, est: Any) -> None:
         self.components = torch.as_tensor(np.asarray(est.mixing_).T, dtype=torch.float64)
         self.mean = torch.as_tensor(np.asarray(est.mean_), dtype=torch.float64)
 

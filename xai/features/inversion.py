@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +35,9 @@ from xai._typing import LayerLike
 from xai.adapter import resolve_layer
 from xai.adapter.split import layer_outputs, recorder
 from xai.features._common import channel_view, frozen, generator, progress_bar
+
+# one recorded forward pass: inputs -> (layer outputs, model output)
+_Run = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
 
 __all__ = [
     "SCHEDULES",
@@ -338,7 +341,7 @@ class Inversion:
         )
         return self._invert(features.detach(), tuple(size), probe)
 
-    def _invert(self, reference: Tensor, size, like: Tensor) -> InversionResult:
+    def _invert(self, reference: Tensor, size: Sequence[int], like: Tensor) -> InversionResult:
         batch, restarts = like.shape[0], self.n_restarts
         dtype, device = like.dtype, like.device
         height, width = int(size[0]), int(size[1])
@@ -417,7 +420,17 @@ class Inversion:
             reference=reference,
         )
 
-    def _energy(self, run, y, scale, target, weight, norm2, sigma, shift) -> Tensor:
+    def _energy(
+        self,
+        run: _Run,
+        y: Tensor,
+        scale: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        norm2: Tensor,
+        sigma: float,
+        shift: Tensor | None,
+    ) -> Tensor:
         x = y / scale
         if shift is not None:
             x = torch.roll(x, (int(shift[0]), int(shift[1])), dims=(-2, -1))

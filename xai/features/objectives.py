@@ -41,7 +41,9 @@ __all__ = [
 class Activations:
     """What an objective reads: layer outputs by name (any spelling or module) and the output."""
 
-    def __init__(self, model: nn.Module, values: Mapping[str, Tensor], output: Tensor | None):
+    def __init__(
+        self, model: nn.Module, values: Mapping[str, Tensor], output: Tensor | None
+    ) -> None:
         self._model = model
         self._values = values
         self.output = output

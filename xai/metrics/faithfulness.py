@@ -510,7 +510,15 @@ class MuFidelity(ExplanationMetric):
         self.grid_size = grid_size
         self.subset_fraction = subset_fraction
 
-    def _init_common(self, n_samples, baseline, correlation, seed, batch_size, progress) -> None:
+    def _init_common(
+        self,
+        n_samples: int,
+        baseline: BaselineLike,
+        correlation: str,
+        seed: int,
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
         check_positive_int(n_samples, "n_samples")
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to compute a correlation")

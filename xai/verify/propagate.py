@@ -322,7 +322,9 @@ def _back_relu(
     return [pos * a_u + neg * a_l], bias
 
 
-def _windows(t: Tensor, kernel, stride, padding) -> Tensor:
+def _windows(
+    t: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
     n, c = t.shape[:2]
     padded = F.pad(t, (padding[1], padding[1], padding[0], padding[0]), value=-torch.inf)
     return F.unfold(padded, kernel, stride=stride).view(n, c, kernel[0] * kernel[1], -1)

@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from xai._typing import ArrayLike
 from xai.visualize._image import _to_numpy, resize_map, to_image
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from xai.concepts import ConceptExtractor
 
 __all__ = ["concept_gallery", "concept_overlay", "concept_tree", "strategic_cluster_graph"]
@@ -59,14 +62,14 @@ def _names(k: int, names: Sequence[str] | None) -> list[str]:
 def concept_gallery(
     extractor: ConceptExtractor,
     *,
-    importances=None,
+    importances: ArrayLike | None = None,
     concepts: Sequence[int] | None = None,
     n_crops: int = 6,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """The crops with the highest coefficient for each concept (CRAFT figure 1).
 
     Args:
@@ -124,10 +127,10 @@ def concept_gallery(
 
 
 def concept_overlay(
-    image,
-    maps,
+    image: ArrayLike,
+    maps: ArrayLike,
     *,
-    importances=None,
+    importances: ArrayLike | None = None,
     concepts: Sequence[int] | None = None,
     n_concepts: int = 5,
     percentile: float = 90.0,
@@ -136,7 +139,7 @@ def concept_overlay(
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """Where each concept is in one image: a combined panel (a colour per concept) and one
     panel per concept.
 
@@ -205,9 +208,9 @@ def concept_overlay(
 
 
 def strategic_cluster_graph(
-    importances,
+    importances: ArrayLike,
     *,
-    images=None,
+    images: ArrayLike | None = None,
     min_count: int = 10,
     embedding: str = "pca",
     seed: int | None = 0,
@@ -216,7 +219,7 @@ def strategic_cluster_graph(
     concept_names: Sequence[str] | None = None,
     n_thumbnails: int = 12,
     title: str | None = None,
-):
+) -> Figure:
     """The strategic cluster graph (holistic paper, section 5), from per-image importances.
 
     Points are images (2-D embedding of their importance vectors, see
@@ -293,7 +296,7 @@ def concept_tree(
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """One level of CRAFT's concept tree: a concept and its sub-concepts (from
     :meth:`ConceptExtractor.refine`).
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["bars", "curves"]
 
@@ -87,7 +90,7 @@ def curves(
     xlabel: str | None = None,
     ylabel: str | None = None,
     figsize: tuple[float, float] | None = None,
-):
+) -> Figure:
     """Mean perturbation curves (deletion, insertion ...) per method, the AUC in the legend.
 
     Args:
@@ -146,7 +149,7 @@ def bars(
     *,
     metrics: Sequence[str] | None = None,
     figsize: tuple[float, float] | None = None,
-):
+) -> Figure:
     """Bar chart of mean scores (± standard error over samples) per method and metric.
 
     One group of bars per metric, one bar per method; each metric's title says whether higher

@@ -21,6 +21,8 @@ import torch
 from xai.visualize._image import _to_numpy, to_image
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from xai.concepts import LayerDissection, NetworkDissection
 
 __all__ = ["concept_histogram", "similarity_matrix", "top_patches"]
@@ -37,7 +39,7 @@ def top_patches(
     n: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-):
+) -> Figure:
     """The top-activating images of one filter with its mask, titled with its concept and IoU.
 
     Args:
@@ -95,7 +97,7 @@ def concept_histogram(
     results: NetworkDissection | Mapping[str, LayerDissection] | Sequence[LayerDissection],
     *,
     threshold: float = 0.04,
-):
+) -> Figure:
     """Per layer, the number of interpretable filters per concept (NetDissect's summary).
 
     A filter counts for its top concept when its IoU exceeds ``threshold`` (0.04 as in
@@ -147,7 +149,7 @@ def concept_histogram(
 
 def similarity_matrix(
     similarity: Any, names: Sequence[str] | None = None, *, title: str | None = None
-):
+) -> Figure:
     """Heat map of a ``(C, C)`` concept similarity matrix (e.g. :meth:`Net2Vec.similarity`).
 
     Args:

@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import to_image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["inversion_strip", "visualization_grid"]
 
 
 def inversion_strip(
-    image,
-    inversions: Mapping[str, object],
+    image: ArrayLike,
+    inversions: Mapping[str, ArrayLike],
     *,
     errors: Mapping[str, float] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     title: str | None = None,
     cell_size: float = 2.2,
-):
+) -> Figure:
     r"""The original image, then its reconstruction from each layer, left to right.
 
     Args:
@@ -76,13 +81,13 @@ def inversion_strip(
 
 
 def visualization_grid(
-    images,
+    images: ArrayLike | Sequence[ArrayLike],
     *,
     titles: Sequence[str] | None = None,
     n_cols: int | None = None,
     title: str | None = None,
     cell_size: float = 2.0,
-):
+) -> Figure:
     """Feature visualizations in a grid, one image per cell.
 
     Args:

@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import Tensor
 
+from xai._typing import ArrayLike
 from xai.visualize._image import to_image, to_map
 from xai.visualize.overlay import overlay
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 def grid(
-    images,
-    maps: Mapping[str, Tensor | np.ndarray | Sequence[Any]],
+    images: ArrayLike | Sequence[ArrayLike],
+    maps: Mapping[str, ArrayLike | Sequence[ArrayLike]],
     *,
     titles: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
@@ -26,7 +29,7 @@ def grid(
     shared_scale: bool = False,
     cell_size: float = 2.2,
     colorbar: bool = False,
-):
+) -> Figure:
     """A grid of images (rows) by methods (columns): the original, then each method's overlay.
 
     Args:
@@ -86,7 +89,7 @@ def grid(
     return fig
 
 
-def save(fig, path: str | os.PathLike, *, dpi: int = 300) -> Path:
+def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 300) -> Path:
     """Save a figure to ``path`` (format from the suffix: .png, .pdf, .svg) and return the path.
 
     Parent folders are created. Raises a ``ValueError`` for an unsupported suffix.

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import normalize, resize_map, to_image, to_map
 from xai.visualize.captions import add_caption
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _signed_cmap(cmap: str | None, signed: bool) -> str:
@@ -17,8 +22,8 @@ def _signed_cmap(cmap: str | None, signed: bool) -> str:
 
 
 def overlay(
-    image,
-    attribution,
+    image: ArrayLike,
+    attribution: ArrayLike,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -30,8 +35,8 @@ def overlay(
     colorbar: bool = False,
     title: str | None = None,
     caption: str | None = None,
-    ax=None,
-):
+    ax: Axes | None = None,
+) -> Axes:
     """Draw ``attribution`` over ``image`` on a matplotlib Axes and return the Axes.
 
     Args:
@@ -84,7 +89,13 @@ def overlay(
 
 
 def heatmap_rgb(
-    image, attribution, *, mean=None, std=None, alpha: float = 0.5, cmap: str = "inferno"
+    image: ArrayLike,
+    attribution: ArrayLike,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
 ) -> np.ndarray:
     """The overlay as an ``(H, W, 3)`` uint8 array (for saving with other tools)."""
     import matplotlib

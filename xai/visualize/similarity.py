@@ -19,11 +19,17 @@ of the similarity each image carries.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import _to_numpy, to_image, to_map
 from xai.visualize.overlay import overlay
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["retrieval_strip", "similarity_graph", "similarity_pair"]
 
@@ -34,7 +40,9 @@ def _robust_max(maps: Sequence[np.ndarray], percentile: float) -> float:
     return top if top > 0 else 1.0
 
 
-def _draw_region(ax, region, image_shape: tuple[int, int]) -> None:
+def _draw_region(
+    ax: Axes, region: ArrayLike | Sequence[float] | None, image_shape: tuple[int, int]
+) -> None:
     """Outline a box ``(x0, y0, x1, y1)`` or the contour of an ``(H, W)`` mask on ``ax``."""
     from matplotlib.patches import Rectangle
 
@@ -58,10 +66,10 @@ def _draw_region(ax, region, image_shape: tuple[int, int]) -> None:
 
 
 def similarity_pair(
-    query_image,
-    reference_image,
-    query_map,
-    reference_map,
+    query_image: ArrayLike,
+    reference_image: ArrayLike,
+    query_map: ArrayLike,
+    reference_map: ArrayLike,
     score: float | None = None,
     *,
     mean: Sequence[float] | None = None,
@@ -73,7 +81,7 @@ def similarity_pair(
     titles: tuple[str, str] = ("query", "reference"),
     metric: str = "similarity",
     figsize: tuple[float, float] = (8.0, 4.3),
-):
+) -> Figure:
     """The pair side by side, each image with its heatmap, and the score in the title.
 
     Args:
@@ -127,13 +135,13 @@ def similarity_pair(
 
 
 def retrieval_strip(
-    query_image,
-    images,
-    maps,
-    scores,
+    query_image: ArrayLike,
+    images: ArrayLike | Sequence[ArrayLike],
+    maps: ArrayLike | Sequence[ArrayLike],
+    scores: ArrayLike | Sequence[float],
     *,
-    region=None,
-    query_map=None,
+    region: ArrayLike | Sequence[float] | None = None,
+    query_map: ArrayLike | None = None,
     labels: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -142,7 +150,7 @@ def retrieval_strip(
     alpha: float = 0.5,
     cmap: str | None = None,
     panel_size: float = 2.2,
-):
+) -> Figure:
     """A query followed by its ranked hits, each hit with the heatmap of where it matches.
 
     Args:
@@ -267,8 +275,8 @@ def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int =
 
 
 def similarity_graph(
-    images,
-    similarities,
+    images: ArrayLike | Sequence[ArrayLike],
+    similarities: ArrayLike,
     *,
     k: int = 2,
     labels: Sequence[str] | None = None,
@@ -277,7 +285,7 @@ def similarity_graph(
     std: Sequence[float] | None = None,
     thumb_size: float = 0.14,
     figsize: tuple[float, float] = (7.0, 7.0),
-):
+) -> Figure:
     """A small gallery as a graph: thumbnails as nodes, each image's ``k`` strongest
     similarities as edges (line width and label = similarity). matplotlib only.
 
