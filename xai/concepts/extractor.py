@@ -28,8 +28,10 @@ from xai.adapter import ModelAdapter
 from xai.adapter.split import head, layer_output
 from xai.adapter.state import preserved
 from xai.adapter.targets import ClassTarget, class_indices
+from xai.concepts.attribution import concept_attribution_maps
 from xai.concepts.factorizers import Factorizer, make_factorizer
 from xai.concepts.importance import concept_importance, masked_scores
+from xai.concepts.maps import filter_maps
 
 __all__ = ["ConceptExtractor"]
 
@@ -362,8 +364,6 @@ class ConceptExtractor:
         Raises:
             ValueError: an unknown ``order`` or a percentile outside ``[0, 100]``.
         """
-        from xai.concepts.maps import filter_maps
-
         if order not in ("upsample", "threshold"):
             raise ValueError(f"order must be 'upsample' or 'threshold', got {order!r}")
         coeffs = self.transform(inputs)
@@ -388,8 +388,6 @@ class ConceptExtractor:
         through the NNLS encoding, ``(B, len(concepts), H, W)``; see
         :func:`xai.concepts.attribution.concept_attribution_maps`.
         """
-        from xai.concepts.attribution import concept_attribution_maps
-
         return concept_attribution_maps(self, inputs, concepts, method=method)
 
     def refine(
