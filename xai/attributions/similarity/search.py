@@ -55,19 +55,10 @@ class SearchResult:
 def search(
     embedder: Embedder, query: Tensor, region: RegionLike, gallery: Tensor, top_k: int = 5
 ) -> SearchResult:
-    """Rank ``gallery`` by similarity to ``region`` of ``query``, with a heatmap per hit.
+    """:meth:`SimilarityMaps.search <xai.attributions.similarity.SimilarityMaps.search>`.
 
-    Args:
-        embedder: the network, layer, pooling and metric
-            (a :class:`~xai.attributions.similarity.SimilarityMaps`).
-        query: ``(1, C, H, W)``.
-        region: a box ``(x0, y0, x1, y1)`` in query pixels (``x`` along the width, end
-            exclusive) or a mask ``(H, W)`` (bool or non-negative weights).
-        gallery: ``(G, C, H_g, W_g)`` images to rank.
-        top_k: number of hits returned (at most ``G``).
-
-    Raises:
-        ValueError: a box outside the image or empty, a mask of the wrong size or empty.
+    ``embedder`` is the network, its layer, pooling and metric (the ``SimilarityMaps``);
+    ``query``, ``region``, ``gallery``, ``top_k``, the result and the errors are documented there.
     """
     q = check_inputs(query, name="query")
     if q.shape[0] != 1:
