@@ -62,6 +62,25 @@ class RaisingNet(TinyConvNet):
         return self.fc(self.pool(self.trap(self.features(x))).flatten(1))
 
 
+class TinyConv3dNet(nn.Module):
+    """TinyConvNet for clips ``(B, 3, T, H, W)``: Conv3d layers, ``features`` is the CAM layer."""
+
+    def __init__(self, n_classes: int = 5, channels: int = 6) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(3, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(channels, channels, 3, padding=1, stride=2),
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(channels, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
 class TinyViT(nn.Module):
     """Two transformer blocks over 4x4 patches, a class token and register tokens."""
 
@@ -105,7 +124,7 @@ def seeded(model: nn.Module, seed: int = 0, dtype=torch.float64) -> nn.Module:
     for m in model.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import xai.attributions as attributions
-from tests._models import RaisingNet, RaisingViT, TinyConvNet, TinyViT, seeded
+from tests._models import RaisingNet, RaisingViT, TinyConv3dNet, TinyConvNet, TinyViT, seeded
 from tests.conftest import hook_count
 
 METHODS = attributions.available()
@@ -166,3 +166,44 @@ def test_bad_inputs_raise_clear_errors(name, net, inputs):
     with pytest.raises(ValueError, match="3 targets|2 targets"):
         method(inputs, target=[0, 1])
     assert hook_count(net) == 0
+
+
+# videos and volumes (B, C, T, H, W) ---------------------------------------------------------
+# Every method that declares input rank 5 gives (B, T, H, W) maps under the same contract; every
+# other method refuses such inputs with an error naming itself.
+VOLUME_SETTINGS = {"occlusion": {"window_size": (2, 4, 4), "stride": (2, 4, 4)}}
+
+
+@pytest.fixture
+def clip():
+    gen = torch.Generator().manual_seed(2)
+    return torch.rand(2, 3, 4, 8, 8, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_videos_and_volumes(name, clip):
+    if 5 not in attributions.get(name).input_ranks:
+        method = make(name, seeded(family(name)[0]()))
+        with pytest.raises(ValueError, match=rf"{name} explains images only .*\(B, C, T, H, W\)"):
+            method(clip)
+        return
+    net = seeded(TinyConv3dNet())
+    next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)).train()
+    state = copy.deepcopy(net.state_dict())
+    flags = [(m, m.training) for m in net.modules()]
+    x = clip.clone()
+    method = make(name, net, **VOLUME_SETTINGS.get(name, {}))
+    maps = method(x, target=[0, 3])
+    assert maps.shape == (2, 4, 8, 8)
+    assert maps.dtype == torch.float64 and maps.device == x.device
+    assert torch.isfinite(maps).all()
+    assert torch.equal(x, clip), "inputs were modified"
+    assert hook_count(net) == 0
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]), f"{key} changed"
+    assert all(m.training == t for m, t in flags)
+    assert all(p.grad is None for p in net.parameters())
+    single = torch.cat([method(x[i : i + 1], target=t) for i, t in enumerate([0, 3])])
+    torch.testing.assert_close(maps, single, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        method(x[0, 0])
