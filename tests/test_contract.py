@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import xai.attributions as attributions
-from tests._models import RaisingNet, RaisingViT, TinyConv3dNet, TinyConvNet, TinyViT, seeded
+from tests._models import RaisingNet, RaisingViT, TinyConvNet, TinyViT, seeded
 from tests.conftest import hook_count
 
 METHODS = attributions.available()
@@ -76,12 +76,19 @@ def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
         m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
     ).train()
     [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight.requires_grad_(False)
+    check_contract(make(name, net), net, inputs, None, (3, 32, 32))
+
+
+def check_contract(method, net, inputs, target, shape):
+    """Explain ``inputs``: maps of ``shape`` in the inputs' dtype and device, finite, and neither
+    the inputs nor the model changed (parameters, buffers, flags, hooks).
+    """
     state = copy.deepcopy(net.state_dict())
     flags = [(m, m.training) for m in net.modules()]
     grads = [(p, p.requires_grad) for p in net.parameters()]
     x = inputs.clone()
-    maps = make(name, net)(x, target=None)
-    assert maps.shape == (3, 32, 32)
+    maps = method(x, target=target)
+    assert maps.shape == shape
     assert maps.dtype == torch.float64 and maps.device == x.device
     assert torch.isfinite(maps).all()
     assert torch.equal(x, inputs), "inputs were modified"
@@ -91,6 +98,7 @@ def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
     assert all(m.training == t for m, t in flags)
     assert all(p.requires_grad == r for p, r in grads)
     assert all(p.grad is None for p in net.parameters())
+    return maps
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -184,26 +192,14 @@ def clip():
 def test_videos_and_volumes(name, clip):
     if 5 not in attributions.get(name).input_ranks:
         method = make(name, seeded(family(name)[0]()))
-        with pytest.raises(ValueError, match=rf"{name} explains images only .*\(B, C, T, H, W\)"):
+        with pytest.raises(ValueError, match=rf"{name} explains images only .*available\(rank=5\)"):
             method(clip)
         return
-    net = seeded(TinyConv3dNet())
+    net = seeded(TinyConvNet(dims=3))
     next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)).train()
-    state = copy.deepcopy(net.state_dict())
-    flags = [(m, m.training) for m in net.modules()]
-    x = clip.clone()
     method = make(name, net, **VOLUME_SETTINGS.get(name, {}))
-    maps = method(x, target=[0, 3])
-    assert maps.shape == (2, 4, 8, 8)
-    assert maps.dtype == torch.float64 and maps.device == x.device
-    assert torch.isfinite(maps).all()
-    assert torch.equal(x, clip), "inputs were modified"
-    assert hook_count(net) == 0
-    for key, value in net.state_dict().items():
-        assert torch.equal(value, state[key]), f"{key} changed"
-    assert all(m.training == t for m, t in flags)
-    assert all(p.grad is None for p in net.parameters())
-    single = torch.cat([method(x[i : i + 1], target=t) for i, t in enumerate([0, 3])])
+    maps = check_contract(method, net, clip, [0, 3], (2, 4, 8, 8))
+    single = torch.cat([method(clip[i : i + 1], target=t) for i, t in enumerate([0, 3])])
     torch.testing.assert_close(maps, single, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="unsqueeze"):
-        method(x[0, 0])
+        method(clip[0, 0])

@@ -71,9 +71,4 @@ def rank_error(inputs: Tensor, ranks: Sequence[int], name: str, refusal: str = "
     message = f"{name} must have shape {expected}, got {shape}"
     if rank in INPUT_SHAPES and refusal:
         message = f"{refusal}: {message}"
-    if rank == 5 and 5 not in ranks:
-        message += (
-            "; the methods that explain videos and volumes (B, C, T, H, W) are listed by "
-            "xai.attributions.available(rank=5)"
-        )
     return message

@@ -2,7 +2,9 @@
 
 ``maps = Method(model, ...)(inputs, target=None)`` returns a ``(B, H, W)`` tensor at the
 input's resolution, on the input's device, in the input's dtype promoted to at least float32,
-raw (not normalized). Options that change the result are constructor arguments.
+raw (not normalized). Options that change the result are constructor arguments. Methods
+whose ``input_ranks`` include 5 also explain videos and volumes ``(B, C, T, H, W)`` with
+``(B, T, H, W)`` maps.
 """
 
 from __future__ import annotations
@@ -136,7 +138,10 @@ class Attribution(ABC):
                 ``inputs``; a target out of range or of the wrong length; NaN/Inf activations
                 at a captured layer.
         """
-        refusal = f"{self.name} explains images only ({self.rank_note})"
+        refusal = (
+            f"{self.name} explains images only ({self.rank_note}; the methods for videos and "
+            "volumes are listed by xai.attributions.available(rank=5))"
+        )
         x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
         tgt = as_target(target)
         tgt.check_batch(x.shape[0])

@@ -411,7 +411,7 @@ def evaluate(
             "steps",
         )
     }
-    x = check_inputs(inputs)
+    x = check_inputs(inputs, ranks=(4, 5))  # each metric checks its own input_ranks
     for metric in metrics:
         if isinstance(metric, _Localization) and masks is None:
             raise ValueError(f"{type(metric).__name__} needs masks: evaluate(..., masks=...)")

@@ -393,9 +393,7 @@ class ROAD(_PerturbationCurve):
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
-    rank_note: ClassVar[str] = (
-        "its imputation solves over the 8 neighbours of a pixel in the image plane"
-    )
+    rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
 
     def __init__(
         self,
