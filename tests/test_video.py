@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import hook_count
-from xai.attributions import GradCAM, Occlusion, Saliency, SobolAttribution
+from xai.attributions.cam import GradCAM
+from xai.attributions.gradients import Occlusion, Saliency
+from xai.attributions.sobol import SobolAttribution
 from xai.metrics import ROAD, Deletion, ModelParameterRandomization, MuFidelity, PointingGame
 from xai.metrics._perturb import resolve_baseline
 
@@ -139,6 +141,7 @@ def test_deletion_of_planted_cubes_equals_closed_form():
     result = Deletion(n_steps=8, patch_size=2)(VoxelLinear(weight), x, weight[:, 0], target=0)
     remaining = torch.sort(contributions).values.cumsum(0).flip(0)
     expected = torch.cat([remaining, torch.zeros(1, dtype=torch.float64)])
+    assert result.curve is not None
     torch.testing.assert_close(result.curve[0], expected)
     steps = torch.arange(9, dtype=torch.float64) / 8
     torch.testing.assert_close(result.steps, steps)
