@@ -86,8 +86,9 @@ class SobolAttribution(Attribution):
         upsample: ``False`` returns the grid-resolution map ``(B, grid_size, grid_size)``.
         temporal_grid_size: cells along the time (depth) axis of videos and volumes
             ``(B, C, T, H, W)``, whose masks cover a ``(t, grid_size, grid_size)`` grid and
-            whose maps are ``(B, T, H, W)`` (``None``, default: ``min(grid_size, T)``). Bilinear
-            and bicubic upsampling become trilinear there.
+            whose maps are ``(B, T, H, W)`` (``None``, default: ``min(grid_size, T)``):
+            ``n_designs * (t * grid_size**2 + 2)`` forward passes per clip. Bilinear and
+            bicubic upsampling become trilinear there.
         batch_size: perturbed images per forward pass (default 64, the paper's timing setting);
             ``None`` evaluates everything at once.
         seed: seed of the design (scrambling or random draws; ``None`` means 0).
@@ -174,16 +175,16 @@ class SobolAttribution(Attribution):
         check_positive_int(temporal_grid_size, "temporal_grid_size", allow_none=True)
         self.temporal_grid_size = temporal_grid_size
         self._sample = functools.partial(sample, sampler=sampler, seed=seed, scramble=scramble)
+        self._designs: dict[int, Tensor] = {}
         self.masks = self._design(grid_size**2)
         """``(n_designs * (d + 2), d)`` float64: the design ``[A; B; C_1; ...; C_d]``."""
 
     def _design(self, cells: int) -> Tensor:
         """The design of a ``cells``-cell grid, drawn once per grid (images: at construction)."""
-        designs = self.__dict__.setdefault("_designs", {})
-        if cells not in designs:
+        if cells not in self._designs:
             a, b = self._sample(cells, self.n_designs)
-            designs[cells] = design_matrix(a, b)
-        return designs[cells]
+            self._designs[cells] = design_matrix(a, b)
+        return self._designs[cells]
 
     def _grid(self, spatial: list[int]) -> tuple[int, ...]:
         """Cells per spatial axis: ``(s, s)`` for images, ``(t, s, s)`` for videos."""
