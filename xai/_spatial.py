@@ -13,12 +13,10 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["INPUT_SHAPES", "MAP_SHAPES", "interpolation", "rank_error", "resize"]
+__all__ = ["INPUT_SHAPES", "interpolation", "rank_error", "resize"]
 
 INPUT_SHAPES = {4: "(B, C, H, W)", 5: "(B, C, T, H, W)"}
 """Input rank -> its axes."""
-MAP_SHAPES = {4: "(B, H, W)", 5: "(B, T, H, W)"}
-"""Input rank -> the axes of its maps."""
 
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
