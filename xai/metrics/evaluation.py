@@ -67,7 +67,7 @@ def evaluate(
         ValueError: a metric that needs masks without ``masks``.
     """
     table: dict[str, list] = {key: [] for key in _COLUMNS}
-    x = check_inputs(inputs)
+    x = check_inputs(inputs, ranks=(4, 5))  # each metric checks its own input_ranks
     for metric in metrics:
         if metric.needs_masks and masks is None:
             raise ValueError(f"{type(metric).__name__} needs masks: evaluate(..., masks=...)")
