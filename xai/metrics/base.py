@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -62,11 +62,14 @@ class Metric(ABC):
         name: snake_case key of the metric (``"deletion"``, ``"pointing_game"``).
         higher_is_better: whether a larger score means a better explanation.
         category: what the metric measures (Quantus' grouping).
+        needs_masks: whether the metric scores maps against ground-truth ``masks`` (passed as
+            ``metric(..., masks=...)``; :func:`xai.metrics.evaluate` requires them then).
     """
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     category: ClassVar[Category]
+    needs_masks: ClassVar[bool] = False
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     """The input ranks the metric scores: ``4`` images ``(B, C, H, W)`` with ``(B, H, W)`` maps,
     ``5`` videos and volumes ``(B, C, T, H, W)`` with ``(B, T, H, W)`` maps (features are
@@ -356,91 +359,3 @@ def batched(n_rows: int, batch_size: int | None) -> Sequence[slice]:
     """Slices covering ``range(n_rows)`` in chunks of at most ``batch_size``."""
     size = batch_size or n_rows
     return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
-
-
-# --- many methods x many metrics -------------------------------------------------------------
-
-
-def evaluate(
-    model: nn.Module,
-    inputs: Tensor,
-    methods: Mapping[str, Any],
-    metrics: Sequence[Metric],
-    target: TargetLike | Target = None,
-    *,
-    masks: Any = None,
-) -> dict[str, list]:
-    """Score several methods with several metrics; returns a tidy, pandas-free table.
-
-    Each method is an :class:`~xai.attributions.base.Attribution` (explained once, maps reused
-    by every explanation metric, and re-explained by explainer metrics) or precomputed
-    ``(B, H, W)`` maps (explainer metrics are then skipped with a warning). Localization
-    metrics need ``masks``.
-
-    Args:
-        model: the explained model.
-        inputs: ``(B, C, H, W)`` batch.
-        methods: name -> Attribution or maps.
-        metrics: metric objects.
-        target: as for any metric (``None``: each sample's argmax on the clean input).
-        masks: ground truth for localization metrics (``(B, H, W)`` masks or ``(B, 4)`` boxes).
-
-    Returns:
-        A dict of equal-length lists with one row per (method, metric, sample): ``method``,
-        ``metric`` (its ``name``), ``sample`` (index in the batch), ``score`` (float),
-        ``higher_is_better``, ``category``, ``curve`` (list of floats or ``None``) and
-        ``steps`` (list of floats or ``None``). ``pandas.DataFrame(table)`` works directly.
-
-    Raises:
-        ValueError: a localization metric without ``masks``.
-    """
-    import warnings
-
-    from xai.metrics.localization import _Localization
-
-    table: dict[str, list] = {
-        key: []
-        for key in (
-            "method",
-            "metric",
-            "sample",
-            "score",
-            "higher_is_better",
-            "category",
-            "curve",
-            "steps",
-        )
-    }
-    x = check_inputs(inputs, ranks=(4, 5))  # each metric checks its own input_ranks
-    for metric in metrics:
-        if isinstance(metric, _Localization) and masks is None:
-            raise ValueError(f"{type(metric).__name__} needs masks: evaluate(..., masks=...)")
-    for method_name, method in methods.items():
-        is_explainer = callable(method) and not isinstance(method, (Tensor, np.ndarray))
-        maps = None
-        for metric in metrics:
-            if isinstance(metric, ExplainerMetric):
-                if not is_explainer:
-                    warnings.warn(
-                        f"{type(metric).__name__} re-explains the model; method {method_name!r} "
-                        "is given as precomputed maps, skipped (pass the Attribution instead)",
-                        stacklevel=2,
-                    )
-                    continue
-                result = metric(model, x, method, target)
-            else:
-                if maps is None:
-                    maps = as_maps(method(x, target=target) if is_explainer else method, x)
-                extra = {"masks": masks} if isinstance(metric, _Localization) else {}
-                result = metric(model, x, maps, target, **extra)
-            steps = None if result.steps is None else result.steps.tolist()
-            for i, score in enumerate(result.scores.tolist()):
-                table["method"].append(method_name)
-                table["metric"].append(metric.name)
-                table["sample"].append(i)
-                table["score"].append(float(score))
-                table["higher_is_better"].append(bool(metric.higher_is_better))
-                table["category"].append(metric.category)
-                table["curve"].append(None if result.curve is None else result.curve[i].tolist())
-                table["steps"].append(steps)
-    return table

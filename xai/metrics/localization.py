@@ -10,7 +10,7 @@ with a warning.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ __all__ = [
 
 class _Localization(ExplanationMetric):
     needs_model: ClassVar[bool] = False
+    needs_masks: ClassVar[bool] = True
     input_ranks: ClassVar[tuple[int, ...]] = (4, 5)  # (B, T, H, W) masks; boxes are for images
     category: ClassVar = "localization"
     higher_is_better: ClassVar[bool] = True
@@ -138,7 +139,7 @@ class RelevanceMassAccuracy(_Localization):
     """
 
     name: ClassVar[str] = "relevance_mass_accuracy"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
 
     def __init__(self, relevance: str = "positive") -> None:
         if relevance not in ("positive", "abs", "raw"):
