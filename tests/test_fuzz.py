@@ -72,7 +72,8 @@ _inf[0, 0, 0, 0] = -float("inf")
 BAD_CALLS = [
     ("rank3", images()[0], None, ValueError, r"inputs .*unsqueeze"),
     ("rank2", images()[0, 0], None, ValueError, r"inputs must have shape"),
-    ("rank5", images()[None], None, ValueError, r"inputs must have shape"),
+    # rank 5 (videos) is accepted by some methods: see test_contract.test_videos_and_volumes
+    ("rank6", images()[None, None], None, ValueError, r"inputs must have shape"),
     ("uint8", (images() * 255).to(torch.uint8), None, TypeError, r"inputs must be a floating"),
     ("int64", images().long(), None, TypeError, r"inputs must be a floating"),
     ("bool", images() > 0.5, None, TypeError, r"inputs must be a floating"),

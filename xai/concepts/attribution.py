@@ -32,23 +32,36 @@ Two maps per concept ``i``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from xai._checks import check_inputs
 from xai.adapter.split import layer_output
 from xai.adapter.state import preserved
 from xai.concepts.factorizers import Factorizer, NMFFactorizer, PCAFactorizer
 
-if TYPE_CHECKING:
-    from xai.concepts.extractor import ConceptExtractor
-
 __all__ = ["ATTRIBUTION_METHODS", "concept_attribution_maps", "differentiable_encode"]
 
 ATTRIBUTION_METHODS = ("gradient_input", "grad_cam")
+
+
+class _FittedConcepts(Protocol):
+    """What :func:`concept_attribution_maps` reads of a :class:`~xai.concepts.ConceptExtractor`."""
+
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def layer(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def concepts_(self) -> Tensor: ...
+    @property
+    def factorizer_(self) -> Factorizer: ...
+    def _check_fitted(self) -> None: ...
 
 
 def _nmf_penalties(factorizer: NMFFactorizer, n_features: int) -> tuple[float, float]:
@@ -139,7 +152,7 @@ def differentiable_encode(factorizer: Factorizer, rows: Tensor) -> Tensor:
 
 
 def concept_attribution_maps(
-    extractor: ConceptExtractor,
+    extractor: _FittedConcepts,
     inputs: Tensor,
     concepts: list[int] | None = None,
     *,

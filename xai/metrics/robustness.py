@@ -46,6 +46,7 @@ class MaxSensitivity(ExplainerMetric):
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "robustness"
     _reduce: ClassVar[str] = "max"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,

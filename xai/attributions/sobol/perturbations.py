@@ -74,7 +74,7 @@ class Inpainting(Perturbation):
     def reference(self, inputs: Tensor) -> Tensor | None:
         """Each image's per-channel mean ``(B, C, 1, 1)`` for ``baseline="mean"``, else ``None``."""
         if isinstance(self.baseline, str):
-            return inputs.mean((2, 3), keepdim=True)
+            return inputs.mean(tuple(range(2, inputs.dim())), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
@@ -96,7 +96,8 @@ class Inpainting(Perturbation):
 
 def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
     """``cv2.blur`` for ``(B, C, H, W)`` tensors: mean over a ``kernel_size`` square window
-    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders.
+    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders. Videos
+    ``(B, C, T, H, W)`` are blurred frame by frame.
     """
     h, w = inputs.shape[-2:]
     if kernel_size > min(h, w):
@@ -105,8 +106,9 @@ def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
             "pass perturbation_kwargs={'kernel_size': k} with a smaller k"
         )
     before, after = kernel_size // 2, (kernel_size - 1) // 2
-    padded = F.pad(inputs, (before, after, before, after), mode="reflect")
-    return F.avg_pool2d(padded, kernel_size, stride=1)
+    planes = inputs.reshape(-1, 1, h, w)
+    padded = F.pad(planes, (before, after, before, after), mode="reflect")
+    return F.avg_pool2d(padded, kernel_size, stride=1).view(inputs.shape)
 
 
 class Blur(Perturbation):
@@ -167,6 +169,7 @@ class _Callable(Perturbation):
         self.fn = fn
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
         out = self.fn(x, masks)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
