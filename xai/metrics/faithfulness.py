@@ -16,7 +16,7 @@ across samples and steps, under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -519,7 +519,15 @@ class MuFidelity(ExplanationMetric):
         self.grid_size = grid_size
         self.subset_fraction = subset_fraction
 
-    def _init_common(self, n_samples, baseline, correlation, seed, batch_size, progress) -> None:
+    def _init_common(
+        self,
+        n_samples: int,
+        baseline: BaselineLike,
+        correlation: str,
+        seed: int,
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
         check_positive_int(n_samples, "n_samples")
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to compute a correlation")
@@ -681,7 +689,7 @@ class Infidelity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "infidelity"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
     input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"

@@ -23,6 +23,7 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -71,20 +72,20 @@ class Inpainting(Perturbation):
         self.baseline = baseline
 
     def reference(self, inputs: Tensor) -> Tensor | None:
-        """The per-image reference (see :meth:`Perturbation.reference`)."""
+        """Each image's per-channel mean ``(B, C, 1, 1)`` for ``baseline="mean"``, else ``None``."""
         if isinstance(self.baseline, str):
             return inputs.mean(tuple(range(2, inputs.dim())), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        """``x * m + (1 - m) * baseline``, ``(n, C, H, W)``."""
         base: Tensor | float
         if reference is not None:
             base = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
-            base = float(self.baseline)
+            base = float(self.baseline)  # a number ("mean" comes with its reference)
             if base == 0.0:
                 return x * masks
         return x * masks + (1 - masks) * base
@@ -125,11 +126,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
-        """The per-image reference (see :meth:`Perturbation.reference`)."""
+        """The blurred images ``(B, C, H, W)``, computed once."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        """``x * m + (1 - m) * blur(x)``, ``(n, C, H, W)``."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -155,7 +156,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        """``x * (m - 0.5) * sigma`` or ``x + (m - 0.5) * sigma``, ``(n, C, H, W)``."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
@@ -192,7 +193,7 @@ PERTURBATIONS: dict[str, type[Perturbation]] = {
 
 def get_perturbation(
     perturbation: str | Perturbation | Callable[[Tensor, Tensor], Tensor],
-    **kwargs,
+    **kwargs: Any,
 ) -> Perturbation:
     """A :class:`Perturbation` from a name (with its keyword arguments), an instance, or a
     callable ``fn(x, m) -> x'``.
