@@ -14,6 +14,7 @@ classes predicted on the clean inputs.
 from __future__ import annotations
 
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,11 +49,16 @@ def unwrap_output(output: Any) -> Tensor:
     )
 
 
-class Target:
-    """Base class: ``target(outputs) -> (B,)`` scores, one per sample."""
+class Target(ABC):
+    """Base class: ``target(outputs) -> (B,)`` scores, one per sample.
 
+    A subclass implements :meth:`__call__`; it may override the other methods (their defaults
+    suit a target without data-dependent choices or per-sample data).
+    """
+
+    @abstractmethod
     def __call__(self, outputs: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The ``(B,)`` scores of the model outputs ``outputs`` (one scalar per sample)."""
 
     def freeze(self, outputs: Tensor) -> Target:
         """The same target with any data-dependent choice (argmax) fixed from ``outputs``."""

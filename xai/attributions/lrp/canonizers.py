@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai.adapter.rules import Call, Link, Residual
-from xai.attributions.lrp.rules import LINEAR_TYPES, Pass, parameters
+from xai.attributions.lrp.rules import BATCH_NORMS, LINEAR_TYPES, Pass, parameters
 
 __all__ = [
     "Canonizer",
@@ -47,8 +47,6 @@ __all__ = [
     "auto_canonizers",
     "merge_batch_norm",
 ]
-
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class Canonizer:

@@ -35,6 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from xai.attributions.lrp.rules import (
+    BATCH_NORMS,
+    CONVOLUTIONS,
+    DENSE,
+    LINEAR_TYPES,
     AlphaBeta,
     Epsilon,
     Flat,
@@ -63,9 +67,6 @@ __all__ = [
 Types = type | tuple[type, ...]
 LayerMap = Sequence[tuple[Types, Rule]]
 
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DENSE = (nn.Linear,)
-LINEAR_LAYERS = CONVOLUTIONS + DENSE
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -110,8 +111,6 @@ RESHAPES = (
     nn.Flatten,
     nn.Unflatten,
 )
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -279,7 +278,7 @@ class Composite:
             ):
                 unsupported[name or "<model>"] = module
                 continue
-            if rule.needs_parameters and not isinstance(module, LINEAR_LAYERS):
+            if rule.needs_parameters and not isinstance(module, LINEAR_TYPES):
                 raise ValueError(
                     f"rule {type(rule).__name__} needs a linear layer (conv or dense) but is "
                     f"assigned to {name!r} ({type(module).__name__})"
@@ -299,7 +298,7 @@ class EpsilonPlusFlat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            first_map=[(LINEAR_TYPES, Flat(stabilizer))],
             stabilizer=stabilizer,
             **kwargs,
         )
@@ -365,7 +364,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            first_map=[(LINEAR_TYPES, Flat(stabilizer))],
             stabilizer=stabilizer,
             **kwargs,
         )
@@ -380,7 +379,7 @@ class UniformEpsilon(Composite):
 
     def __init__(self, epsilon: float = 1e-6, **kwargs) -> None:
         kwargs.setdefault("stabilizer", epsilon)
-        super().__init__([(LINEAR_LAYERS, Epsilon(epsilon))], **kwargs)
+        super().__init__([(LINEAR_TYPES, Epsilon(epsilon))], **kwargs)
 
 
 class Li2019(Composite):

@@ -38,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -63,8 +64,13 @@ __all__ = [
     "stabilize",
 ]
 
-LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# The layer types LRP treats specially, defined once for the rules, composites and canonizers.
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DENSE = (nn.Linear,)
+LINEAR_TYPES = CONVOLUTIONS + DENSE
 """Modules with ``weight`` and ``bias`` whose forward is linear in the input."""
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+"""Batch norms: merged into the preceding linear layer, or an affine layer of their own."""
 
 
 def stabilize(z: Tensor, epsilon: float, *, sign_matched: bool = True) -> Tensor:
@@ -190,7 +196,7 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
     return out
 
 
-class Rule:
+class Rule(ABC):
     """Base class of LRP rules: ``rule(call, relevance) -> relevance at the call's input``.
 
     A rule for linear-type modules (conv, linear) sets ``needs_parameters = True``; rules that
@@ -204,8 +210,9 @@ class Rule:
 
     needs_parameters: bool = False
 
+    @abstractmethod
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The relevance at the call's input, from the ``relevance`` at its output."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

@@ -22,6 +22,7 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class Perturbation:
+class Perturbation(ABC):
     """Base class of the perturbation operators.
 
     Subclasses implement :meth:`__call__` and, when they need a per-image quantity computed
@@ -49,11 +50,11 @@ class Perturbation:
         """Per-image data ``(B, ...)`` computed once from the clean ``(B, C, H, W)`` inputs."""
         return None
 
+    @abstractmethod
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
         """Perturbed images ``(n, C, H, W)`` from ``x`` ``(n, C, H, W)`` and ``masks``
         ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``.
         """
-        raise NotImplementedError
 
 
 class Inpainting(Perturbation):
