@@ -52,7 +52,8 @@ def test_every_attribution_module_is_imported_and_re_exported_by_the_package():
         for node in ast.walk(ast.parse(init.read_text()))
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xai.attributions.")
     }
-    public = {i.name for i in pkgutil.iter_modules([str(init.parent)]) if not i.name.startswith("_")}
+    modules = pkgutil.iter_modules([str(init.parent)])
+    public = {info.name for info in modules if not info.name.startswith("_")}
     assert public - imported == set(), "modules not imported in xai/attributions/__init__.py"
     for name in sorted(public - {"base"}):
         module = importlib.import_module(f"xai.attributions.{name}")
