@@ -29,7 +29,7 @@ affine layer and gets the epsilon rule).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +126,7 @@ def with_zero_params(rule: Rule, zero_params: Sequence[str], empty: str = "absor
     if bad:
         raise ValueError(f"zero_params may name 'weight' and 'bias', got {sorted(bad)}")
     clone = copy.copy(rule)
-    clone.zero_params = tuple(dict.fromkeys((*rule.zero_params, *zero_params)))  # type: ignore
+    clone.zero_params = tuple(dict.fromkeys((*rule.zero_params, *zero_params)))
     if empty != "absorb":
         clone.empty = empty  # type: ignore[attr-defined]
     return clone
@@ -180,7 +180,7 @@ class Composite:
         zero_params: Iterable[str] | None = None,
         empty: str = "absorb",
     ) -> None:
-        for types, rule in [*layer_map, *first_map, *(name_map or {}).items()]:
+        for _, rule in [*layer_map, *first_map, *(name_map or {}).items()]:
             if not isinstance(rule, Rule):
                 raise TypeError(f"a composite maps to Rule objects, got {type(rule).__name__}")
         self.layer_map = list(layer_map)
@@ -212,7 +212,7 @@ class Composite:
 
     def supported_types(self) -> list[str]:
         """Names of the module types this composite has a rule for."""
-        names = []
+        names: list[str] = []
         for types, _ in [*self.layer_map, *self.first_map, *self.base_map]:
             names.extend(t.__name__ for t in _types(types) if t.__name__ not in names)
         return names
@@ -406,7 +406,7 @@ class Li2019(Composite):
         )
 
 
-_PRESETS: dict[str, type[Composite]] = {
+_PRESETS: dict[str, Callable[..., Composite]] = {
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_gamma_box": EpsilonGammaBox,
     "epsilon_plus": EpsilonPlus,

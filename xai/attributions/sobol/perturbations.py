@@ -72,17 +72,19 @@ class Inpainting(Perturbation):
         self.baseline = baseline
 
     def reference(self, inputs: Tensor) -> Tensor | None:
+        """Each image's per-channel mean ``(B, C, 1, 1)`` for ``baseline="mean"``, else ``None``."""
         if isinstance(self.baseline, str):
             return inputs.mean((2, 3), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        r""":math:`x \odot m + (1 - m)\,x_0`."""
         if reference is not None:
-            base = reference
+            base: Tensor | float = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
-            base = float(self.baseline)  # type: ignore[arg-type]
+            base = float(self.baseline)
             if base == 0.0:
                 return x * masks
         return x * masks + (1 - masks) * base
@@ -121,9 +123,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
+        """The blurred images ``(B, C, H, W)``."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        r""":math:`x \odot m + (1 - m)\,\mathrm{blur}(x)`."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -149,6 +153,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The images with their amplitude changed by the masks (see ``mode``)."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
