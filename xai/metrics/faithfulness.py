@@ -63,6 +63,21 @@ def _check_order(order: str, allowed: Sequence[str] = ("morf", "lerf")) -> None:
         raise ValueError(f"order must be one of {', '.join(map(repr, allowed))}, got {order!r}")
 
 
+class _ByOrder:
+    """``higher_is_better`` of a perturbation curve whose ranking order is configurable.
+
+    Declared for the MoRF order (most relevant first); removing the least relevant features
+    first (``order="lerf"``) reverses what a good map does to the curve, so an instance ranking
+    LeRF reports the opposite. Read on the class, it is the MoRF value.
+    """
+
+    def __init__(self, morf: bool) -> None:
+        self.morf = morf
+
+    def __get__(self, metric: object, owner: type | None = None) -> bool:
+        return self.morf != (getattr(metric, "order", "morf") == "lerf")
+
+
 class _PerturbationCurve(ExplanationMetric):
     """Engine of the curve metrics: perturb the top-``k`` features for a list of counts ``k``."""
 
@@ -247,7 +262,7 @@ class PixelFlipping(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "pixel_flipping"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -269,8 +284,6 @@ class PixelFlipping(_PerturbationCurve):
         )
         check_positive_int(features_per_step, "features_per_step")
         self.features_per_step = features_per_step
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         counts = torch.arange(0, n_features, self.features_per_step)
@@ -303,7 +316,7 @@ class RegionPerturbation(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "region_perturbation"
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better = _ByOrder(morf=True)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -327,8 +340,6 @@ class RegionPerturbation(_PerturbationCurve):
         self.order = order
         check_positive_int(n_regions, "n_regions")
         self.n_regions = n_regions
-        if order == "lerf":
-            self.higher_is_better = False  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.arange(0, min(self.n_regions, n_features) + 1)
@@ -390,7 +401,7 @@ class ROAD(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "road"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
@@ -420,8 +431,6 @@ class ROAD(_PerturbationCurve):
         self.noise = noise
         self.accuracy = accuracy
         self.seed = seed
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.tensor([round(f * n_features) for f in self.fractions])

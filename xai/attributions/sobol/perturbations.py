@@ -22,6 +22,7 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class Perturbation:
+class Perturbation(ABC):
     """Base class of the perturbation operators.
 
     Subclasses implement :meth:`__call__` and, when they need a per-image quantity computed
@@ -50,11 +51,11 @@ class Perturbation:
         """Per-image data ``(B, ...)`` computed once from the clean ``(B, C, H, W)`` inputs."""
         return None
 
+    @abstractmethod
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
         """Perturbed images ``(n, C, H, W)`` from ``x`` ``(n, C, H, W)`` and ``masks``
         ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``.
         """
-        raise NotImplementedError
 
 
 class Inpainting(Perturbation):
@@ -78,14 +79,13 @@ class Inpainting(Perturbation):
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """``x * m + (1 - m) * baseline``, ``(n, C, H, W)``."""
-        base: Tensor | float
+        r""":math:`x \odot m + (1 - m)\,x_0`."""
         if reference is not None:
-            base = reference
+            base: Tensor | float = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
-            base = float(self.baseline)  # a number ("mean" comes with its reference)
+            base = float(self.baseline)
             if base == 0.0:
                 return x * masks
         return x * masks + (1 - masks) * base
@@ -126,11 +126,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
-        """The blurred images ``(B, C, H, W)``, computed once."""
+        """The blurred images ``(B, C, H, W)``."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """``x * m + (1 - m) * blur(x)``, ``(n, C, H, W)``."""
+        r""":math:`x \odot m + (1 - m)\,\mathrm{blur}(x)`."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -156,7 +156,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """``x * (m - 0.5) * sigma`` or ``x + (m - 0.5) * sigma``, ``(n, C, H, W)``."""
+        """The images with their amplitude changed by the masks (see ``mode``)."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
