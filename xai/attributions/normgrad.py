@@ -519,11 +519,3 @@ class SelectiveNormGrad(SpatialContribution):
         kwargs.setdefault("aggregation", "selective")
         super().__init__(model, layer, **kwargs)
 
-
-def __getattr__(name: str) -> object:
-    # MetaSaliency moved to xai.attributions.meta_saliency; the old import path still works
-    if name == "MetaSaliency":
-        from xai.attributions.meta_saliency import MetaSaliency
-
-        return MetaSaliency
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
