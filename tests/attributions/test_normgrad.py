@@ -20,10 +20,10 @@ from tests._models import GapLinear, TinyConvNet, seeded
 from tests.conftest import hook_count
 from xai.adapter import ModelAdapter
 from xai.attributions import GradCAM, HiResCAM, Saliency, normalize_per_sample, upsample
+from xai.attributions.meta_saliency import MetaSaliency
 from xai.attributions.normgrad import (
     LAYER_SETS,
     PRESETS,
-    MetaSaliency,
     NormGrad,
     SelectiveNormGrad,
     SpatialContribution,

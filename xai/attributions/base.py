@@ -140,7 +140,7 @@ class Attribution(ABC):
                 at a captured layer.
         """
         refusal = (
-            f"{self.name} explains images only ({self.rank_note}; the methods for videos and "
+            f"{getattr(self, 'name', type(self).__name__)} explains images only ({self.rank_note}; the methods for videos and "
             "volumes are listed by xai.attributions.available(rank=5))"
         )
         x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
