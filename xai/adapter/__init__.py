@@ -9,8 +9,8 @@ from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
     ClassTarget,
-    DetectionTarget,
     Detections,
+    DetectionTarget,
     ProbabilityTarget,
     SegmentationTarget,
     SimilarityTarget,

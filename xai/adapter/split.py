@@ -73,7 +73,8 @@ def layer_output(
         layer: dotted name or module (see :func:`xai.adapter.resolve_layer`); ``"name:key"``
             reads one entry of a dict or tuple output.
         inputs: the model's input batch.
-        differentiable: keep the graph back to ``inputs`` (default ``False``).
+        differentiable: keep the autograd graph back to ``inputs`` (default ``False``: detached,
+            under ``torch.no_grad()``).
 
     Returns:
         The layer's output for ``inputs``, detached (a clone: in-place operations after the

@@ -2,7 +2,9 @@
 
 ``maps = Method(model, ...)(inputs, target=None)`` returns a ``(B, H, W)`` tensor at the
 input's resolution, on the input's device, in the input's dtype promoted to at least float32,
-raw (not normalized). Options that change the result are constructor arguments.
+raw (not normalized). Options that change the result are constructor arguments. Methods
+whose ``input_ranks`` include 5 also explain videos and volumes ``(B, C, T, H, W)`` with
+``(B, T, H, W)`` maps.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import copy
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._checks import check_inputs, check_positive_int, map_dtype, warn
+from xai._spatial import resize
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter import ModelAdapter, Target, as_target, preserved
 from xai.adapter.capture import warn_if_zero
@@ -43,17 +46,20 @@ def register(cls: A) -> A:
     return cls
 
 
-def available(model_family: str | None = None) -> list[str]:
+def available(model_family: str | None = None, *, rank: int | None = None) -> list[str]:
     """Registry keys of the attribution methods, sorted.
 
     Args:
         model_family: ``None`` (default): every method. ``"any"``: the methods that explain any
             model (e.g. for a CNN). ``"vit"``: those plus the methods that need a vision
             transformer (attention rollout, Chefer relevance).
+        rank: only the methods that take inputs of this rank (``4``: images, ``5``: videos and
+            volumes ``(B, C, T, H, W)``; see :attr:`Attribution.input_ranks`).
     """
+    names = [n for n, c in _REGISTRY.items() if rank is None or rank in c.input_ranks]
     if model_family is None:
-        return sorted(_REGISTRY)
-    return sorted(n for n, c in _REGISTRY.items() if c.model_family in ("any", model_family))
+        return sorted(names)
+    return sorted(n for n in names if _REGISTRY[n].model_family in ("any", model_family))
 
 
 def get(name: str) -> type[Attribution]:
@@ -85,6 +91,11 @@ class Attribution(ABC):
     the registry-wide contract test runs such methods on a tiny ViT instead of a CNN)."""
     class_score: str = "logit"
     """What an int/None target scores: ``"logit"`` or ``"probability"`` (softmax)."""
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    """The input ranks the method explains: ``4`` images ``(B, C, H, W)`` -> ``(B, H, W)`` maps,
+    ``5`` videos and volumes ``(B, C, T, H, W)`` -> ``(B, T, H, W)`` maps."""
+    rank_note: ClassVar[str] = "it is written for 2-D images"
+    """Why a method refuses videos and volumes, in its error message."""
 
     def __init__(
         self,
@@ -128,7 +139,11 @@ class Attribution(ABC):
                 ``inputs``; a target out of range or of the wrong length; NaN/Inf activations
                 at a captured layer.
         """
-        x = check_inputs(inputs)
+        refusal = (
+            f"{getattr(self, 'name', type(self).__name__)} explains images only ({self.rank_note}; the methods for videos and "
+            "volumes are listed by xai.attributions.available(rank=5))"
+        )
+        x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
         tgt = as_target(target)
         tgt.check_batch(x.shape[0])
         with preserved(self.adapter.module):
@@ -193,14 +208,11 @@ def _warn_if_flat(maps: Tensor, dtype: torch.dtype, name: str) -> None:
         )
 
 
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of ``(B, h, w)`` or ``(B, K, h, w)`` maps."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    squeeze = maps.dim() == 3
-    m = maps[:, None] if squeeze else maps
-    out = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return out[:, 0] if squeeze else out
+def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of ``(B, h, w)`` or ``(B, K, h, w)`` maps;
+    trilinear for a 3-axis ``size`` (``(B, t, h, w)`` or ``(B, K, t, h, w)`` video maps).
+    """
+    return resize(maps, size)
 
 
 def normalize_per_sample(maps: Tensor, eps: float = 0.0) -> Tensor:
@@ -211,6 +223,41 @@ def normalize_per_sample(maps: Tensor, eps: float = 0.0) -> Tensor:
     span = hi - lo
     out = torch.where(span > eps, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
     return out.view_as(maps)
+
+
+@dataclass(frozen=True)
+class LayerView:
+    """What a :class:`LayerAttribution` sees of one layer after the forward (and backward) pass.
+
+    Attributes:
+        name: the layer's dotted name in the model.
+        activations: the layer's output ``(B, K, h, w)`` (token outputs reshaped to a grid),
+            detached, in the input's dtype promoted to at least float32.
+        gradients: ``d score / d activations``, same shape and dtype; ``None`` for
+            gradient-free methods (``needs_gradients = False``).
+        inputs: the explained batch ``(B, C, H, W)``, detached.
+        target: the target, frozen on ``outputs`` (an argmax target is fixed).
+        outputs: the model output of the pass, detached.
+        layer_input: the layer's first positional input, detached, as the layer received it;
+            only for methods whose ``needs_layer_input`` is true, else ``None``.
+    """
+
+    name: str
+    activations: Tensor
+    gradients: Tensor | None
+    inputs: Tensor
+    target: Target
+    outputs: Tensor
+    layer_input: Tensor | None = None
+
+    def require_gradients(self) -> Tensor:
+        """``gradients``, for the methods that need them (they are ``None`` otherwise)."""
+        if self.gradients is None:
+            raise RuntimeError(
+                f"no gradients were taken at layer {self.name!r}: a method that reads them must "
+                "keep needs_gradients = True"
+            )
+        return self.gradients
 
 
 class LayerAttribution(Attribution):
@@ -257,7 +304,10 @@ class LayerAttribution(Attribution):
     ) -> None:
         super().__init__(model, **kwargs)
         self.adapter = ModelAdapter(model, reshape=reshape)
-        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        # a str is a Sequence too: only lists and tuples are several layers
+        layers: list[LayerLike] = (
+            list(layer) if isinstance(layer, (list, tuple)) else [layer]  # type: ignore[list-item]
+        )
         if not layers:
             raise ValueError("layer must name at least one layer")
         self.layers = [self.adapter.resolve(item)[0] for item in layers]
@@ -271,8 +321,13 @@ class LayerAttribution(Attribution):
         self.upsample = upsample
         self.fusion = fusion
 
+    @property
+    def needs_layer_input(self) -> bool:
+        """Whether :meth:`_layer_map` reads the layer's input (then captured, else not kept)."""
+        return False
+
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        with self.adapter.capture(self.layers) as cap:
+        with self.adapter.capture(self.layers, inputs=self.needs_layer_input) as cap:
             with torch.set_grad_enabled(self.needs_gradients):
                 outputs = self.adapter.forward(inputs, cap)
             target = target.freeze(outputs.detach())  # validates the target, fixes argmax
@@ -281,33 +336,36 @@ class LayerAttribution(Attribution):
             # half precision is reduced in float32; float64 stays float64
             acts = {n: a.to(map_dtype(a)) for n, a in cap.activations.items()}
             grads = {n: cap.gradients[n].to(acts[n].dtype) for n in cap.gradients}
+            layer_inputs = dict(cap.inputs)
             outputs = outputs.detach()
         # Maps are computed with the hooks removed: methods that run more forwards (Score-CAM)
         # must not re-trigger the capture.
-        maps = {}
+        maps: dict[str, Tensor] = {}
         for name in self.layers:
             _check_finite_activations(acts[name], name)
             if name in grads:
                 warn_if_zero(grads[name], name)
-            maps[name] = self._layer_map(acts[name], grads.get(name), inputs, target, outputs)
+            view = LayerView(
+                name=name,
+                activations=acts[name],
+                gradients=grads.get(name),
+                inputs=inputs,
+                target=target,
+                outputs=outputs,
+                layer_input=layer_inputs.get(name),
+            )
+            maps[name] = self._layer_map(view)
         return self._fuse(maps, inputs)
 
     @abstractmethod
-    def _layer_map(
-        self,
-        activations: Tensor,
-        gradients: Tensor | None,
-        inputs: Tensor,
-        target: Target,
-        outputs: Tensor,
-    ) -> Tensor:
-        """Map ``(B, h, w)`` of one layer from its activations ``(B, K, h, w)`` and gradients."""
+    def _layer_map(self, view: LayerView) -> Tensor:
+        """Map ``(B, h, w)`` of one layer from what :class:`LayerView` holds of it."""
 
     layer_weights: Tensor | None = None
     """Per-layer weights for ``"mean"``/``"geometric_mean"`` fusion (``None``: uniform)."""
 
     def _fuse(self, maps: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        size = tuple(inputs.shape[-2:])
+        size = tuple(inputs.shape[2:])
         if len(maps) == 1:
             (only,) = maps.values()
             return upsample(only, size) if self.upsample else only

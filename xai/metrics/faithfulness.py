@@ -16,7 +16,7 @@ across samples and steps, under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,15 +53,36 @@ __all__ = [
 ]
 
 
+def _per_row(values: Tensor, like: Tensor) -> Tensor:
+    """``(n,)`` per-row values viewed to broadcast over the rows of ``like`` (any rank)."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
+
+
 def _check_order(order: str, allowed: Sequence[str] = ("morf", "lerf")) -> None:
     if order not in allowed:
         raise ValueError(f"order must be one of {', '.join(map(repr, allowed))}, got {order!r}")
+
+
+class _ByOrder:
+    """``higher_is_better`` of a perturbation curve whose ranking order is configurable.
+
+    Declared for the MoRF order (most relevant first); removing the least relevant features
+    first (``order="lerf"``) reverses what a good map does to the curve, so an instance ranking
+    LeRF reports the opposite. Read on the class, it is the MoRF value.
+    """
+
+    def __init__(self, morf: bool) -> None:
+        self.morf = morf
+
+    def __get__(self, metric: object, owner: type | None = None) -> bool:
+        return self.morf != (getattr(metric, "order", "morf") == "lerf")
 
 
 class _PerturbationCurve(ExplanationMetric):
     """Engine of the curve metrics: perturb the top-``k`` features for a list of counts ``k``."""
 
     mode: ClassVar[str] = "delete"  # "delete": top-k -> baseline; "insert": top-k <- input
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,
@@ -112,7 +133,7 @@ class _PerturbationCurve(ExplanationMetric):
         def build(rows: Tensor) -> Tensor:
             samples = sample_of_row[rows]
             pixel_pos = positions[samples][:, assign]  # (n, H, W)
-            mask = pixel_pos < counts[rows % n_steps][:, None, None]
+            mask = pixel_pos < _per_row(counts[rows % n_steps], pixel_pos)
             return self._perturbed(inputs, base, mask, samples, rows % n_steps)
 
         scores = score_rows(
@@ -241,7 +262,7 @@ class PixelFlipping(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "pixel_flipping"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -263,8 +284,6 @@ class PixelFlipping(_PerturbationCurve):
         )
         check_positive_int(features_per_step, "features_per_step")
         self.features_per_step = features_per_step
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         counts = torch.arange(0, n_features, self.features_per_step)
@@ -297,7 +316,7 @@ class RegionPerturbation(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "region_perturbation"
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better = _ByOrder(morf=True)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -321,8 +340,6 @@ class RegionPerturbation(_PerturbationCurve):
         self.order = order
         check_positive_int(n_regions, "n_regions")
         self.n_regions = n_regions
-        if order == "lerf":
-            self.higher_is_better = False  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.arange(0, min(self.n_regions, n_features) + 1)
@@ -384,8 +401,10 @@ class ROAD(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "road"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
 
     def __init__(
         self,
@@ -412,8 +431,6 @@ class ROAD(_PerturbationCurve):
         self.noise = noise
         self.accuracy = accuracy
         self.seed = seed
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.tensor([round(f * n_features) for f in self.fractions])
@@ -491,6 +508,7 @@ class MuFidelity(ExplanationMetric):
     name: ClassVar[str] = "mu_fidelity"
     higher_is_better: ClassVar[bool] = True
     category: ClassVar = "faithfulness"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,
@@ -510,7 +528,15 @@ class MuFidelity(ExplanationMetric):
         self.grid_size = grid_size
         self.subset_fraction = subset_fraction
 
-    def _init_common(self, n_samples, baseline, correlation, seed, batch_size, progress) -> None:
+    def _init_common(
+        self,
+        n_samples: int,
+        baseline: BaselineLike,
+        correlation: str,
+        seed: int,
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
         check_positive_int(n_samples, "n_samples")
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to compute a correlation")
@@ -526,7 +552,7 @@ class MuFidelity(ExplanationMetric):
         self.progress = progress
 
     def _layout(self, maps: Tensor) -> tuple[Tensor, int]:
-        assign = grid_layout(maps.shape[1], maps.shape[2], self.grid_size, maps.device)
+        assign = grid_layout(maps.shape[1:], self.grid_size, maps.device)
         return assign, int(assign.max()) + 1
 
     def _subset_size(self, n_features: int) -> int:
@@ -568,7 +594,7 @@ class MuFidelity(ExplanationMetric):
             samples = sample_of_row[rows]
             draw = rows % per - 1  # -1: the clean input
             mask = chosen[samples, draw.clamp_min(0)][:, assign]  # (n, H, W)
-            mask = mask & (draw >= 0)[:, None, None]
+            mask = mask & _per_row(draw >= 0, mask)
             return torch.where(mask[:, None], base[samples], inputs[samples])
 
         scores = score_rows(
@@ -672,7 +698,8 @@ class Infidelity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "infidelity"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
 
@@ -730,7 +757,7 @@ class Infidelity(ExplanationMetric):
                         f"{tuple(rows_in.shape)}, got {shape}"
                     )
                 pert = pert.to(device=inputs.device, dtype=inputs.dtype)
-            dots[rows] = (pert.to(maps.dtype) * maps[samples][:, None]).sum((1, 2, 3))
+            dots[rows] = (pert.to(maps.dtype) * maps[samples][:, None]).flatten(1).sum(1)
             return rows_in - pert
 
         perturbed = score_rows(

@@ -22,7 +22,9 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-class Perturbation:
+class Perturbation(ABC):
     """Base class of the perturbation operators.
 
     Subclasses implement :meth:`__call__` and, when they need a per-image quantity computed
@@ -49,11 +51,11 @@ class Perturbation:
         """Per-image data ``(B, ...)`` computed once from the clean ``(B, C, H, W)`` inputs."""
         return None
 
+    @abstractmethod
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
         """Perturbed images ``(n, C, H, W)`` from ``x`` ``(n, C, H, W)`` and ``masks``
         ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``.
         """
-        raise NotImplementedError
 
 
 class Inpainting(Perturbation):
@@ -71,17 +73,19 @@ class Inpainting(Perturbation):
         self.baseline = baseline
 
     def reference(self, inputs: Tensor) -> Tensor | None:
+        """Each image's per-channel mean ``(B, C, 1, 1)`` for ``baseline="mean"``, else ``None``."""
         if isinstance(self.baseline, str):
-            return inputs.mean((2, 3), keepdim=True)
+            return inputs.mean(tuple(range(2, inputs.dim())), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        r""":math:`x \odot m + (1 - m)\,x_0`."""
         if reference is not None:
-            base = reference
+            base: Tensor | float = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
-            base = float(self.baseline)  # type: ignore[arg-type]
+            base = float(self.baseline)
             if base == 0.0:
                 return x * masks
         return x * masks + (1 - masks) * base
@@ -92,7 +96,8 @@ class Inpainting(Perturbation):
 
 def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
     """``cv2.blur`` for ``(B, C, H, W)`` tensors: mean over a ``kernel_size`` square window
-    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders.
+    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders. Videos
+    ``(B, C, T, H, W)`` are blurred frame by frame.
     """
     h, w = inputs.shape[-2:]
     if kernel_size > min(h, w):
@@ -101,8 +106,9 @@ def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
             "pass perturbation_kwargs={'kernel_size': k} with a smaller k"
         )
     before, after = kernel_size // 2, (kernel_size - 1) // 2
-    padded = F.pad(inputs, (before, after, before, after), mode="reflect")
-    return F.avg_pool2d(padded, kernel_size, stride=1)
+    planes = inputs.reshape(-1, 1, h, w)
+    padded = F.pad(planes, (before, after, before, after), mode="reflect")
+    return F.avg_pool2d(padded, kernel_size, stride=1).view(inputs.shape)
 
 
 class Blur(Perturbation):
@@ -120,9 +126,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
+        """The blurred images ``(B, C, H, W)``."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        r""":math:`x \odot m + (1 - m)\,\mathrm{blur}(x)`."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -148,6 +156,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The images with their amplitude changed by the masks (see ``mode``)."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
@@ -160,6 +169,7 @@ class _Callable(Perturbation):
         self.fn = fn
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
         out = self.fn(x, masks)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -183,7 +193,7 @@ PERTURBATIONS: dict[str, type[Perturbation]] = {
 
 def get_perturbation(
     perturbation: str | Perturbation | Callable[[Tensor, Tensor], Tensor],
-    **kwargs,
+    **kwargs: Any,
 ) -> Perturbation:
     """A :class:`Perturbation` from a name (with its keyword arguments), an instance, or a
     callable ``fn(x, m) -> x'``.
