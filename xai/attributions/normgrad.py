@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
-from xai.adapter import Target
+from xai.adapter import Target, freeze
 from xai.adapter.capture import warn_if_zero
 from xai.attributions.base import FUSIONS, Attribution, LayerAttribution, register
 
@@ -619,7 +619,7 @@ class MetaSaliency(Attribution):
         return -loss if self.ascent else loss
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         original = self.adapter.module
         model = copy.deepcopy(original)
         model.eval()
@@ -628,19 +628,22 @@ class MetaSaliency(Attribution):
             p.requires_grad_(True)
         saved = [p.detach().clone() for p in params]
         method = self.method.rebind(model)
+        extras = self.adapter.additional_inputs
         maps = []
         for i in range(inputs.shape[0]):
             row = torch.tensor([i], device=inputs.device)
             sample_target = target.select(row)
             x = inputs[i : i + 1]
+            mine = None if extras is None else extras.subset(row)  # this sample's extras
             with torch.no_grad():
                 for p, value in zip(params, saved):
                     p.copy_(value)
-            loss = self._loss(method.adapter.forward(x), sample_target)
+            with method.adapter.bound(mine):
+                loss = self._loss(method.adapter.forward(x), sample_target)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():
                 for p, g in zip(params, grads):
                     if g is not None:
                         p.sub_(g, alpha=self.lr)
-            maps.append(method(x, sample_target))
+            maps.append(method(x, sample_target, additional_inputs=mine))
         return torch.cat(maps)

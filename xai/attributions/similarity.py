@@ -68,7 +68,8 @@ from torch import Tensor, nn
 
 from xai._checks import check_inputs, check_positive_int, map_dtype
 from xai._typing import LayerLike, ReshapeLike
-from xai.adapter import ModelAdapter, SimilarityTarget, preserved
+from xai.adapter import ModelAdapter, SimilarityTarget, chunks, preserved
+from xai.adapter.scoring import tracked
 
 __all__ = ["SearchResult", "SimilarityExplanation", "SimilarityMaps", "region_weights"]
 
@@ -408,13 +409,8 @@ class SimilarityMaps:
         return q.detach(), refs.detach().to(q.device)
 
     def _chunks(self, total: int) -> Iterable[slice]:
-        size = self.batch_size or total
-        chunks = [slice(i, min(i + size, total)) for i in range(0, total, size)]
-        if self.progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-
-            return tqdm(chunks, desc="similarity", leave=False)
-        return chunks
+        parts = chunks(total, self.batch_size)
+        return tracked(parts, self.progress and len(parts) > 1, "similarity")
 
     def _forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """One forward pass without gradients: ``(activations (B, C, h, w), outputs (B, D))``."""

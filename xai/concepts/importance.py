@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from xai.adapter import ClassTarget, score_rows
 from xai.adapter.state import preserved
 
 if TYPE_CHECKING:
@@ -69,14 +70,24 @@ def masked_scores(extractor: ConceptExtractor, coefficients: Tensor, masks: Tens
             f"masks must be (n_masks, K={coefficients.shape[-1]}), got {tuple(masks.shape)}"
         )
     masks = masks.to(coefficients)
-    size = extractor.batch_size
-    out = torch.empty(masks.shape[0], coefficients.shape[0], dtype=torch.float64)
-    with preserved(extractor.model), torch.no_grad():
-        for b in range(coefficients.shape[0]):
-            for s in range(0, masks.shape[0], size):
-                m = masks[s : s + size]
-                out[s : s + size, b] = _score(extractor, coefficients[b] * m[:, None, None, :])
-    return out
+    n_masks, batch = masks.shape[0], coefficients.shape[0]
+
+    def masked(rows: Tensor) -> Tensor:  # row r = (image r // n_masks, mask r % n_masks)
+        m = masks[rows % n_masks]
+        return extractor.factorizer_.decode(coefficients[rows // n_masks] * m[:, None, None, :])
+
+    with preserved(extractor.model):
+        scores = score_rows(
+            extractor.head,
+            ClassTarget(extractor.target_),
+            batch * n_masks,
+            masked,
+            torch.arange(batch).repeat_interleave(n_masks),
+            batch_size=extractor.batch_size,
+            desc="concept masks",
+            dtype=torch.float64,
+        )
+    return scores.view(batch, n_masks).T.contiguous().cpu()
 
 
 def _mask_gradients(extractor: ConceptExtractor, coefficients: Tensor, level: float) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int, warn
-from xai.adapter import Target
+from xai.adapter import Target, freeze, score_rows
 from xai.attributions.base import Attribution, register
 from xai.attributions.sobol.estimators import Estimator, estimate, get_estimator
 from xai.attributions.sobol.perturbations import Perturbation, get_perturbation
@@ -172,31 +172,36 @@ class SobolAttribution(Attribution):
         return self.masks.shape[0]
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        from tqdm.auto import tqdm
-
         b, _, h, w = inputs.shape
         s = self.grid_size
         if s > min(h, w):
             raise ValueError(
                 f"grid_size={s} is larger than the image ({h}x{w}); use grid_size <= {min(h, w)}"
             )
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         per_image = self.n_forwards
         masks = self.masks.to(device=inputs.device, dtype=inputs.dtype).view(per_image, 1, s, s)
         reference = self.perturbation.reference(inputs)
+
+        def perturbed(rows: Tensor) -> Tensor:
+            # row r of the flattened (image, design) product is image r // M, design r % M
+            design = rows % per_image
+            up = F.interpolate(masks[design], size=(h, w), mode=self.mask_interpolation)
+            x, ref = self._rows(inputs, reference, rows // per_image, rows, per_image)
+            return self.perturbation(x, up, ref)
+
         # float64 scores where the device has it (not MPS); the estimator runs on the CPU
-        score_dtype = torch.float32 if inputs.device.type == "mps" else torch.float64
-        scores = torch.empty(b * per_image, dtype=score_dtype, device=inputs.device)
-        with torch.no_grad():
-            chunks = self._chunks(b * per_image)
-            for sl in tqdm(chunks, desc="Sobol", disable=not self.progress):
-                # row r of the flattened (image, design) product is image r // M, design r % M
-                rows = torch.arange(sl.start, sl.stop, device=inputs.device)
-                image, design = rows // per_image, rows % per_image
-                up = F.interpolate(masks[design], size=(h, w), mode=self.mask_interpolation)
-                x, ref = self._rows(inputs, reference, image, sl, per_image)
-                perturbed = self.perturbation(x, up, ref)
-                scores[sl] = target.select(image)(self.adapter.forward(perturbed))
+        scores = score_rows(
+            self.adapter,
+            target,
+            b * per_image,
+            perturbed,
+            torch.arange(b, device=inputs.device).repeat_interleave(per_image),
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="Sobol",
+            dtype=torch.float32 if inputs.device.type == "mps" else torch.float64,
+        )
         per_row = scores.cpu().double().view(b, per_image)
         flat = (per_row == per_row[:, :1]).all(1)
         if bool(flat.any()):
@@ -226,15 +231,15 @@ class SobolAttribution(Attribution):
 
     @staticmethod
     def _rows(
-        inputs: Tensor, reference: Tensor | None, image: Tensor, sl: slice, per_image: int
+        inputs: Tensor, reference: Tensor | None, image: Tensor, rows: Tensor, per_image: int
     ) -> tuple[Tensor, Tensor | None]:
-        """The images (and references) of a chunk's rows; a chunk within one image gets a
+        """The images (and references) of a chunk's ``rows``; a chunk within one image gets a
         broadcast view instead of a copy (most chunks when ``per_image > batch_size``).
         """
-        first, last = sl.start // per_image, (sl.stop - 1) // per_image
+        first, last = int(rows[0]) // per_image, int(rows[-1]) // per_image
         if first != last:
             return inputs[image], None if reference is None else reference[image]
-        n = sl.stop - sl.start
+        n = rows.shape[0]
         x = inputs[first : first + 1].expand(n, *inputs.shape[1:])
         if reference is None:
             return x, None
