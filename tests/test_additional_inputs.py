@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import xai.attributions as attributions
-from tests._models import TinyConvNet, seeded
+from tests._models import TinyConvNet, TinyViT, seeded
 from tests.conftest import hook_count
 from xai.adapter import ModelAdapter, Shared, score_rows
 from xai.metrics import ROAD, Deletion, Insertion, MuFidelity
@@ -143,8 +143,9 @@ def test_bad_additional_inputs_raise_clear_errors(data):
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         method(x, additional_inputs=(scale, nan))
-    with pytest.raises(ValueError, match="cannot pass additional_inputs"):
-        attributions.get("eva").create(net)(x, additional_inputs=(scale, bias))
+    for name, model in (("eva", net), ("attention_rollout", TinyViT())):
+        with pytest.raises(ValueError, match="cannot pass additional_inputs"):
+            attributions.get(name).create(model)(x, additional_inputs=(scale, bias))
     assert hook_count(net) == 0
 
 
