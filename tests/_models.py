@@ -7,18 +7,22 @@ from torch import nn
 
 
 class TinyConvNet(nn.Module):
-    """conv-ReLU(inplace)-conv-BN-ReLU(inplace) -> GAP -> linear; ``features`` is the CAM layer."""
+    """conv-ReLU(inplace)-conv-BN-ReLU(inplace) -> GAP -> linear; ``features`` is the CAM layer.
 
-    def __init__(self, n_classes: int = 5, channels: int = 8) -> None:
+    ``dims=3``: the same with Conv3d layers, for clips ``(B, 3, T, H, W)``.
+    """
+
+    def __init__(self, n_classes: int = 5, channels: int = 8, dims: int = 2) -> None:
         super().__init__()
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
         self.features = nn.Sequential(
-            nn.Conv2d(3, channels, 3, padding=1),
+            conv(3, channels, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, stride=2),
-            nn.BatchNorm2d(channels),
+            conv(channels, channels, 3, padding=1, stride=2),
+            norm(channels),
             nn.ReLU(inplace=True),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = nn.AdaptiveAvgPool2d(1) if dims == 2 else nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(channels, n_classes)
 
     def forward(self, x):
@@ -105,7 +109,7 @@ def seeded(model: nn.Module, seed: int = 0, dtype=torch.float64) -> nn.Module:
     for m in model.modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)

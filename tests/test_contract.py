@@ -76,12 +76,19 @@ def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
         m for m in net.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))
     ).train()
     [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight.requires_grad_(False)
+    check_contract(make(name, net), net, inputs, None, (3, 32, 32))
+
+
+def check_contract(method, net, inputs, target, shape):
+    """Explain ``inputs``: maps of ``shape`` in the inputs' dtype and device, finite, and neither
+    the inputs nor the model changed (parameters, buffers, flags, hooks).
+    """
     state = copy.deepcopy(net.state_dict())
     flags = [(m, m.training) for m in net.modules()]
     grads = [(p, p.requires_grad) for p in net.parameters()]
     x = inputs.clone()
-    maps = make(name, net)(x, target=None)
-    assert maps.shape == (3, 32, 32)
+    maps = method(x, target=target)
+    assert maps.shape == shape
     assert maps.dtype == torch.float64 and maps.device == x.device
     assert torch.isfinite(maps).all()
     assert torch.equal(x, inputs), "inputs were modified"
@@ -91,6 +98,7 @@ def test_shape_dtype_device_and_no_side_effects(name, net, inputs):
     assert all(m.training == t for m, t in flags)
     assert all(p.requires_grad == r for p, r in grads)
     assert all(p.grad is None for p in net.parameters())
+    return maps
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -166,3 +174,32 @@ def test_bad_inputs_raise_clear_errors(name, net, inputs):
     with pytest.raises(ValueError, match="3 targets|2 targets"):
         method(inputs, target=[0, 1])
     assert hook_count(net) == 0
+
+
+# videos and volumes (B, C, T, H, W) ---------------------------------------------------------
+# Every method that declares input rank 5 gives (B, T, H, W) maps under the same contract; every
+# other method refuses such inputs with an error naming itself.
+VOLUME_SETTINGS = {"occlusion": {"window_size": (2, 4, 4), "stride": (2, 4, 4)}}
+
+
+@pytest.fixture
+def clip():
+    gen = torch.Generator().manual_seed(2)
+    return torch.rand(2, 3, 4, 8, 8, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_videos_and_volumes(name, clip):
+    if 5 not in attributions.get(name).input_ranks:
+        method = make(name, seeded(family(name)[0]()))
+        with pytest.raises(ValueError, match=rf"{name} explains images only .*available\(rank=5\)"):
+            method(clip)
+        return
+    net = seeded(TinyConvNet(dims=3))
+    next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)).train()
+    method = make(name, net, **VOLUME_SETTINGS.get(name, {}))
+    maps = check_contract(method, net, clip, [0, 3], (2, 4, 8, 8))
+    single = torch.cat([method(clip[i : i + 1], target=t) for i, t in enumerate([0, 3])])
+    torch.testing.assert_close(maps, single, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="unsqueeze"):
+        method(clip[0, 0])

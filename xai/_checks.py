@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from xai._spatial import rank_error
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -22,8 +25,14 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
-def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
+def check_inputs(
+    inputs: object, *, name: str = "inputs", ranks: Sequence[int] = (4,), refusal: str = ""
+) -> Tensor:
     """Check that ``inputs`` is a floating ``(B, C, H, W)`` tensor and return it.
+
+    ``ranks`` are the accepted ranks (``(4, 5)`` also takes videos and volumes
+    ``(B, C, T, H, W)``); ``refusal`` says why a caller refuses a rank that others take (see
+    :func:`xai._spatial.rank_error`).
 
     The finiteness check is one fused pass over the batch (``torch.isfinite(x).all()``), cheap
     next to any forward pass: a NaN or Inf input would otherwise give NaN maps, or worse,
@@ -39,9 +48,8 @@ def check_inputs(inputs: object, *, name: str = "inputs") -> Tensor:
             f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(inputs).__name__}; "
             "convert images with torch.as_tensor(array).permute(2, 0, 1)[None].float()"
         )
-    if inputs.dim() != 4:
-        hint = f" (a single image? use {name}.unsqueeze(0))" if inputs.dim() == 3 else ""
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(inputs.shape)}{hint}")
+    if inputs.dim() not in ranks:
+        raise ValueError(rank_error(inputs, ranks, name, refusal))
     if not torch.is_floating_point(inputs):
         raise TypeError(
             f"{name} must be a floating tensor, got dtype {inputs.dtype}; "

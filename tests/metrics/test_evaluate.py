@@ -87,3 +87,27 @@ def test_result_mean_and_frozen():
     assert res.mean() == 2.0 and len(res) == 3
     with pytest.raises(AttributeError):
         res.scores = torch.zeros(3)  # type: ignore[misc]
+
+
+def test_a_metric_that_declares_needs_masks_gets_them(setup):
+    """evaluate() asks the metric's declared need, not its class: a new mask metric works."""
+    net, x, masks = setup
+
+    class MassInside(M.ExplanationMetric):
+        name = "mass_inside"
+        higher_is_better = True
+        category = "localization"
+        needs_masks = True
+        needs_model = False
+
+        def _evaluate(self, model, inputs, maps, target, **kwargs):
+            inside = (maps.abs() * kwargs["masks"].to(maps)).flatten(1).sum(1)
+            return M.MetricResult(inside / maps.abs().flatten(1).sum(1))
+
+    maps = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    table = M.evaluate(net, x, {"m": maps}, [MassInside()], masks=masks)
+    expected = (maps * masks).flatten(1).sum(1) / maps.flatten(1).sum(1)
+    assert table["score"] == pytest.approx(expected.tolist())
+    assert not M.Metric.needs_masks and M.PointingGame.needs_masks  # default; localization
+    with pytest.raises(ValueError, match="MassInside needs masks"):
+        M.evaluate(net, x, {"m": maps}, [MassInside()])

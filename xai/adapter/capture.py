@@ -106,7 +106,7 @@ class Capture:
         grads = torch.autograd.grad(
             scores.sum(), sources, create_graph=create_graph, allow_unused=True
         )
-        for name, grad in zip(self.names, grads):
+        for name, grad in zip(self.names, grads, strict=True):
             if grad is None:
                 raise RuntimeError(
                     f"layer {name!r} receives no gradient from the target: it is not on the "
@@ -171,7 +171,7 @@ class ModelAdapter:
         self.reshape = make_reshape(reshape, self.module)
 
     def resolve(self, layer: LayerLike) -> tuple[str, nn.Module]:
-        """``(dotted_name, module)`` of a layer given by name or module; see :func:`resolve_layer`."""
+        """``(dotted_name, module)`` of a layer given by name or module (:func:`resolve_layer`)."""
         return resolve_layer(self.module, layer)
 
     @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 ``maps = Method(model, ...)(inputs, target=None)`` returns a ``(B, H, W)`` tensor at the
 input's resolution, on the input's device, in the input's dtype promoted to at least float32,
-raw (not normalized). Options that change the result are constructor arguments.
+raw (not normalized). Options that change the result are constructor arguments. Methods
+whose ``input_ranks`` include 5 also explain videos and volumes ``(B, C, T, H, W)`` with
+``(B, T, H, W)`` maps.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._checks import check_inputs, check_positive_int, map_dtype, warn
+from xai._spatial import resize
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter import ModelAdapter, Target, as_target, preserved
 from xai.adapter.capture import warn_if_zero
@@ -44,17 +46,20 @@ def register(cls: A) -> A:
     return cls
 
 
-def available(model_family: str | None = None) -> list[str]:
+def available(model_family: str | None = None, *, rank: int | None = None) -> list[str]:
     """Registry keys of the attribution methods, sorted.
 
     Args:
         model_family: ``None`` (default): every method. ``"any"``: the methods that explain any
             model (e.g. for a CNN). ``"vit"``: those plus the methods that need a vision
             transformer (attention rollout, Chefer relevance).
+        rank: only the methods that take inputs of this rank (``4``: images, ``5``: videos and
+            volumes ``(B, C, T, H, W)``; see :attr:`Attribution.input_ranks`).
     """
+    names = [n for n, c in _REGISTRY.items() if rank is None or rank in c.input_ranks]
     if model_family is None:
-        return sorted(_REGISTRY)
-    return sorted(n for n, c in _REGISTRY.items() if c.model_family in ("any", model_family))
+        return sorted(names)
+    return sorted(n for n in names if _REGISTRY[n].model_family in ("any", model_family))
 
 
 def get(name: str) -> type[Attribution]:
@@ -89,6 +94,11 @@ class Attribution(ABC):
     accepts_additional_inputs: ClassVar[bool] = True
     """Whether ``additional_inputs`` can be passed to the model's forwards (``False``: a
     ``ValueError`` when given)."""
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    """The input ranks the method explains: ``4`` images ``(B, C, H, W)`` -> ``(B, H, W)`` maps,
+    ``5`` videos and volumes ``(B, C, T, H, W)`` -> ``(B, T, H, W)`` maps."""
+    rank_note: ClassVar[str] = "it is written for 2-D images"
+    """Why a method refuses videos and volumes, in its error message."""
 
     def __init__(
         self,
@@ -144,7 +154,11 @@ class Attribution(ABC):
                 at a captured layer; an additional input with the wrong first dimension or
                 NaN, or additional inputs given to a method that cannot pass them on.
         """
-        x = check_inputs(inputs)
+        refusal = (
+            f"{self.name} explains images only ({self.rank_note}; the methods for videos and "
+            "volumes are listed by xai.attributions.available(rank=5))"
+        )
+        x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
         tgt = as_target(target)
         tgt.check_batch(x.shape[0])
         extras = additional(additional_inputs, x.shape[0])
@@ -203,14 +217,11 @@ def _warn_if_flat(maps: Tensor, dtype: torch.dtype, name: str) -> None:
         )
 
 
-def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) resize of ``(B, h, w)`` or ``(B, K, h, w)`` maps."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    squeeze = maps.dim() == 3
-    m = maps[:, None] if squeeze else maps
-    out = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-    return out[:, 0] if squeeze else out
+def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of ``(B, h, w)`` or ``(B, K, h, w)`` maps;
+    trilinear for a 3-axis ``size`` (``(B, t, h, w)`` or ``(B, K, t, h, w)`` video maps).
+    """
+    return resize(maps, size)
 
 
 def normalize_per_sample(maps: Tensor, eps: float = 0.0) -> Tensor:
@@ -317,7 +328,7 @@ class LayerAttribution(Attribution):
     """Per-layer weights for ``"mean"``/``"geometric_mean"`` fusion (``None``: uniform)."""
 
     def _fuse(self, maps: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        size = tuple(inputs.shape[-2:])
+        size = tuple(inputs.shape[2:])
         if len(maps) == 1:
             (only,) = maps.values()
             return upsample(only, size) if self.upsample else only

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xai._spatial import resize
 from xai._typing import LayerLike
 from xai.adapter import ClassTarget, ProbabilityTarget, Target, freeze, score_rows
 from xai.adapter.rules import guided_relus
@@ -215,20 +216,21 @@ class ScoreCAM(LayerAttribution):
             return ProbabilityTarget(target.classes)  # type: ignore[attr-defined]
         return target
 
-    def _masks(self, channels: Tensor, size: tuple[int, int]) -> Tensor:
-        """``(n, h, w)`` activation channels -> ``(n, H, W)`` masks, min-max normalized each."""
-        masks = F.interpolate(
-            channels[:, None], size=size, mode="bilinear", align_corners=self.align_corners
-        )[:, 0]
+    def _masks(self, channels: Tensor, size: tuple[int, ...]) -> Tensor:
+        """``(n, h, w)`` activation channels -> ``(n, H, W)`` masks, min-max normalized each
+        (``(n, t, h, w)`` -> ``(n, T, H, W)``, trilinear, for videos and volumes).
+        """
+        masks = resize(channels, size, align_corners=self.align_corners)
         flat = masks.flatten(1)
-        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+        per_mask = (-1,) + (1,) * len(size)
+        lo, hi = flat.min(1).values.view(per_mask), flat.max(1).values.view(per_mask)
         span = hi - lo
         return torch.where(span > 0, (masks - lo) / span.clamp_min(1e-12), 0.0)
 
     def _layer_map(self, activations, gradients, inputs, target, outputs):
         target = self._score_target(target)
         b, k = activations.shape[:2]
-        size = tuple(inputs.shape[-2:])
+        size = tuple(inputs.shape[2:])
         sample_of = torch.arange(b).repeat_interleave(k)  # row r = (sample r // k, channel r % k)
 
         def masked(rows: Tensor) -> Tensor:
@@ -328,5 +330,11 @@ class GuidedGradCAM(GradCAM):
             scores = target(self.adapter.forward(x))
             (guided,) = torch.autograd.grad(scores.sum(), x)
         return reduce_channels(
-            guided * upsample(cam, tuple(inputs.shape[-2:]))[:, None], self.reduction
+            guided * upsample(cam, tuple(inputs.shape[2:]))[:, None], self.reduction
         )
+
+
+# Every map above is computed over the layer's spatial axes, whatever their number: a video or
+# volume layer (B, K, t, h, w) gives (B, t, h, w) maps, upsampled trilinearly to (T, H, W).
+for _cam in (GradCAM, HiResCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, ScoreCAM, EigenCAM):
+    _cam.input_ranks = (4, 5)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from xai._checks import map_dtype
+from xai._checks import check_positive_int, map_dtype
 from xai.adapter import Target, freeze
 from xai.attributions.base import Attribution, reduce_channels, register
 
@@ -23,7 +23,13 @@ __all__ = ["IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
 
 
 class _CaptumAttribution(Attribution):
-    """Shared plumbing: frozen target, forward function, channel reduction."""
+    """Shared plumbing: frozen target, forward function, channel reduction.
+
+    The channel axis is reduced whatever the number of spatial axes: videos and volumes
+    ``(B, C, T, H, W)`` get ``(B, T, H, W)`` maps.
+    """
+
+    input_ranks = (4, 5)
 
     def __init__(self, model: nn.Module, *, reduction: str, **kwargs) -> None:
         super().__init__(model, **kwargs)
@@ -172,7 +178,7 @@ class SmoothGrad(_CaptumAttribution):
 
     @staticmethod
     def _scaled(draw: Tensor, sigma: Tensor, inputs: Tensor) -> Tensor:
-        return (draw.to(inputs.device) * sigma.view(-1, 1, 1, 1)).to(inputs.dtype)
+        return (draw.to(inputs.device) * _per_row(sigma, inputs)).to(inputs.dtype)
 
     def _channels(self, inputs, forward, rows):
         from captum.attr import Saliency as _Saliency
@@ -196,7 +202,7 @@ class SmoothGrad(_CaptumAttribution):
             with torch.no_grad():
                 noise = torch.stack([current[int(k)] for k in copy]).to(inputs.device)
                 noisy = inputs[image.to(inputs.device)] + (
-                    noise * sigma[image.to(sigma.device)].view(-1, 1, 1, 1)
+                    noise * _per_row(sigma[image.to(sigma.device)], inputs)
                 ).to(inputs.dtype)
             current = {k: v for k, v in current.items() if k >= int(copy[-1])}
             chunk_rows = rows[image.to(rows.device)]
@@ -214,11 +220,14 @@ class Occlusion(_CaptumAttribution):
     r"""Occlusion: the drop of the target score when a square window is set to a baseline.
 
     Windows of ``window_size`` pixels (all channels) slide with ``stride``; each pixel gets
-    the mean score drop of the windows that cover it (``captum.attr.Occlusion``).
+    the mean score drop of the windows that cover it (``captum.attr.Occlusion``). Videos and
+    volumes ``(B, C, T, H, W)`` are occluded by 3-D windows ``(t, h, w)``.
 
     Args:
-        window_size: side of the occluding square (default 16).
-        stride: step between windows (default 8).
+        window_size: side of the occluding square (default 16), or one side per spatial axis,
+            ``(h, w)`` or ``(t, h, w)`` (an int is a cube on videos: pass ``(t, h, w)`` for
+            clips shorter than the window).
+        stride: step between windows (default 8), an int or one step per spatial axis.
         baseline: value of occluded pixels (default 0).
         batch_size: bound on occluded inputs per forward pass.
 
@@ -230,33 +239,64 @@ class Occlusion(_CaptumAttribution):
         self,
         model: nn.Module,
         *,
-        window_size: int = 16,
-        stride: int = 8,
+        window_size: int | tuple[int, ...] = 16,
+        stride: int | tuple[int, ...] = 8,
         baseline: float = 0.0,
         reduction: str = "mean",
         **kwargs,
     ) -> None:
         super().__init__(model, reduction=reduction, **kwargs)
-        self.window_size = int(window_size)
-        self.stride = int(stride)
+        self.window_size = _positive(window_size, "window_size")
+        self.stride = _positive(stride, "stride")
         self.baseline = float(baseline)
 
     def _channels(self, inputs, forward, rows):
         from captum.attr import Occlusion as _Occlusion
 
-        b, c, h, w = inputs.shape
-        if self.window_size > min(h, w):
+        b, c, *spatial = inputs.shape
+        window = _per_axis(self.window_size, spatial, "window_size")
+        stride = _per_axis(self.stride, spatial, "stride")
+        if any(wi > si for wi, si in zip(window, spatial, strict=True)):
+            size = "x".join(map(str, spatial))
             raise ValueError(
-                f"window_size={self.window_size} is larger than the image ({h}x{w}); "
-                "use a smaller window"
+                f"window_size={self.window_size} is larger than the input ({size}); "
+                f"use a smaller window, one size per axis, e.g. window_size="
+                f"{tuple(min(wi, si) for wi, si in zip(window, spatial, strict=True))}"
             )
         per_eval = max(1, (self.batch_size or 64 * b) // b)
         return _Occlusion(forward).attribute(
             inputs,
-            sliding_window_shapes=(c, self.window_size, self.window_size),
-            strides=(c, self.stride, self.stride),
+            sliding_window_shapes=(c, *window),
+            strides=(c, *stride),
             baselines=self.baseline,
             additional_forward_args=(rows,),
             perturbations_per_eval=per_eval,
             show_progress=self.progress,
         )
+
+
+def _per_row(values: Tensor, inputs: Tensor) -> Tensor:
+    """``(n,)`` per-row values viewed to broadcast over the rows of ``inputs`` (any rank)."""
+    return values.view(-1, *(1,) * (inputs.dim() - 1))
+
+
+def _positive(value: int | tuple[int, ...], name: str) -> int | tuple[int, ...]:
+    """A positive int, or a tuple of them (one per spatial axis)."""
+    if isinstance(value, (list, tuple)):
+        value = tuple(value)
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        check_positive_int(v, name)
+    return value
+
+
+def _per_axis(value: int | tuple[int, ...], spatial: list[int], name: str) -> tuple[int, ...]:
+    """An int repeated over the spatial axes, or a tuple checked to have one entry per axis."""
+    if isinstance(value, int):
+        return (value,) * len(spatial)
+    if len(value) != len(spatial):
+        raise ValueError(
+            f"{name}={value} has {len(value)} entries but the inputs have {len(spatial)} "
+            f"spatial axes {tuple(spatial)}; pass one per axis or an int"
+        )
+    return value

@@ -32,23 +32,36 @@ Two maps per concept ``i``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from xai._checks import check_inputs
 from xai.adapter.split import layer_output
 from xai.adapter.state import preserved
 from xai.concepts.factorizers import Factorizer, NMFFactorizer, PCAFactorizer
 
-if TYPE_CHECKING:
-    from xai.concepts.extractor import ConceptExtractor
-
 __all__ = ["ATTRIBUTION_METHODS", "concept_attribution_maps", "differentiable_encode"]
 
 ATTRIBUTION_METHODS = ("gradient_input", "grad_cam")
+
+
+class _FittedConcepts(Protocol):
+    """What :func:`concept_attribution_maps` reads of a :class:`~xai.concepts.ConceptExtractor`."""
+
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def layer(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def concepts_(self) -> Tensor: ...
+    @property
+    def factorizer_(self) -> Factorizer: ...
+    def _check_fitted(self) -> None: ...
 
 
 def _nmf_penalties(factorizer: NMFFactorizer, n_features: int) -> tuple[float, float]:
@@ -89,14 +102,14 @@ class _NNLSEncode(torch.autograd.Function):
     """``u*(a)`` of the fixed-bank NNLS with its implicit (KKT) derivative."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float):  # type: ignore[override]
+    def forward(ctx, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float):
         u = _active_solve(rows, bank, codes, l1, l2)
         ctx.save_for_backward(u, bank)
         ctx.l2 = l2
         return u
 
     @staticmethod
-    def backward(ctx, grad_u: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_u: Tensor):
         u, bank = ctx.saved_tensors
         grad_rows = torch.zeros(u.shape[0], bank.shape[1], dtype=bank.dtype)
         for r in range(u.shape[0]):
@@ -137,7 +150,7 @@ def differentiable_encode(factorizer: Factorizer, rows: Tensor) -> Tensor:
 
 
 def concept_attribution_maps(
-    extractor: ConceptExtractor,
+    extractor: _FittedConcepts,
     inputs: Tensor,
     concepts: list[int] | None = None,
     *,

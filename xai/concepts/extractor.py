@@ -28,7 +28,10 @@ from xai.adapter import ModelAdapter
 from xai.adapter.split import head, layer_output
 from xai.adapter.state import preserved
 from xai.adapter.targets import ClassTarget, class_indices
+from xai.concepts.attribution import concept_attribution_maps
 from xai.concepts.factorizers import Factorizer, make_factorizer
+from xai.concepts.importance import concept_importance, masked_scores
+from xai.concepts.maps import filter_maps
 
 __all__ = ["ConceptExtractor"]
 
@@ -89,6 +92,9 @@ class ConceptExtractor:
         >>> ce.importance()            # (10,) Sobol total indices, averaged over the images
         >>> ce.concept_maps(x)         # (B, 10, 224, 224): where each concept is
     """
+
+    parent_: tuple[ConceptExtractor, int]  # set by the parent's refine()
+    parent_rows_: Tensor
 
     def __init__(
         self,
@@ -187,9 +193,9 @@ class ConceptExtractor:
             )
         if self.patches == "grid":
             stride = max(1, int(0.8 * p))
-            tops = range(0, height - p + 1, stride)
-            lefts = range(0, width - p + 1, stride)
-            boxes = [(i, t, le) for i in range(n_images) for t in tops for le in lefts]
+            rows = range(0, height - p + 1, stride)
+            cols = range(0, width - p + 1, stride)
+            boxes = [(i, t, le) for i in range(n_images) for t in rows for le in cols]
             return torch.tensor(boxes, dtype=torch.long)
         n = self.n_patches or 16 * n_images
         gen = torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
@@ -358,8 +364,6 @@ class ConceptExtractor:
         Raises:
             ValueError: an unknown ``order`` or a percentile outside ``[0, 100]``.
         """
-        from xai.concepts.maps import filter_maps
-
         if order not in ("upsample", "threshold"):
             raise ValueError(f"order must be 'upsample' or 'threshold', got {order!r}")
         coeffs = self.transform(inputs)
@@ -384,8 +388,6 @@ class ConceptExtractor:
         through the NNLS encoding, ``(B, len(concepts), H, W)``; see
         :func:`xai.concepts.attribution.concept_attribution_maps`.
         """
-        from xai.concepts.attribution import concept_attribution_maps
-
         return concept_attribution_maps(self, inputs, concepts, method=method)
 
     def refine(
@@ -471,11 +473,32 @@ class ConceptExtractor:
         **kwargs: object,
     ) -> Tensor:
         """Per-image importance of each concept, ``(B, K)``; see :meth:`importance`."""
-        from xai.concepts.importance import concept_importance
-
         self._check_fitted()
         inputs = self.images_ if inputs is None else inputs
-        return concept_importance(self, self.encode(inputs), method=method, **kwargs)
+        coefficients = self.encode(inputs)
+        with preserved(self.model):
+            return concept_importance(
+                self.concept_score,
+                coefficients,
+                method=method,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                **kwargs,  # type: ignore[arg-type]
+            )
+
+    def concept_score(self, coefficients: Tensor) -> Tensor:
+        """Score of :attr:`target_` for concept coefficients: ``h(u W)``, ``(n,)``.
+
+        The concept-space model that the importance methods perturb
+        (:data:`xai.concepts.importance.ConceptScore`); differentiable w.r.t. ``coefficients``.
+        Call inside :func:`xai.adapter.preserved` (:meth:`local_importance` and :meth:`scores`
+        do).
+
+        Args:
+            coefficients: ``(n, h, w, K)`` (masked) per-position coefficients.
+        """
+        self._check_fitted()
+        return self.head(self.factorizer_.decode(coefficients))[:, self.target_]
 
     def scores(self, coefficients: Tensor, masks: Tensor) -> Tensor:
         """Class score ``h((u ⊙ m) W)`` for every mask and image, ``(n_masks, B)``.
@@ -484,6 +507,7 @@ class ConceptExtractor:
             coefficients: ``(B, h, w, K)`` from :meth:`encode`.
             masks: ``(n_masks, K)``; a mask value multiplies concept ``k`` at every position.
         """
-        from xai.concepts.importance import masked_scores
-
-        return masked_scores(self, coefficients, masks)
+        with preserved(self.model):
+            return masked_scores(
+                self.concept_score, coefficients, masks, batch_size=self.batch_size
+            )

@@ -28,20 +28,18 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from xai.adapter import ClassTarget, score_rows
-from xai.adapter.state import preserved
-
-if TYPE_CHECKING:
-    from xai.concepts.extractor import ConceptExtractor
+from xai._checks import check_positive_int
+from xai.adapter import as_target, score_rows
 
 __all__ = [
     "IMPORTANCE_METHODS",
+    "ConceptScore",
     "StrategicClusters",
     "concept_importance",
     "masked_scores",
@@ -50,64 +48,73 @@ __all__ = [
 
 IMPORTANCE_METHODS = ("sobol", "gradient_input", "integrated_gradients", "occlusion")
 
+ConceptScore = Callable[[Tensor], Tensor]
+"""``score(coefficients) -> scores``: the explained target score :math:`h(uW)` of ``(n, h, w, K)``
+(masked) concept coefficients, ``(n,)``, differentiable w.r.t. the coefficients; e.g.
+:meth:`ConceptExtractor.concept_score <xai.concepts.ConceptExtractor.concept_score>`. Model
+state is the caller's: run the importance functions inside :func:`xai.adapter.preserved`."""
 
-def _score(extractor: ConceptExtractor, coefficients: Tensor) -> Tensor:
-    """Target score for ``(n, h, w, K)`` coefficients, ``(n,)``."""
-    acts = extractor.factorizer_.decode(coefficients)
-    return extractor.head(acts)[:, extractor.target_]
 
-
-def masked_scores(extractor: ConceptExtractor, coefficients: Tensor, masks: Tensor) -> Tensor:
+def masked_scores(
+    score: ConceptScore, coefficients: Tensor, masks: Tensor, *, batch_size: int = 64
+) -> Tensor:
     """``F(m)`` for every mask and image: ``(n_masks, B)``, no gradient.
 
     Args:
-        extractor: a fitted :class:`~xai.concepts.ConceptExtractor`.
-        coefficients: ``(B, h, w, K)`` per-position coefficients (:meth:`encode`).
+        score: the concept-space model's score, see :data:`ConceptScore`.
+        coefficients: ``(B, h, w, K)`` per-position coefficients
+            (:meth:`~xai.concepts.ConceptExtractor.encode`).
         masks: ``(n_masks, K)``.
+        batch_size: most masked copies scored in one call (default 64, the extractor's
+            default).
     """
     if masks.dim() != 2 or masks.shape[1] != coefficients.shape[-1]:
         raise ValueError(
             f"masks must be (n_masks, K={coefficients.shape[-1]}), got {tuple(masks.shape)}"
         )
+    check_positive_int(batch_size, "batch_size")
     masks = masks.to(coefficients)
     n_masks, batch = masks.shape[0], coefficients.shape[0]
 
     def masked(rows: Tensor) -> Tensor:  # row r = (image r // n_masks, mask r % n_masks)
         m = masks[rows % n_masks]
-        return extractor.factorizer_.decode(coefficients[rows // n_masks] * m[:, None, None, :])
+        return coefficients[rows // n_masks] * m[:, None, None, :]
 
-    with preserved(extractor.model):
-        scores = score_rows(
-            extractor.head,
-            ClassTarget(extractor.target_),
-            batch * n_masks,
-            masked,
-            torch.arange(batch).repeat_interleave(n_masks),
-            batch_size=extractor.batch_size,
-            desc="concept masks",
-            dtype=torch.float64,
-        )
+    scores = score_rows(
+        score,
+        as_target(lambda values: values),  # score() already returns the target's scores
+        batch * n_masks,
+        masked,
+        torch.arange(batch).repeat_interleave(n_masks),
+        batch_size=batch_size,
+        desc="concept masks",
+        dtype=torch.float64,
+    )
     return scores.view(batch, n_masks).T.contiguous().cpu()
 
 
-def _mask_gradients(extractor: ConceptExtractor, coefficients: Tensor, level: float) -> Tensor:
+def _mask_gradients(
+    score: ConceptScore, coefficients: Tensor, level: float, batch_size: int
+) -> Tensor:
     """``dF/dm`` at ``m = level * 1`` for every image, ``(B, K)``."""
     grads = []
-    with preserved(extractor.model):
-        for s in range(0, coefficients.shape[0], extractor.batch_size):
-            u = coefficients[s : s + extractor.batch_size]
+    with torch.enable_grad():
+        for s in range(0, coefficients.shape[0], batch_size):
+            u = coefficients[s : s + batch_size]
             m = torch.full((u.shape[0], u.shape[-1]), level, dtype=u.dtype, requires_grad=True)
-            score = _score(extractor, u * m[:, None, None, :])
-            (grad,) = torch.autograd.grad(score.sum(), m)
+            value = score(u * m[:, None, None, :])
+            (grad,) = torch.autograd.grad(value.sum(), m)
             grads.append(grad)
     return torch.cat(grads)
 
 
 def concept_importance(
-    extractor: ConceptExtractor,
+    score: ConceptScore,
     coefficients: Tensor,
     *,
     method: str = "sobol",
+    batch_size: int = 64,
+    seed: int | None = 0,
     n_designs: int = 32,
     sampler: str = "sobol",
     scramble: bool = True,
@@ -116,12 +123,18 @@ def concept_importance(
     n_steps: int = 32,
     reference: bool = False,
 ) -> Tensor:
-    """Per-image importance of each concept for ``extractor.target_``, ``(B, K)`` float64.
+    """Per-image importance of each concept for the score ``score`` explains, ``(B, K)`` float64.
+
+    :meth:`ConceptExtractor.local_importance <xai.concepts.ConceptExtractor.local_importance>`
+    calls this with its :meth:`~xai.concepts.ConceptExtractor.concept_score`, batch size and
+    seed, with the model preserved.
 
     Args:
-        extractor: a fitted :class:`~xai.concepts.ConceptExtractor`.
+        score: the concept-space model's score, see :data:`ConceptScore`.
         coefficients: ``(B, h, w, K)`` per-position coefficients.
         method: one of :data:`IMPORTANCE_METHODS` (default ``"sobol"``, CRAFT).
+        batch_size: most coefficient tensors scored in one call of ``score`` (default 64).
+        seed: seed of the Sobol design (default 0; ``None``: random).
         n_designs: Sobol ``N`` (default 32, CRAFT); the cost is ``N (K + 2)`` evaluations of
             ``h`` per image.
         sampler: Sobol design sampler (default ``"sobol"``).
@@ -135,36 +148,39 @@ def concept_importance(
             variance of block ``A`` and ``n_designs=32``, overriding those four arguments.
 
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, a ``batch_size`` that is not a positive int.
     """
     from xai.attributions.sobol import sobol_indices
 
+    check_positive_int(batch_size, "batch_size")
     if reference:
         sampler, scramble, estimator, variance, n_designs = "halton", False, "jansen", "a", 32
     if method == "sobol":
         k = coefficients.shape[-1]
         indices = sobol_indices(
-            lambda m: masked_scores(extractor, coefficients, m),
+            lambda m: masked_scores(score, coefficients, m, batch_size=batch_size),
             k,
             n_designs,
             sampler=sampler,
             scramble=scramble,
             estimator=estimator,
             variance=variance,
-            seed=extractor.seed,
+            seed=seed,
             dtype=torch.float64,
         )
         return indices.total  # (B, K)
     if method == "gradient_input":
-        return _mask_gradients(extractor, coefficients, 1.0).double()
+        return _mask_gradients(score, coefficients, 1.0, batch_size).double()
     if method == "integrated_gradients":
         levels = [(i + 0.5) / n_steps for i in range(n_steps)]
-        grads = sum(_mask_gradients(extractor, coefficients, a).double() for a in levels)
-        return grads / n_steps  # type: ignore[operator]
+        grads = torch.zeros(coefficients.shape[0], coefficients.shape[-1], dtype=torch.float64)
+        for a in levels:
+            grads = grads + _mask_gradients(score, coefficients, a, batch_size).double()
+        return grads / n_steps
     if method == "occlusion":
         k = coefficients.shape[-1]
         masks = torch.cat([torch.ones(1, k), 1 - torch.eye(k)]).double()
-        scores = masked_scores(extractor, coefficients, masks)  # (K + 1, B)
+        scores = masked_scores(score, coefficients, masks, batch_size=batch_size)  # (K + 1, B)
         return (scores[:1] - scores[1:]).T.contiguous()
     raise ValueError(
         f"unknown importance method {method!r}; valid: {', '.join(map(repr, IMPORTANCE_METHODS))}"
@@ -204,6 +220,9 @@ def strategic_clusters(
 
     Args:
         importances: ``(N, K)`` per-image importances (e.g. gradient x input).
+        min_count: fewest images a concept must dominate to keep its label (default 10).
+        embedding: ``"pca"`` (default), ``"tsne"`` or ``"umap"``.
+        seed: random state of the embedding (default 0; ``None`` is taken as 0).
 
     Raises:
         ValueError: fewer than 2 images or an unknown embedding.
@@ -224,7 +243,7 @@ def strategic_clusters(
         perplexity = float(min(30, max(1, x.shape[0] - 1) / 3))
         coords = TSNE(2, perplexity=perplexity, random_state=rs, init="pca").fit_transform(x)
     elif embedding == "umap":
-        import umap  # type: ignore[import-not-found]
+        import umap
 
         coords = umap.UMAP(random_state=rs).fit_transform(x)
     else:

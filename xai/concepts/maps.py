@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from xai.concepts.extractor import ConceptExtractor
-
 __all__ = ["filter_maps", "top_concepts"]
+
+
+class _LocalImportance(Protocol):
+    """What :func:`top_concepts` uses of a fitted :class:`~xai.concepts.ConceptExtractor`."""
+
+    def local_importance(
+        self, inputs: Tensor | None = None, *, method: str = "sobol", **kwargs: object
+    ) -> Tensor: ...
 
 
 def filter_maps(maps: Tensor, *, percentile: float = 90.0) -> Tensor:
@@ -36,7 +41,7 @@ def filter_maps(maps: Tensor, *, percentile: float = 90.0) -> Tensor:
 
 
 def top_concepts(
-    extractor: ConceptExtractor,
+    extractor: _LocalImportance,
     inputs: Tensor,
     *,
     n: int = 3,

@@ -19,9 +19,9 @@ from xai.metrics.base import (
     ExplanationMetric,
     Metric,
     MetricResult,
-    evaluate,
 )
 from xai.metrics.complexity import Complexity, Sparseness
+from xai.metrics.evaluation import evaluate
 from xai.metrics.faithfulness import (
     ROAD,
     Deletion,

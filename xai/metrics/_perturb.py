@@ -1,11 +1,13 @@
-"""Shared machinery of the perturbation metrics: features, rankings, baselines, batched scoring.
+"""Shared machinery of the perturbation metrics: features, rankings, baselines.
 
 Conventions (shared by every perturbation metric):
 
 - **Features** are pixels (``patch_size=1``) or non-overlapping ``patch_size`` x ``patch_size``
   patches (the last row/column of patches may be smaller); a patch's relevance is the **sum** of
   its pixels' relevance (zero-padded, as in Quantus' region perturbation). All channels of a
-  pixel are perturbed together (the same mask across channels).
+  pixel are perturbed together (the same mask across channels). Videos and volumes
+  ``(B, C, T, H, W)`` have voxels and ``patch_size`` cubes as features, in ``(t, h, w)``
+  row-major order.
 - **Ranking**: most relevant first (``"morf"``) is a *stable* sort by descending relevance, so
   ties are broken by the lower flattened (row-major) feature index; ``"lerf"`` is a stable sort
   by ascending relevance, ties again by the lower index.
@@ -16,7 +18,7 @@ Conventions (shared by every perturbation metric):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,30 +32,44 @@ def feature_layout(maps: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
     """Per-feature relevance ``(B, F)`` and the feature index of each pixel ``(H, W)``.
 
     ``patch_size=1`` makes every pixel a feature; larger patches sum the relevance of their
-    pixels (the image is zero-padded to a multiple of ``patch_size``).
+    pixels (the image is zero-padded to a multiple of ``patch_size``). Video maps
+    ``(B, T, H, W)`` give ``(T, H, W)`` indices of voxels or ``patch_size`` cubes.
     """
-    batch, height, width = maps.shape
+    batch, *spatial = maps.shape
     if patch_size == 1:
-        assign = torch.arange(height * width, device=maps.device).view(height, width)
+        assign = torch.arange(math.prod(spatial), device=maps.device).view(spatial)
         return maps.flatten(1), assign
-    grid_h, grid_w = math.ceil(height / patch_size), math.ceil(width / patch_size)
-    padded = F.pad(maps, (0, grid_w * patch_size - width, 0, grid_h * patch_size - height))
-    sums = padded.view(batch, grid_h, patch_size, grid_w, patch_size).sum((2, 4))
-    rows = torch.arange(height, device=maps.device) // patch_size
-    cols = torch.arange(width, device=maps.device) // patch_size
-    assign = rows[:, None] * grid_w + cols[None, :]
-    return sums.flatten(1), assign
+    grid = [math.ceil(n / patch_size) for n in spatial]
+    pad = [
+        p for g, n in zip(grid[::-1], spatial[::-1], strict=True) for p in (0, g * patch_size - n)
+    ]
+    padded = F.pad(maps, pad)
+    split = [d for g in grid for d in (g, patch_size)]
+    sums = padded.view(batch, *split).sum(tuple(range(2, 2 * len(grid) + 1, 2)))
+    return sums.flatten(1), _cell_index(
+        [torch.arange(n, device=maps.device) // patch_size for n in spatial], grid
+    )
 
 
-def grid_layout(height: int, width: int, grid_size: int | None, device: torch.device) -> Tensor:
+def _cell_index(cells: list[Tensor], grid: list[int]) -> Tensor:
+    """Row-major cell index ``(*spatial)`` from each axis' cell ``(n_axis,)`` in a ``grid``."""
+    index = torch.zeros((), dtype=torch.long, device=cells[0].device)
+    for axis, (cell, size) in enumerate(zip(cells, grid, strict=True)):
+        shape = [1] * len(cells)
+        shape[axis] = -1
+        index = index * size + cell.view(shape)
+    return index
+
+
+def grid_layout(spatial: Sequence[int], grid_size: int | None, device: torch.device) -> Tensor:
     """Feature index ``(H, W)`` of a ``grid_size`` x ``grid_size`` grid of cells covering the
     image (nearest-neighbour upsampling of the grid, as Xplique's mu-fidelity); ``None``: pixels.
+    ``spatial`` is ``(H, W)``, or ``(T, H, W)`` for a ``grid_size`` cube grid over a video.
     """
     if grid_size is None:
-        return torch.arange(height * width, device=device).view(height, width)
-    rows = torch.arange(height, device=device) * grid_size // height
-    cols = torch.arange(width, device=device) * grid_size // width
-    return rows[:, None] * grid_size + cols[None, :]
+        return torch.arange(math.prod(spatial), device=device).view(tuple(spatial))
+    cells = [torch.arange(n, device=device) * grid_size // n for n in spatial]
+    return _cell_index(cells, [grid_size] * len(spatial))
 
 
 def rank_positions(scores: Tensor, order: str = "morf") -> Tensor:
@@ -72,21 +88,24 @@ def rank_positions(scores: Tensor, order: str = "morf") -> Tensor:
 
 
 def gaussian_blur(inputs: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Per-channel Gaussian blur with reflect padding (RISE's insertion baseline: 11, sigma 5)."""
+    """Per-channel Gaussian blur with reflect padding (RISE's insertion baseline: 11, sigma 5).
+
+    Blurs the last two axes: videos ``(B, C, T, H, W)`` are blurred frame by frame.
+    """
     kernel_size = min(kernel_size, 2 * min(inputs.shape[-2:]) - 1)
     kernel_size -= 1 - kernel_size % 2
     half = kernel_size // 2
     coords = torch.arange(kernel_size, dtype=inputs.dtype, device=inputs.device) - half
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
-    channels = inputs.shape[1]
-    pad = F.pad(inputs, (half, half, half, half), mode="reflect") if half else inputs
-    out = F.conv2d(pad, g.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(out, g.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    planes = inputs.reshape(-1, 1, *inputs.shape[-2:])
+    pad = F.pad(planes, (half, half, half, half), mode="reflect") if half else planes
+    out = F.conv2d(F.conv2d(pad, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    return out.view(inputs.shape)
 
 
 def resolve_baseline(baseline: BaselineLike, inputs: Tensor) -> Tensor:
-    """The replacement values ``(B, C, H, W)`` for a baseline specification.
+    """The replacement values ``(B, C, H, W)`` (or ``(B, C, T, H, W)``) for a baseline.
 
     Args:
         baseline: a number (constant), ``"zero"``, ``"mean"`` (each sample's per-channel mean),
@@ -106,9 +125,12 @@ def resolve_baseline(baseline: BaselineLike, inputs: Tensor) -> Tensor:
         if baseline == "zero":
             return torch.zeros_like(inputs)
         if baseline == "mean":
-            return inputs.mean((2, 3), keepdim=True).expand_as(inputs).clone()
+            spatial = tuple(range(2, inputs.dim()))
+            return inputs.mean(spatial, keepdim=True).expand_as(inputs).clone()
         if baseline == "min":
-            return inputs.amin((1, 2, 3), keepdim=True).expand_as(inputs).clone()
+            return (
+                inputs.amin(tuple(range(1, inputs.dim())), keepdim=True).expand_as(inputs).clone()
+            )
         if baseline == "blur":
             return gaussian_blur(inputs)
         raise ValueError(

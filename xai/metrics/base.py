@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -64,11 +64,24 @@ class Metric(ABC):
         name: snake_case key of the metric (``"deletion"``, ``"pointing_game"``).
         higher_is_better: whether a larger score means a better explanation.
         category: what the metric measures (Quantus' grouping).
+        needs_masks: whether the metric scores maps against ground-truth ``masks`` (passed as
+            ``metric(..., masks=...)``; :func:`xai.metrics.evaluate` requires them then).
     """
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     category: ClassVar[Category]
+    needs_masks: ClassVar[bool] = False
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    """The input ranks the metric scores: ``4`` images ``(B, C, H, W)`` with ``(B, H, W)`` maps,
+    ``5`` videos and volumes ``(B, C, T, H, W)`` with ``(B, T, H, W)`` maps (features are
+    voxels, or ``(p, p, p)`` patches)."""
+    rank_note: ClassVar[str] = "it is written for 2-D images"
+    """Why a metric refuses videos and volumes, in its error message."""
+
+    def _check_inputs(self, inputs: Tensor) -> Tensor:
+        refusal = f"{type(self).__name__} scores images only ({self.rank_note})"
+        return check_inputs(inputs, ranks=self.input_ranks, refusal=refusal).detach()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -82,9 +95,11 @@ def as_maps(attributions: Any, inputs: Tensor, *, name: str = "attributions") ->
     ``(B, C, H, W)`` with ``C`` the input's channel count. Channel maps (captum-style
     attributions) are **summed over channels**: removing a pixel removes all its channels, so a
     pixel's relevance is the total of its channels' relevances (exact for linear models).
+    Videos and volumes ``(B, C, T, H, W)`` take ``(B, T, H, W)`` maps (or ``(B, 1|C, T, H, W)``).
 
     Returns:
-        ``(B, H, W)`` maps on the input's device, dtype of the input promoted to >= float32.
+        ``(B, H, W)`` maps on the input's device, dtype of the input promoted to >= float32
+        (``(B, T, H, W)`` for videos).
 
     Raises:
         TypeError: not a tensor/array.
@@ -98,13 +113,14 @@ def as_maps(attributions: Any, inputs: Tensor, *, name: str = "attributions") ->
             f"{type(attributions).__name__}"
         )
     maps = attributions.detach()
-    batch, channels, height, width = inputs.shape
-    if maps.dim() == 4 and maps.shape[1] in (1, channels) and maps.shape[0] == batch:
+    batch, channels, *spatial = inputs.shape
+    expected = (batch, *spatial)
+    if maps.dim() == inputs.dim() and maps.shape[1] in (1, channels) and maps.shape[0] == batch:
         maps = maps.sum(1)
-    if maps.dim() != 3 or tuple(maps.shape) != (batch, height, width):
+    if tuple(maps.shape) != expected:
         raise ValueError(
             f"{name} of shape {tuple(attributions.shape)} do not match inputs "
-            f"{tuple(inputs.shape)}: expected ({batch}, {height}, {width}) maps at the input "
+            f"{tuple(inputs.shape)}: expected {expected} maps at the input "
             "resolution (upsample layer maps first, e.g. with Method(..., upsample=True))"
         )
     return maps.to(device=inputs.device, dtype=map_dtype(inputs))
@@ -115,6 +131,7 @@ def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
 
     Accepts ``(B, H, W)`` or ``(B, 1, H, W)`` masks (bool or numbers, non-zero = object), or
     boxes ``(B, 4)`` as ``(x0, y0, x1, y1)`` pixel coordinates (``x1``/``y1`` exclusive).
+    Videos and volumes ``(B, C, T, H, W)`` take ``(B, T, H, W)`` or ``(B, 1, T, H, W)`` masks.
 
     Raises:
         ValueError: masks whose shape does not match ``inputs``.
@@ -126,8 +143,10 @@ def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
             f"{name} must be a tensor/array of shape (B, H, W) or boxes (B, 4), got "
             f"{type(masks).__name__}"
         )
-    batch, _, height, width = inputs.shape
-    if masks.dim() == 2 and tuple(masks.shape) == (batch, 4):
+    batch, _, *spatial = inputs.shape
+    expected = (batch, *spatial)
+    if masks.dim() == 2 and tuple(masks.shape) == (batch, 4) and len(spatial) == 2:
+        height, width = spatial
         boxes = masks.round().long().cpu()
         rows = torch.arange(height)[:, None]
         cols = torch.arange(width)[None, :]
@@ -138,12 +157,13 @@ def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
             ]
         )
         return out.to(inputs.device)
-    if masks.dim() == 4 and masks.shape[1] == 1:
+    if masks.dim() == inputs.dim() and masks.shape[1] == 1:
         masks = masks[:, 0]
-    if masks.dim() != 3 or tuple(masks.shape) != (batch, height, width):
+    if tuple(masks.shape) != expected:
+        or_boxes = f" or ({batch}, 4) boxes (x0, y0, x1, y1)" if len(spatial) == 2 else ""
         raise ValueError(
             f"{name} of shape {tuple(masks.shape)} do not match inputs {tuple(inputs.shape)}: "
-            f"pass ({batch}, {height}, {width}) masks or ({batch}, 4) boxes (x0, y0, x1, y1)"
+            f"pass {expected} masks{or_boxes}"
         )
     return (masks != 0).to(inputs.device)
 
@@ -196,7 +216,7 @@ class ExplanationMetric(Metric):
         Returns:
             A :class:`MetricResult`.
         """
-        x = check_inputs(inputs).detach()
+        x = self._check_inputs(inputs)
         maps = check_finite(as_maps(attributions, x), "attributions")
         if not self.needs_model:
             result = self._evaluate(model, x, maps, None, **kwargs)  # type: ignore[arg-type]
@@ -268,7 +288,7 @@ class ExplainerMetric(Metric):
         Returns:
             A :class:`MetricResult`.
         """
-        x = check_inputs(inputs).detach()
+        x = self._check_inputs(inputs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(explainer):
@@ -374,91 +394,3 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise Spearman rank correlation (average ranks for ties) of ``(B, N)`` tensors."""
     return pearson(average_ranks(a.double()), average_ranks(b.double()))
-
-
-# --- many methods x many metrics -------------------------------------------------------------
-
-
-def evaluate(
-    model: nn.Module,
-    inputs: Tensor,
-    methods: Mapping[str, Any],
-    metrics: Sequence[Metric],
-    target: TargetLike | Target = None,
-    *,
-    masks: Any = None,
-) -> dict[str, list]:
-    """Score several methods with several metrics; returns a tidy, pandas-free table.
-
-    Each method is an :class:`~xai.attributions.base.Attribution` (explained once, maps reused
-    by every explanation metric, and re-explained by explainer metrics) or precomputed
-    ``(B, H, W)`` maps (explainer metrics are then skipped with a warning). Localization
-    metrics need ``masks``.
-
-    Args:
-        model: the explained model.
-        inputs: ``(B, C, H, W)`` batch.
-        methods: name -> Attribution or maps.
-        metrics: metric objects.
-        target: as for any metric (``None``: each sample's argmax on the clean input).
-        masks: ground truth for localization metrics (``(B, H, W)`` masks or ``(B, 4)`` boxes).
-
-    Returns:
-        A dict of equal-length lists with one row per (method, metric, sample): ``method``,
-        ``metric`` (its ``name``), ``sample`` (index in the batch), ``score`` (float),
-        ``higher_is_better``, ``category``, ``curve`` (list of floats or ``None``) and
-        ``steps`` (list of floats or ``None``). ``pandas.DataFrame(table)`` works directly.
-
-    Raises:
-        ValueError: a localization metric without ``masks``.
-    """
-    import warnings
-
-    from xai.metrics.localization import _Localization
-
-    table: dict[str, list] = {
-        key: []
-        for key in (
-            "method",
-            "metric",
-            "sample",
-            "score",
-            "higher_is_better",
-            "category",
-            "curve",
-            "steps",
-        )
-    }
-    x = check_inputs(inputs)
-    for metric in metrics:
-        if isinstance(metric, _Localization) and masks is None:
-            raise ValueError(f"{type(metric).__name__} needs masks: evaluate(..., masks=...)")
-    for method_name, method in methods.items():
-        is_explainer = callable(method) and not isinstance(method, (Tensor, np.ndarray))
-        maps = None
-        for metric in metrics:
-            if isinstance(metric, ExplainerMetric):
-                if not is_explainer:
-                    warnings.warn(
-                        f"{type(metric).__name__} re-explains the model; method {method_name!r} "
-                        "is given as precomputed maps, skipped (pass the Attribution instead)",
-                        stacklevel=2,
-                    )
-                    continue
-                result = metric(model, x, method, target)
-            else:
-                if maps is None:
-                    maps = as_maps(method(x, target=target) if is_explainer else method, x)
-                extra = {"masks": masks} if isinstance(metric, _Localization) else {}
-                result = metric(model, x, maps, target, **extra)
-            steps = None if result.steps is None else result.steps.tolist()
-            for i, score in enumerate(result.scores.tolist()):
-                table["method"].append(method_name)
-                table["metric"].append(metric.name)
-                table["sample"].append(i)
-                table["score"].append(float(score))
-                table["higher_is_better"].append(bool(metric.higher_is_better))
-                table["category"].append(metric.category)
-                table["curve"].append(None if result.curve is None else result.curve[i].tolist())
-                table["steps"].append(steps)
-    return table

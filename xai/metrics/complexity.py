@@ -31,6 +31,7 @@ class Sparseness(ExplanationMetric):
     higher_is_better: ClassVar[bool] = True
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def _evaluate(
         self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
@@ -61,6 +62,7 @@ class Complexity(ExplanationMetric):
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def _evaluate(
         self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any

@@ -52,6 +52,11 @@ __all__ = [
 ]
 
 
+def _per_row(values: Tensor, like: Tensor) -> Tensor:
+    """``(n,)`` per-row values viewed to broadcast over the rows of ``like`` (any rank)."""
+    return values.view(-1, *(1,) * (like.dim() - 1))
+
+
 def _check_order(order: str, allowed: Sequence[str] = ("morf", "lerf")) -> None:
     if order not in allowed:
         raise ValueError(f"order must be one of {', '.join(map(repr, allowed))}, got {order!r}")
@@ -61,6 +66,7 @@ class _PerturbationCurve(ExplanationMetric):
     """Engine of the curve metrics: perturb the top-``k`` features for a list of counts ``k``."""
 
     mode: ClassVar[str] = "delete"  # "delete": top-k -> baseline; "insert": top-k <- input
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,
@@ -111,7 +117,7 @@ class _PerturbationCurve(ExplanationMetric):
         def build(rows: Tensor) -> Tensor:
             samples = sample_of_row[rows]
             pixel_pos = positions[samples][:, assign]  # (n, H, W)
-            mask = pixel_pos < counts[rows % n_steps][:, None, None]
+            mask = pixel_pos < _per_row(counts[rows % n_steps], pixel_pos)
             return self._perturbed(inputs, base, mask, samples, rows % n_steps)
 
         scores = score_rows(
@@ -385,6 +391,8 @@ class ROAD(_PerturbationCurve):
     name: ClassVar[str] = "road"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
+    input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
 
     def __init__(
         self,
@@ -490,6 +498,7 @@ class MuFidelity(ExplanationMetric):
     name: ClassVar[str] = "mu_fidelity"
     higher_is_better: ClassVar[bool] = True
     category: ClassVar = "faithfulness"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,
@@ -525,7 +534,7 @@ class MuFidelity(ExplanationMetric):
         self.progress = progress
 
     def _layout(self, maps: Tensor) -> tuple[Tensor, int]:
-        assign = grid_layout(maps.shape[1], maps.shape[2], self.grid_size, maps.device)
+        assign = grid_layout(maps.shape[1:], self.grid_size, maps.device)
         return assign, int(assign.max()) + 1
 
     def _subset_size(self, n_features: int) -> int:
@@ -567,7 +576,7 @@ class MuFidelity(ExplanationMetric):
             samples = sample_of_row[rows]
             draw = rows % per - 1  # -1: the clean input
             mask = chosen[samples, draw.clamp_min(0)][:, assign]  # (n, H, W)
-            mask = mask & (draw >= 0)[:, None, None]
+            mask = mask & _per_row(draw >= 0, mask)
             return torch.where(mask[:, None], base[samples], inputs[samples])
 
         scores = score_rows(
@@ -672,6 +681,7 @@ class Infidelity(ExplanationMetric):
 
     name: ClassVar[str] = "infidelity"
     constant_maps: ClassVar[str] = "score"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"
 
@@ -729,7 +739,7 @@ class Infidelity(ExplanationMetric):
                         f"{tuple(rows_in.shape)}, got {shape}"
                     )
                 pert = pert.to(device=inputs.device, dtype=inputs.dtype)
-            dots[rows] = (pert.to(maps.dtype) * maps[samples][:, None]).sum((1, 2, 3))
+            dots[rows] = (pert.to(maps.dtype) * maps[samples][:, None]).flatten(1).sum(1)
             return rows_in - pert
 
         perturbed = score_rows(

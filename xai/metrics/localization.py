@@ -10,7 +10,7 @@ with a warning.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ __all__ = [
 
 class _Localization(ExplanationMetric):
     needs_model: ClassVar[bool] = False
+    needs_masks: ClassVar[bool] = True
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)  # (B, T, H, W) masks; boxes are for images
     category: ClassVar = "localization"
     higher_is_better: ClassVar[bool] = True
 
@@ -68,13 +70,17 @@ class _Localization(ExplanationMetric):
 
 
 def dilate(mask: Tensor, radius: float) -> Tensor:
-    """Pixels within Euclidean distance ``radius`` of a mask pixel, ``(B, H, W)`` bool."""
+    """Pixels within Euclidean distance ``radius`` of a mask pixel, ``(B, H, W)`` bool
+    (voxels of ``(B, T, H, W)`` masks).
+    """
     if radius <= 0:
         return mask
     r = int(math.floor(radius))
     coords = torch.arange(-r, r + 1, device=mask.device, dtype=torch.float64)
-    disc = (coords[:, None] ** 2 + coords[None, :] ** 2 <= radius**2).double()
-    hit = F.conv2d(mask[:, None].double(), disc[None, None], padding=r)[:, 0]
+    axes = torch.meshgrid(*[coords] * (mask.dim() - 1), indexing="ij")
+    disc = (torch.stack(axes).pow(2).sum(0) <= radius**2).double()
+    conv = F.conv2d if mask.dim() == 3 else F.conv3d
+    hit = conv(mask[:, None].double(), disc[None, None], padding=r)[:, 0]
     return hit > 0
 
 
@@ -133,7 +139,7 @@ class RelevanceMassAccuracy(_Localization):
     """
 
     name: ClassVar[str] = "relevance_mass_accuracy"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
 
     def __init__(self, relevance: str = "positive") -> None:
         if relevance not in ("positive", "abs", "raw"):

@@ -30,6 +30,11 @@ def ssim(a: Tensor, b: Tensor, *, win_size: int = 7) -> Tensor:
     valid region) with ``data_range`` taken per sample from both maps (``max - min``), as
     Quantus does. ``win_size`` is clipped to the smallest odd size that fits the map.
     """
+    if a.dim() != 3:
+        raise ValueError(
+            f"ssim compares image maps (B, H, W), got {tuple(a.shape)}; use "
+            "similarity='spearman' for videos and volumes"
+        )
     a = a.double()
     b = b.double()
     win = min(win_size, a.shape[-1], a.shape[-2])
@@ -95,6 +100,7 @@ class ModelParameterRandomization(ExplainerMetric):
     name: ClassVar[str] = "model_parameter_randomization"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "randomization"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)  # similarity="ssim" needs images
 
     def __init__(
         self,
@@ -179,6 +185,7 @@ class ClassSensitivity(ExplainerMetric):
     name: ClassVar[str] = "class_sensitivity"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "randomization"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def _evaluate(
         self, model: nn.Module, inputs: Tensor, explainer: Explainer, target: Target

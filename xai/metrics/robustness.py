@@ -46,6 +46,7 @@ class MaxSensitivity(ExplainerMetric):
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "robustness"
     _reduce: ClassVar[str] = "max"
+    input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class MaxSensitivity(ExplainerMetric):
                 next_draw += 1
             for old in [k for k in draws if k < int(draw[0])]:
                 del draws[old]
-            noisy = torch.stack([draws[int(d)][int(s)] for d, s in zip(draw, sample)])
+            noisy = torch.stack([draws[int(d)][int(s)] for d, s in zip(draw, sample, strict=True)])
             maps = explain(explainer, noisy, target.select(sample), rows=sample)
             diffs[rows] = (maps - clean[sample]).flatten(1).norm(dim=1)
         diffs = diffs.view(self.n_samples, batch).T

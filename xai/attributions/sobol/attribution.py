@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int, warn
+from xai._spatial import interpolation
 from xai.adapter import Target, freeze, score_rows
 from xai.attributions.base import Attribution, register
 from xai.attributions.sobol.estimators import Estimator, estimate, get_estimator
@@ -81,6 +84,11 @@ class SobolAttribution(Attribution):
             ``"bicubic"`` (default, all reference codes; can overshoot slightly below 0 or
             above the cell values, not clipped), ``"bilinear"`` or ``"nearest"``.
         upsample: ``False`` returns the grid-resolution map ``(B, grid_size, grid_size)``.
+        temporal_grid_size: cells along the time (depth) axis of videos and volumes
+            ``(B, C, T, H, W)``, whose masks cover a ``(t, grid_size, grid_size)`` grid and
+            whose maps are ``(B, T, H, W)`` (``None``, default: ``min(grid_size, T)``):
+            ``n_designs * (t * grid_size**2 + 2)`` forward passes per clip. Bilinear and
+            bicubic upsampling become trilinear there.
         batch_size: perturbed images per forward pass (default 64, the paper's timing setting);
             ``None`` evaluates everything at once.
         seed: seed of the design (scrambling or random draws; ``None`` means 0).
@@ -111,6 +119,7 @@ class SobolAttribution(Attribution):
     """
 
     stochastic = True
+    input_ranks = (4, 5)
 
     def __init__(
         self,
@@ -128,6 +137,7 @@ class SobolAttribution(Attribution):
         mask_interpolation: str = "nearest",
         map_interpolation: str = "bicubic",
         upsample: bool = True,
+        temporal_grid_size: int | None = None,
         batch_size: int | None = 64,
         seed: int | None = None,
         progress: bool = False,
@@ -162,9 +172,36 @@ class SobolAttribution(Attribution):
         self.mask_interpolation = mask_interpolation
         self.map_interpolation = map_interpolation
         self.upsample = upsample
-        a, b = sample(grid_size**2, n_designs, sampler=sampler, seed=seed, scramble=scramble)
-        self.masks = design_matrix(a, b)
+        check_positive_int(temporal_grid_size, "temporal_grid_size", allow_none=True)
+        self.temporal_grid_size = temporal_grid_size
+        self._sample = functools.partial(sample, sampler=sampler, seed=seed, scramble=scramble)
+        self._designs: dict[int, Tensor] = {}
+        self.masks = self._design(grid_size**2)
         """``(n_designs * (d + 2), d)`` float64: the design ``[A; B; C_1; ...; C_d]``."""
+
+    def _design(self, cells: int) -> Tensor:
+        """The design of a ``cells``-cell grid, drawn once per grid (images: at construction)."""
+        if cells not in self._designs:
+            a, b = self._sample(cells, self.n_designs)
+            self._designs[cells] = design_matrix(a, b)
+        return self._designs[cells]
+
+    def _grid(self, spatial: list[int]) -> tuple[int, ...]:
+        """Cells per spatial axis: ``(s, s)`` for images, ``(t, s, s)`` for videos."""
+        s = self.grid_size
+        grid = (s,) * len(spatial)
+        if len(spatial) == 3:
+            grid = (self.temporal_grid_size or min(s, spatial[0]), s, s)
+        if any(g > n for g, n in zip(grid, spatial, strict=True)):
+            size = "x".join(map(str, spatial))
+            what, fix = "image", f"use grid_size <= {min(spatial[-2:])}"
+            if len(spatial) == 3:
+                what, fix = "clip", f"{fix} and temporal_grid_size <= {spatial[0]}"
+            raise ValueError(
+                f"the grid {'x'.join(map(str, grid))} (grid_size={s}) is larger than the {what} "
+                f"({size}); {fix}"
+            )
+        return grid
 
     @property
     def n_forwards(self) -> int:
@@ -172,22 +209,21 @@ class SobolAttribution(Attribution):
         return self.masks.shape[0]
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        b, _, h, w = inputs.shape
-        s = self.grid_size
-        if s > min(h, w):
-            raise ValueError(
-                f"grid_size={s} is larger than the image ({h}x{w}); use grid_size <= {min(h, w)}"
-            )
+        b, _, *spatial = inputs.shape
+        grid = self._grid(spatial)
         target = freeze(self.adapter, inputs, target)
-        per_image = self.n_forwards
-        masks = self.masks.to(device=inputs.device, dtype=inputs.dtype).view(per_image, 1, s, s)
+        design_matrix = self._design(math.prod(grid))
+        per_image = design_matrix.shape[0]
+        masks = design_matrix.to(device=inputs.device, dtype=inputs.dtype)
+        masks = masks.view(per_image, 1, *grid)
+        mask_mode = interpolation(self.mask_interpolation, len(grid))
         reference = self.perturbation.reference(inputs)
 
         def perturbed(rows: Tensor) -> Tensor:
             # row r of the flattened (image, design) product is image r // M, design r % M
-            design = rows % per_image
-            up = F.interpolate(masks[design], size=(h, w), mode=self.mask_interpolation)
-            x, ref = self._rows(inputs, reference, rows // per_image, rows, per_image)
+            up = F.interpolate(masks[rows % per_image], size=spatial, mode=mask_mode)
+            sl = slice(int(rows[0]), int(rows[-1]) + 1)
+            x, ref = self._rows(inputs, reference, rows // per_image, sl, per_image)
             return self.perturbation(x, up, ref)
 
         # float64 scores where the device has it (not MPS); the estimator runs on the CPU
@@ -219,27 +255,28 @@ class SobolAttribution(Attribution):
         indices = estimate(
             per_row,
             self.n_designs,
-            s * s,
+            math.prod(grid),
             estimator=self.estimator,
             variance=self.variance,
         )
-        maps = (indices.total if self.order == "total" else indices.first).view(b, 1, s, s)
-        if self.upsample and (h, w) != (s, s):
-            kw = {} if self.map_interpolation == "nearest" else {"align_corners": False}
-            maps = F.interpolate(maps, size=(h, w), mode=self.map_interpolation, **kw)
+        maps = (indices.total if self.order == "total" else indices.first).view(b, 1, *grid)
+        if self.upsample and tuple(spatial) != grid:
+            map_mode = interpolation(self.map_interpolation, len(grid))
+            kw = {} if map_mode == "nearest" else {"align_corners": False}
+            maps = F.interpolate(maps, size=spatial, mode=map_mode, **kw)
         return maps[:, 0]
 
     @staticmethod
     def _rows(
-        inputs: Tensor, reference: Tensor | None, image: Tensor, rows: Tensor, per_image: int
+        inputs: Tensor, reference: Tensor | None, image: Tensor, sl: slice, per_image: int
     ) -> tuple[Tensor, Tensor | None]:
-        """The images (and references) of a chunk's ``rows``; a chunk within one image gets a
+        """The images (and references) of a chunk's rows; a chunk within one image gets a
         broadcast view instead of a copy (most chunks when ``per_image > batch_size``).
         """
-        first, last = int(rows[0]) // per_image, int(rows[-1]) // per_image
+        first, last = sl.start // per_image, (sl.stop - 1) // per_image
         if first != last:
             return inputs[image], None if reference is None else reference[image]
-        n = rows.shape[0]
+        n = sl.stop - sl.start
         x = inputs[first : first + 1].expand(n, *inputs.shape[1:])
         if reference is None:
             return x, None

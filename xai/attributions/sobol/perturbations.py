@@ -71,17 +71,20 @@ class Inpainting(Perturbation):
         self.baseline = baseline
 
     def reference(self, inputs: Tensor) -> Tensor | None:
+        """The per-image reference (see :meth:`Perturbation.reference`)."""
         if isinstance(self.baseline, str):
-            return inputs.mean((2, 3), keepdim=True)
+            return inputs.mean(tuple(range(2, inputs.dim())), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        base: Tensor | float
         if reference is not None:
             base = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
-            base = float(self.baseline)  # type: ignore[arg-type]
+            base = float(self.baseline)
             if base == 0.0:
                 return x * masks
         return x * masks + (1 - masks) * base
@@ -92,7 +95,8 @@ class Inpainting(Perturbation):
 
 def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
     """``cv2.blur`` for ``(B, C, H, W)`` tensors: mean over a ``kernel_size`` square window
-    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders.
+    anchored at its centre (offsets ``-k//2 .. (k-1)//2``), reflect-101 borders. Videos
+    ``(B, C, T, H, W)`` are blurred frame by frame.
     """
     h, w = inputs.shape[-2:]
     if kernel_size > min(h, w):
@@ -101,8 +105,9 @@ def box_blur(inputs: Tensor, kernel_size: int = 10) -> Tensor:
             "pass perturbation_kwargs={'kernel_size': k} with a smaller k"
         )
     before, after = kernel_size // 2, (kernel_size - 1) // 2
-    padded = F.pad(inputs, (before, after, before, after), mode="reflect")
-    return F.avg_pool2d(padded, kernel_size, stride=1)
+    planes = inputs.reshape(-1, 1, h, w)
+    padded = F.pad(planes, (before, after, before, after), mode="reflect")
+    return F.avg_pool2d(padded, kernel_size, stride=1).view(inputs.shape)
 
 
 class Blur(Perturbation):
@@ -120,9 +125,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
+        """The per-image reference (see :meth:`Perturbation.reference`)."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -148,6 +155,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
@@ -160,6 +168,7 @@ class _Callable(Perturbation):
         self.fn = fn
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
+        """The perturbed images (see :meth:`Perturbation.__call__`)."""
         out = self.fn(x, masks)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
