@@ -163,3 +163,16 @@ def test_an_expanded_forward_without_rows_raises_and_rows_select_the_extras(data
     torch.testing.assert_close(out, net(x[rows], scale[rows], bias[rows]))
     torch.testing.assert_close(scores, out[:, 2])
     assert adapter.additional_inputs is None  # unbound on exit
+
+
+def test_evaluate_passes_the_extras_to_methods_and_metrics(data):
+    from xai.metrics import Sparseness, evaluate
+
+    net, x, extras = data
+    method = attributions.Saliency(net)
+    metrics = [Deletion(n_steps=4), Sparseness()]
+    table = evaluate(net, x, {"saliency": method}, metrics, 1, additional_inputs=extras)
+    maps = method(x, 1, additional_inputs=extras)
+    deletion = Deletion(n_steps=4)(net, x, maps, 1, additional_inputs=extras).scores
+    rows = [s for m, s in zip(table["metric"], table["score"], strict=True) if m == "deletion"]
+    torch.testing.assert_close(torch.tensor(rows, dtype=deletion.dtype), deletion)
