@@ -19,8 +19,8 @@ of it resized to 224 px (CRAFT: 64 px crops of 224 px images). Rows:
 - ``floor`` (with ``--floor``): bare ``model.features`` forwards of the same crops, what the
   backbone alone costs.
 
-Run: ``python benchmarks/bench_concepts.py [--n-crops 1000] [--threads 2] [--floor]``. The CPU may be
-shared: the load average is printed before and after; compare rows, not machines.
+Run: ``python benchmarks/bench_concepts.py [--n-crops 1000] [--threads 2] [--floor]``. The CPU may
+be shared: the load average is printed before and after; compare rows, not machines.
 """
 
 from __future__ import annotations

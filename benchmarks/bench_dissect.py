@@ -168,7 +168,8 @@ def main() -> None:
         rss = {}
         for mode in ("forward", "dissect"):
             cmd = [sys.executable, __file__, "--child", str(n), mode, "--size", str(args.size),
-                   "--batch-size", str(args.batch_size), "--threads", str(args.threads or 0)]  # fmt: skip
+                   "--batch-size", str(args.batch_size),
+                   "--threads", str(args.threads or 0)]  # fmt: skip
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             rss[mode] = json.loads(out.strip().splitlines()[-1])
         f, d = rss["forward"], rss["dissect"]

@@ -111,16 +111,17 @@ def bench_lrp(args, sync) -> None:
         onehot = nn.functional.one_hot(target, 1000).float()
         lrp = LRP(model, "epsilon_plus_flat")
 
-        def floor():
+        # the closures bind this iteration's model through their defaults (bugbear B023)
+        def floor(model=model, onehot=onehot):
             xg = x.clone().requires_grad_(True)
             out = model(xg)
             torch.autograd.grad(out, xg, grad_outputs=out * onehot)
 
-        def theirs():
+        def theirs(model=model, canonizers=canonizers, onehot=onehot):
             with Gradient(model, EpsilonPlusFlat(canonizers=canonizers)) as attributor:
                 return attributor(x, lambda out: out * onehot)[1]
 
-        def ours():
+        def ours(lrp=lrp):
             return lrp.relevance(x, target)
 
         ours_rel, their_rel = ours(), theirs()  # also the warm-up
@@ -153,7 +154,9 @@ def bench_sr(args, sync) -> None:
     print(f"{'longest_side':<14}{'seconds':>10}")
     for side in [int(s) for s in args.sides.split(",")]:
         rounds = 1 if side > 160 and args.device == "cpu" else args.rounds
-        t = _median_time(lambda: context_aware_saliency(image, longest_side=side), rounds, sync)
+        t = _median_time(
+            lambda side=side: context_aware_saliency(image, longest_side=side), rounds, sync
+        )
         print(f"{side:<14}{t:>10.3f}")
 
 

@@ -1,11 +1,11 @@
 """Peak memory (RSS) of the methods that multiply the batch, at a fixed ``batch_size``.
 
-Each configuration runs in its own subprocess and reports ``ru_maxrss`` (the peak resident set
-of that process: every allocation counts, torch's and NumPy's, not only what ``tracemalloc``
-sees). Each method's ``floor`` row is a subprocess that imports the same modules, builds the same model
-(the largest of the sweep) and data and runs one forward of ``batch_size`` inputs: the peak a method cannot go below. A
-method whose memory is bounded by ``batch_size`` shows a flat ``over floor`` column as its
-count (channels, windows, designs, samples, steps) grows.
+Each configuration runs in its own subprocess and reports ``ru_maxrss`` (the peak resident set of
+that process: every allocation counts, torch's and NumPy's, not only what ``tracemalloc`` sees).
+Each method's ``floor`` row is a subprocess that imports the same modules, builds the same model
+(the largest of the sweep) and data and runs one forward of ``batch_size`` inputs: the peak a method
+cannot go below. A method whose memory is bounded by ``batch_size`` shows a flat ``over floor``
+column as its count (channels, windows, designs, samples, steps) grows.
 
 Settings: Score-CAM on a layer of 256 / 512 / 1,024 channels at 224 px (2 images; the layer is
 a cheap 1x1 convolution after 16x16 pooling, so the cost is the B x K masked inputs, not the

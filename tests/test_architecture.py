@@ -143,3 +143,35 @@ def test_no_import_cycle_between_modules():
     }
     cycle = find_cycle(rest)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_every_attribution_module_is_imported_and_re_exported_by_the_package():
+    """``xai/attributions/__init__.py`` imports each public module explicitly (so IDEs and type
+    checkers follow it); importing runs ``@register``, so a module left out would be missing
+    from the registry. A new method is its file plus one import line there.
+    """
+    import ast
+    import importlib
+    import pkgutil
+
+    import xai.attributions as attributions
+
+    init = Path(attributions.__file__)
+    imported = {
+        node.module.split(".")[2]
+        for node in ast.walk(ast.parse(init.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("xai.attributions.")
+    }
+    modules = pkgutil.iter_modules([str(init.parent)])
+    public = {info.name for info in modules if not info.name.startswith("_")}
+    assert public - imported == set(), "modules not imported in xai/attributions/__init__.py"
+    for name in sorted(public - {"base"}):
+        module = importlib.import_module(f"xai.attributions.{name}")
+        for item in getattr(module, "__all__", ()):
+            assert getattr(attributions, item) is getattr(module, item), (name, item)
+            assert item in attributions.__all__, (name, item)
+        for value in vars(module).values():  # every registered class of the module is exported
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                if getattr(value, "name", None) in attributions.available():
+                    assert attributions.get(value.name) is value
+                    assert value.__name__ in attributions.__all__, (name, value.__name__)

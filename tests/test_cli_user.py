@@ -230,7 +230,9 @@ def test_audit_on_an_image_folder_finds_the_planted_shortcut(tmp_path, capsys, m
     test = planted_shortcut_set(300, split="test", shortcut_class=shirt, fraction=0.7, seed=1)
     data, masks = tmp_path / "data", tmp_path / "masks"
     rows = [("path", "group")]
-    for i, (x, y, m, g) in enumerate(zip(test.inputs, test.labels, test.masks, test.groups)):
+    for i, (x, y, m, g) in enumerate(
+        zip(test.inputs, test.labels, test.masks, test.groups, strict=True)
+    ):
         rel = f"{int(y)}_{test.class_names[int(y)].split('/')[0].lower()}/{i:04d}.png"
         for root, arr in ((data, x[0].numpy() * 255), (masks, m.numpy() * 255)):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -266,7 +266,7 @@ def test_bfloat16_maps_correlate_with_float32_maps(name):
     ref = attributions.get(name).create(model, **kwargs)(x, target=1)
     low = attributions.get(name).create(copy.deepcopy(model).bfloat16(), **kwargs)
     maps = low(x.bfloat16(), target=1)
-    for a, b in zip(ref, maps):
+    for a, b in zip(ref, maps, strict=True):
         assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.95
 
 

@@ -1,12 +1,12 @@
 """Execute every notebook in notebooks/ top to bottom (nbclient, kernel python3).
 
-A notebook fails the test if any cell raises, or if a figure cell shows no image: every output
-that displays a matplotlib Figure (its ``text/plain`` is ``<Figure size ...>``) must carry an
-``image/png`` too, and every cell tagged ``figure`` (cell metadata ``tags``) must produce one.
-The check is generic, so notebooks added later are covered without editing this file. A notebook whose offline assets are missing is
-skipped: requirements come from the notebook's metadata (``metadata["xai"]["requires"]``: any
-of ``mobilenet_v2``, ``fashion_mnist``, ``tuxpaint_stamps``, ``module:<name>``) and, for
-notebooks without that key, from the loaders their code calls.
+A notebook fails the test if any cell raises, or if a figure cell shows no image: every output that
+displays a matplotlib Figure (its ``text/plain`` is ``<Figure size ...>``) must carry an
+``image/png`` too, and every cell tagged ``figure`` (cell metadata ``tags``) must produce one. The
+check is generic, so notebooks added later are covered without editing this file. A notebook whose
+offline assets are missing is skipped: requirements come from the notebook's metadata
+(``metadata["xai"]["requires"]``: any of ``mobilenet_v2``, ``fashion_mnist``, ``tuxpaint_stamps``,
+``module:<name>``) and, for notebooks without that key, from the loaders their code calls.
 """
 
 from __future__ import annotations

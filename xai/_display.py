@@ -12,16 +12,20 @@ the same registration the inline backend makes, unless one is already there.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _figure_png(fig) -> bytes:
+def _figure_png(fig: Figure) -> bytes:
     """The PNG bytes of ``fig``, as matplotlib's inline backend renders them."""
     from IPython.core.pylabtools import print_figure
 
     return print_figure(fig, "png", bbox_inches="tight")
 
 
-def register_figure_formatter(shell=None) -> bool:
+def register_figure_formatter(shell: Any = None) -> bool:
     """Register a PNG formatter for ``matplotlib.figure.Figure`` in the running IPython.
 
     Args:

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from xai._cli_user import CliError, add_parsers, pick_methods, run
 from xai._presets import CHEAP_SETTINGS
@@ -174,19 +175,20 @@ def run_demo(
             + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
     titles = [
-        f"{n}\n{categories[p]} {s:.2f}" for n, p, s in zip(names, pred.tolist(), score.tolist())
+        f"{n}\n{categories[p]} {s:.2f}"
+        for n, p, s in zip(names, pred.tolist(), score.tolist(), strict=True)
     ]
     fig = viz.grid(x, maps, titles=titles, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     files = [
         viz.save(fig, out / "methods_grid.png", dpi=110),
         viz.save(fig, out / "methods_grid.pdf"),
     ]
-    summary = {
+    summary: dict[str, Any] = {
         "model": "torchvision mobilenet_v2 IMAGENET1K_V1",
         "layer": DEMO_LAYER,
         "images": [
             {"name": n, "class": categories[p], "class_index": p, "score": round(s, 4)}
-            for n, p, s in zip(names, pred.tolist(), score.tolist())
+            for n, p, s in zip(names, pred.tolist(), score.tolist(), strict=True)
         ],
         "settings": "full (paper defaults)" if full else "demo (cheap, see xai.cli.DEMO_SETTINGS)",
         "method_settings": settings,
@@ -233,6 +235,14 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``xai`` command line (``xai demo``, ``xai explain``, ...).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 on success).
+    """
     parser = argparse.ArgumentParser(prog="xai", description="Explain PyTorch vision models.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="explain the real ImageNet MobileNetV2 on real photos")

@@ -127,7 +127,7 @@ def test_score_cam_official_weighting_replica():
         )
         with torch.no_grad():
             weights.append(model(x * mask).softmax(1)[0, 2])
-    ref = torch.relu(sum(w * a for w, a in zip(weights, acts)))
+    ref = torch.relu(sum(w * a for w, a in zip(weights, acts, strict=True)))
     torch.testing.assert_close(mine[0], ref)
 
 

@@ -20,10 +20,10 @@ from tests._models import GapLinear, TinyConvNet, seeded
 from tests.conftest import hook_count
 from xai.adapter import ModelAdapter
 from xai.attributions import GradCAM, HiResCAM, Saliency, normalize_per_sample, upsample
+from xai.attributions.meta_saliency import MetaSaliency
 from xai.attributions.normgrad import (
     LAYER_SETS,
     PRESETS,
-    MetaSaliency,
     NormGrad,
     SelectiveNormGrad,
     SpatialContribution,
@@ -404,7 +404,7 @@ def test_meta_saliency_leaves_the_model_unchanged_and_equals_a_manual_sgd_step(t
         loss = F.cross_entropy(model(inputs[i : i + 1]), torch.tensor([cls]))
         grads = torch.autograd.grad(loss, list(model.parameters()))
         with torch.no_grad():
-            for p, g in zip(model.parameters(), grads):
+            for p, g in zip(model.parameters(), grads, strict=True):
                 p -= 0.05 * g
         ref = NormGrad(model, "features")(inputs[i : i + 1], cls)
         torch.testing.assert_close(maps[i : i + 1], ref, rtol=1e-10, atol=1e-14)
@@ -424,7 +424,7 @@ def test_meta_saliency_ascent_steps_the_other_way(tiny, inputs):
     loss = F.cross_entropy(model(inputs[:1]), torch.tensor([2]))
     grads = torch.autograd.grad(loss, list(model.parameters()))
     with torch.no_grad():
-        for p, g in zip(model.parameters(), grads):
+        for p, g in zip(model.parameters(), grads, strict=True):
             p += 0.05 * g
     torch.testing.assert_close(
         up, NormGrad(model, "features")(inputs[:1], 2), rtol=1e-10, atol=1e-14
@@ -466,7 +466,9 @@ def _class_sensitivity(model, x, method):
     out = model(x)
     hi = method(x, out.argmax(1).tolist()) + 1e-6
     lo = method(x, out.argmin(1).tolist()) + 1e-6
-    return float(sum(spearmanr(h.flatten(), l.flatten())[0] for h, l in zip(hi, lo)) / len(x))
+    return float(
+        sum(spearmanr(h.flatten(), l_.flatten())[0] for h, l_ in zip(hi, lo, strict=True)) / len(x)
+    )
 
 
 def test_meta_saliency_makes_a_class_insensitive_method_class_sensitive():

@@ -44,7 +44,7 @@ def slow_context_aware_saliency(
     img = (lab - lo[:, None, None]) / (hi - lo + torch.finfo(torch.float64).eps)[:, None, None]
     h0, w0 = img.shape[-2:]
     per_scale = []
-    for r, size in zip(scales, patch_sizes):
+    for r, size in zip(scales, patch_sizes, strict=True):
         half = size // 2
         factor = 49 / size**2
         level = img if r == 1 else _resize(img[None], (math.ceil(h0 * r), math.ceil(w0 * r)))[0]

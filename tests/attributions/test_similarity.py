@@ -150,13 +150,13 @@ def test_gem_is_complete_and_interpolates_avg_and_max():
     q2, r2 = images(1, 4, seed=9) + 0.1, images(2, 4, seed=10) + 0.1
     avg = SimilarityMaps(identity_embedder(nn.AdaptiveAvgPool2d(1)), "0", upsample=False)
     gem1 = SimilarityMaps(identity_embedder(GeM(1.0)), "0", pooling="gem", p=1.0, upsample=False)
-    for got, want in zip(gem1(q2, r2), avg(q2, r2)):
+    for got, want in zip(gem1(q2, r2), avg(q2, r2), strict=True):
         torch.testing.assert_close(got, want)
     mx = SimilarityMaps(
         identity_embedder(nn.AdaptiveMaxPool2d(1)), "0", pooling="max", upsample=False
     )
     gem = SimilarityMaps(identity_embedder(GeM(400.0)), "0", pooling="gem", p=400.0, upsample=False)
-    for got, want in zip(gem(q2, r2), mx(q2, r2)):
+    for got, want in zip(gem(q2, r2), mx(q2, r2), strict=True):
         torch.testing.assert_close(got, want, atol=0.02, rtol=0)
 
 

@@ -434,7 +434,10 @@ def test_similarity_maps_on_a_clip_vision_tower():
     q_maps, r_maps = sim(query, refs)
     assert q_maps.shape == (3, 32, 32) and r_maps.shape == (3, 32, 32)
     assert torch.isfinite(q_maps).all() and torch.isfinite(r_maps).all()
-    emb = lambda t: F.normalize(clip(t).image_embeds, dim=1)
+
+    def emb(t):
+        return F.normalize(clip(t).image_embeds, dim=1)
+
     expected = (emb(query) @ emb(refs).T)[0]
     torch.testing.assert_close(sim.similarity(query, refs).double(), expected)
     assert hook_count(clip) == 0

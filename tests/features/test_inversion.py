@@ -105,7 +105,10 @@ def test_tv_smooths_the_identity_inversion():
     x0 = photo(64)
     net = nn.Sequential(nn.Identity())
     res = Inversion(net, "0", lambda_tv=1.0)(x0)
-    y = lambda x: x * 255 * torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
+
+    def y(x):
+        return x * 255 * torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
+
     assert float(total_variation(y(res.images[0]))) < 0.6 * float(total_variation(y(x0)))
     assert 0.05 < float(image_error(res.images[0], x0, STD)) < 0.5  # smoothed, not recovered
 

@@ -45,7 +45,7 @@ def test_shortcut_is_described_outside_the_object(planted):
     labels = ground_truth_labels(test, pick)
     assert list(labels[0]) == [PATCH_NAME, "shirt"]
     descriptions = Verbalizer().describe(maps, "shirt", labels, objects=test.class_names)
-    for d, m, lab in zip(descriptions, maps, labels):
+    for d, m, lab in zip(descriptions, maps, labels, strict=True):
         top = d.regions[0]
         assert (top.label, top.outside, top.row, top.col) == (PATCH_NAME, "shirt", "upper", "left")
         assert re.match(

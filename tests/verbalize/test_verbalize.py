@@ -113,7 +113,8 @@ def test_gaussian_and_rest():
     assert Verbalizer()(gaussian(), "dog") == [
         (
             "The prediction 'dog' relies mostly on a medium-sized region on the left (76.9% of the "
-            "positive relevance, 14.8% of the image). The remaining 23.1% lies outside these regions."
+            "positive relevance, 14.8% of the image). "
+            "The remaining 23.1% lies outside these regions."
         )
     ]
 
@@ -202,9 +203,9 @@ def test_listing_and_top_share_and_merge():
     # top share 0.5: the 675 brightest pixels hold half; ties keep the whole block of ones
     assert Verbalizer(threshold="top_share", value=0.5)(s, "cat") == [
         (
-            "The prediction 'cat' relies mostly on a medium-sized region in the upper left (66.7% of "
-            "the positive relevance, 11.1% of the image). The remaining 33.3% lies outside these "
-            "regions."
+            "The prediction 'cat' relies mostly on a medium-sized region in the upper left "
+            "(66.7% of the positive relevance, 11.1% of the image). "
+            "The remaining 33.3% lies outside these regions."
         )
     ]
     gap = block((slice(30, 60), slice(10, 40), 1.0), (slice(30, 60), slice(42, 72), 1.0))
@@ -365,8 +366,10 @@ def test_prompt_contains_every_fact():
     v = Verbalizer(sign="both")
     (d,) = v.describe(s, "cat", labels, objects="bird")
     seen = []
-    (r,) = InstructionVerbalizer(lambda p: seen.append(p) or "fine", verbalizer=v,
-                                 objective="saliency")(s, "cat", labels, objects="bird")  # fmt: skip
+    llm = InstructionVerbalizer(
+        lambda p: seen.append(p) or "fine", verbalizer=v, objective="saliency"
+    )
+    (r,) = llm(s, "cat", labels, objects="bird")
     (prompt,) = seen
     assert r.description.text == d.text and d.rest > 0.05 and d.against
     for sentence in d.sentences:  # every number and phrase of the model-free text

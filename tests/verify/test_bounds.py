@@ -141,7 +141,7 @@ def _check_sound(model, x, eps, mask, norm, clip=None, n=1500, seed=0):
     with torch.no_grad():
         flat = pts.flatten(0, 1)
         values = bm.values(flat)
-    for (low, high), v, op in zip(node_bounds, values, bm.graph.ops):
+    for (low, high), v, op in zip(node_bounds, values, bm.graph.ops, strict=True):
         v = v.view(pts.shape[0], x.shape[0], *v.shape[1:])
         assert (v >= low - TOL).all() and (v <= high + TOL).all(), op.name
     out = values[-1].view(pts.shape[0], x.shape[0], -1)
@@ -336,7 +336,7 @@ def test_hand_written_transposes_equal_the_generic_vjp():
         lam = torch.randn(2, 3, *op.shape, dtype=torch.float64)
         fast, _ = _back_affine(op, lam, in_shapes)
         slow = _vjp(op, lam.flatten(0, 1), in_shapes)
-        for a, b in zip(fast, slow):
+        for a, b in zip(fast, slow, strict=True):
             torch.testing.assert_close(a.flatten(0, 1), b, rtol=1e-12, atol=1e-12)
 
 

@@ -10,6 +10,10 @@ Used by the CLI demo and ``notebooks/04_concepts.ipynb``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["concepts_demo"]
 
@@ -53,7 +57,6 @@ def concepts_demo(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     model = load_mobilenet_v2()
     image = preprocess(dict(sample_photos_raw())[photo], size)
     ce = ConceptExtractor(
@@ -71,7 +74,7 @@ def concepts_demo(
     importance = ce.importance(method="sobol")
     paths: list[Path] = []
 
-    def save(fig, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out / name
         fig.savefig(path, dpi=110)
         paths.append(path)
@@ -81,7 +84,8 @@ def concepts_demo(
         importances=importance,
         n_crops=5,
         title=f"Concepts of '{label}' at features.18 (Sobol importance)",
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     save(fig, "concepts_gallery.png")
     fig = concept_overlay(
@@ -90,7 +94,8 @@ def concepts_demo(
         importances=importance,
         n_concepts=min(4, n_concepts),
         title=f"Where the top concepts of '{label}' are",
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     )
     save(fig, "concepts_maps.png")
     crops = ce.crops()
@@ -99,7 +104,8 @@ def concepts_demo(
         local,
         images=crops,
         min_count=max(2, n_patches // 10),
-        **norm,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         title=f"Crops of '{label}' by the concepts that drive the score (gradient x input)",
     )
     save(fig, "concepts_clusters.png")

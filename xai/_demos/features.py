@@ -10,6 +10,8 @@ stays fast (about 10 s on 2 CPU cores); ``full=True`` uses the papers' settings 
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from pathlib import Path
 
 __all__ = ["DEMO_CHANNELS", "DEMO_LAYERS", "features_demo"]
@@ -95,7 +97,7 @@ def features_demo(
     for layer, k in channels:
         by_layer.setdefault(layer, []).append(k)
     for layer, ks in by_layer.items():
-        objective = sum(Channel(layer, k, batch=i) for i, k in enumerate(ks))
+        objective = reduce(operator.add, [Channel(layer, k, batch=i) for i, k in enumerate(ks)])
         vis = FeatureVisualization(
             model, objective, batch=len(ks), seed=seed, progress=progress, **vis_settings
         )

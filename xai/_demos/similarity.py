@@ -9,10 +9,14 @@ CLI demo and ``notebooks/05_similarity.ipynb``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PooledFeatures", "similarity_demo", "tuxpaint_stamps"]
 
@@ -28,7 +32,10 @@ class PooledFeatures(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        self.features = backbone.features
+        features = getattr(backbone, "features", None)
+        if not isinstance(features, nn.Module):
+            raise TypeError("backbone must have a `features` module (e.g. torchvision MobileNetV2)")
+        self.features = features
 
     def forward(self, x: Tensor) -> Tensor:
         return self.features(x).mean((2, 3))
@@ -108,13 +115,12 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     out.mkdir(parents=True, exist_ok=True)
     model = PooledFeatures(load_mobilenet_v2())
     sim = SimilarityMaps(model, "features.18", pooling="avg", metric="cosine", batch_size=16)
-    norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     photos = sample_photos_raw()
     names = [n for n, _ in photos]
     batch = _batch(photos, size)
     paths: list[Path] = []
 
-    def save(fig, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out / name
         fig.savefig(path, dpi=110)
         paths.append(path)
@@ -132,7 +138,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
             float(result.scores[0]),
             metric="cosine",
             titles=(names[a], names[b]),
-            **norm,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         ),
         "similarity_pair.png",
     )
@@ -151,7 +158,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
             hits.scores,
             region=box,
             labels=[names[i] for i in hit_rows],
-            **norm,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         ),
         "similarity_region_search.png",
     )
@@ -160,7 +168,14 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
     gallery = list(range(min(12, len(names))))
     matrix = sim.matrix(batch[gallery])
     save(
-        similarity_graph(batch[gallery], matrix, k=2, labels=[names[i] for i in gallery], **norm),
+        similarity_graph(
+            batch[gallery],
+            matrix,
+            k=2,
+            labels=[names[i] for i in gallery],
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
         "similarity_graph.png",
     )
 
@@ -179,7 +194,8 @@ def similarity_demo(out_dir: str | Path, *, size: int = 224, top_k: int = 4) -> 
                 res.scores[order],
                 query_map=res.query_maps[order[0]],
                 labels=[stamps[1 + int(i)][0] for i in order],
-                **norm,
+                mean=IMAGENET_MEAN,
+                std=IMAGENET_STD,
             ),
             "similarity_tuxpaint.png",
         )

@@ -24,13 +24,14 @@ attention (Swin) has no token-to-token matrix over the whole image and is refuse
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from xai.adapter.hooks import hooks
+from xai.adapter.hooks import ForwardHook, KwargsPreHook, hooks
 from xai.adapter.layers import _unwrap
 
 __all__ = ["AttentionSite", "attention_maps", "attention_sites", "eager_attention"]
@@ -79,9 +80,10 @@ def _site(name: str, module: nn.Module) -> AttentionSite | None:
             tuple((qkv, slice(i * dim, (i + 1) * dim), r) for i, r in enumerate(roles)),
         )
     projections = [getattr(module, f"{r}_proj", None) for r in ("q", "k", "v")]
-    if hasattr(module, "config") and all(isinstance(p, nn.Linear) for p in projections):
+    linears = [p for p in projections if isinstance(p, nn.Linear)]
+    if hasattr(module, "config") and len(linears) == 3:
         return AttentionSite(
-            name, module, "hf", tuple((p, None, r) for p, r in zip(projections, "qkv"))
+            name, module, "hf", tuple((p, None, r) for p, r in zip(linears, "qkv", strict=True))
         )
     return None
 
@@ -139,7 +141,8 @@ def eager_attention(model: nn.Module) -> Iterator[list[AttentionSite]]:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         for module, _ in fused:
-            module.fused_attn = False
+            # nn.Module.__setattr__ is typed for tensors and modules only
+            module.fused_attn = False  # type: ignore[assignment]
         for config, _ in configs:
             config._attn_implementation = "eager"
         torch.backends.mha.set_fastpath_enabled(False)
@@ -205,12 +208,12 @@ def attention_maps(model: nn.Module) -> Iterator[AttentionRecord]:
     """
     with eager_attention(model) as sites:
         record = AttentionRecord(sites)
-        forward: dict[nn.Module, object] = {}
-        pre_kwargs: dict[nn.Module, object] = {}
-        forward_kwargs: dict[nn.Module, object] = {}
+        forward: dict[nn.Module, ForwardHook] = {}
+        pre_kwargs: dict[nn.Module, KwargsPreHook] = {}
+        forward_kwargs: dict[nn.Module, Callable[..., Any]] = {}
         for site in sites:
             if site.kind == "timm":
-                forward[site.module.attn_drop] = _output_recorder(record, site)
+                forward[site.module.get_submodule("attn_drop")] = _output_recorder(record, site)
             elif site.kind == "hf":
                 forward[site.module] = _second_output_recorder(record, site)
             else:
@@ -219,7 +222,7 @@ def attention_maps(model: nn.Module) -> Iterator[AttentionRecord]:
         try:
             with hooks(
                 forward=forward,
-                forward_pre_kwargs=pre_kwargs,  # type: ignore[arg-type]
+                forward_pre_kwargs=pre_kwargs,
                 forward_kwargs=forward_kwargs,
             ):
                 yield record
@@ -258,6 +261,7 @@ def _mha_recorder(record: AttentionRecord, site: AttentionSite):
         value = kwargs.get("value", args[2] if len(args) > 2 else None)
         if (
             not isinstance(value, Tensor)
+            or not isinstance(module, nn.MultiheadAttention)
             or module.bias_k is not None
             or module.add_zero_attn
             or value.dim() != 3
@@ -280,7 +284,7 @@ def _mha_recorder(record: AttentionRecord, site: AttentionSite):
     return hook
 
 
-def _mha_from_weights(module: nn.Module, value: Tensor, weights: Tensor) -> Tensor:
+def _mha_from_weights(module: nn.MultiheadAttention, value: Tensor, weights: Tensor) -> Tensor:
     """``out_proj(concat_heads(weights @ v))`` of an ``nn.MultiheadAttention`` call."""
     import torch.nn.functional as F
 

@@ -40,12 +40,12 @@ def hooks(
     Gradients are taken with ``torch.autograd.grad`` on captured tensors instead.
     """
     with contextlib.ExitStack() as stack:
-        for module, fn in (forward_pre or {}).items():
-            stack.callback(module.register_forward_pre_hook(fn).remove)
-        for module, fn in (forward_pre_kwargs or {}).items():
-            stack.callback(module.register_forward_pre_hook(fn, with_kwargs=True).remove)
-        for module, fn in (forward_kwargs or {}).items():
-            stack.callback(module.register_forward_hook(fn, with_kwargs=True).remove)
-        for module, fn in (forward or {}).items():
-            stack.callback(module.register_forward_hook(fn).remove)
+        for module, pre in (forward_pre or {}).items():
+            stack.callback(module.register_forward_pre_hook(pre).remove)
+        for module, pre_kw in (forward_pre_kwargs or {}).items():
+            stack.callback(module.register_forward_pre_hook(pre_kw, with_kwargs=True).remove)
+        for module, post_kw in (forward_kwargs or {}).items():
+            stack.callback(module.register_forward_hook(post_kw, with_kwargs=True).remove)
+        for module, post in (forward or {}).items():
+            stack.callback(module.register_forward_hook(post).remove)
         yield

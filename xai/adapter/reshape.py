@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -89,7 +90,7 @@ class TokenLayout:
             torchvision), the default layer of layer methods; ``None`` if there is none.
     """
 
-    kind: str | None
+    kind: Literal["vit", "swin"] | None
     prefix: int | None = None
     grid: tuple[int, int] | None = None
     default_layer: str | None = None
@@ -159,10 +160,11 @@ def token_layout(model: nn.Module) -> TokenLayout:
     family = f"{type(model).__module__}.{type(model).__name__}".lower()
     if "swin" in family:
         return TokenLayout("swin", default_layer=default)
-    if hasattr(model, "num_prefix_tokens"):
+    n_prefix = getattr(model, "num_prefix_tokens", None)  # timm
+    if n_prefix is not None:
         embed = getattr(model, "patch_embed", None)
         grid = _pair(getattr(embed, "grid_size", None))
-        return TokenLayout("vit", int(model.num_prefix_tokens), grid, default)
+        return TokenLayout("vit", int(n_prefix), grid, default)
     config = getattr(model, "config", None)
     config = getattr(config, "vision_config", config)
     if config is not None and hasattr(config, "patch_size") and hasattr(config, "image_size"):

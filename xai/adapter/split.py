@@ -60,6 +60,8 @@ def layer_output(
         model: any ``nn.Module``.
         layer: dotted name or module (see :func:`xai.adapter.resolve_layer`).
         inputs: the model's input batch.
+        differentiable: keep the autograd graph back to ``inputs`` (default ``False``: detached,
+            under ``torch.no_grad()``).
 
     Returns:
         The layer's output for ``inputs``, detached (a clone: in-place operations after the

@@ -14,6 +14,7 @@ classes predicted on the clean inputs.
 from __future__ import annotations
 
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,11 +49,16 @@ def unwrap_output(output: Any) -> Tensor:
     )
 
 
-class Target:
-    """Base class: ``target(outputs) -> (B,)`` scores, one per sample."""
+class Target(ABC):
+    """Base class: ``target(outputs) -> (B,)`` scores, one per sample.
 
+    A subclass implements :meth:`__call__`; it may override the other methods (their defaults
+    suit a target without data-dependent choices or per-sample data).
+    """
+
+    @abstractmethod
     def __call__(self, outputs: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The ``(B,)`` scores of the model outputs ``outputs`` (one scalar per sample)."""
 
     def freeze(self, outputs: Tensor) -> Target:
         """The same target with any data-dependent choice (argmax) fixed from ``outputs``."""
@@ -67,7 +73,7 @@ class Target:
         """The target for a batch whose row ``j`` is a copy of original sample ``index[j]``."""
         return self
 
-    def check_batch(self, batch: int) -> None:
+    def check_batch(self, batch: int) -> None:  # noqa: B027 (optional: most targets hold no per-sample data)
         """Raise a ``ValueError`` early when per-sample data does not match the batch size."""
 
 
@@ -93,7 +99,7 @@ def class_indices(value: object, name: str = "target") -> int | Tensor:
     t = value
     if not isinstance(t, Tensor):
         try:
-            items = value if hasattr(value, "__array__") else list(value)  # type: ignore[arg-type]
+            items = value if hasattr(value, "__array__") else list(value)  # type: ignore[call-overload]
             t = torch.as_tensor(items)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}") from None
@@ -137,9 +143,11 @@ class ClassTarget(Target):
 
     @property
     def needs_freeze(self) -> bool:
+        """An argmax target (``classes=None``) must be fixed before perturbed copies."""
         return self.classes is None
 
     def check_batch(self, batch: int) -> None:
+        """One class per sample, when per-sample classes are given."""
         if isinstance(self.classes, Tensor) and self.classes.numel() != batch:
             raise ValueError(
                 f"got {self.classes.numel()} targets for a batch of {batch}; pass one "
@@ -175,13 +183,16 @@ class ClassTarget(Target):
         return idx
 
     def __call__(self, outputs: Tensor) -> Tensor:
+        """The logit of each sample's class, ``(B,)``."""
         idx = self.indices(outputs)
         return outputs.gather(1, idx[:, None])[:, 0]
 
     def freeze(self, outputs: Tensor) -> ClassTarget:
+        """The classes fixed from ``outputs`` (the argmax, for ``classes=None``)."""
         return ClassTarget(self.indices(outputs).cpu())
 
     def select(self, index: Tensor) -> ClassTarget:
+        """The classes of the original samples ``index`` (after :meth:`freeze`)."""
         if self.classes is None:
             raise RuntimeError("freeze() an argmax target before select()")
         if isinstance(self.classes, int):
@@ -204,14 +215,17 @@ class ProbabilityTarget(ClassTarget):
         self.activation = activation
 
     def __call__(self, outputs: Tensor) -> Tensor:
+        """The probability of each sample's class, ``(B,)``."""
         idx = self.indices(outputs)
         probs = outputs.softmax(1) if self.activation == "softmax" else outputs.sigmoid()
         return probs.gather(1, idx[:, None])[:, 0]
 
     def freeze(self, outputs: Tensor) -> ProbabilityTarget:
+        """The classes fixed from ``outputs`` (the argmax, for ``classes=None``)."""
         return ProbabilityTarget(self.indices(outputs).cpu(), self.activation)
 
     def select(self, index: Tensor) -> ProbabilityTarget:
+        """The classes of the original samples ``index`` (after :meth:`freeze`)."""
         frozen = super().select(index)
         return ProbabilityTarget(frozen.classes, self.activation)
 
@@ -223,6 +237,7 @@ class CallableTarget(Target):
         self.fn = fn
 
     def __call__(self, outputs: Tensor) -> Tensor:
+        """``fn(outputs)``, checked to be one scalar per sample."""
         return _check_scores(self.fn(outputs), outputs.shape[0], "a target callable")
 
 
@@ -239,6 +254,7 @@ class SegmentationTarget(Target):
         self.mask = mask
 
     def __call__(self, outputs: Tensor) -> Tensor:
+        """The class's logits summed over the mask, ``(B,)``."""
         if outputs.dim() != 4:
             raise ValueError(
                 f"SegmentationTarget needs (B, K, H, W) outputs, got {tuple(outputs.shape)}"
@@ -255,6 +271,7 @@ class SegmentationTarget(Target):
         return scores.flatten(1).sum(1)
 
     def select(self, index: Tensor) -> SegmentationTarget:
+        """The masks of the original samples ``index`` (a shared mask is kept)."""
         if self.mask is not None and self.mask.dim() == 3:
             return SegmentationTarget(self.cls, self.mask[index.to(self.mask.device)])
         return self
@@ -279,6 +296,7 @@ class SimilarityTarget(Target):
         self.metric = metric
 
     def __call__(self, outputs: Tensor) -> Tensor:
+        """The similarity of each embedding to its reference, ``(B,)``."""
         if outputs.dim() != 2:
             raise ValueError(
                 f"SimilarityTarget needs (B, D) embeddings, got {tuple(outputs.shape)}"
@@ -295,6 +313,7 @@ class SimilarityTarget(Target):
         return (outputs * ref).sum(1)
 
     def check_batch(self, batch: int) -> None:
+        """One reference per sample, when per-sample references are given."""
         if self.reference.dim() == 2 and self.reference.shape[0] != batch:
             raise ValueError(
                 f"got {self.reference.shape[0]} reference embeddings for a batch of {batch}; "
@@ -302,6 +321,7 @@ class SimilarityTarget(Target):
             )
 
     def select(self, index: Tensor) -> SimilarityTarget:
+        """The references of the original samples ``index`` (a shared one is kept)."""
         if self.reference.dim() == 2:
             return SimilarityTarget(self.reference[index.to(self.reference.device)], self.metric)
         return self

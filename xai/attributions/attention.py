@@ -22,7 +22,7 @@ Windowed attention (Swin) and CNNs are refused with a message that says why.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ class _AttentionMethod(Attribution):
     accepts_additional_inputs: ClassVar[bool] = False  # attention is read from one forward
 
     def __init__(
-        self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs
+        self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(model, **kwargs)
         if token not in ("auto", "cls", "mean"):
@@ -71,7 +71,9 @@ class _AttentionMethod(Attribution):
         self.upsample = upsample
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
+    def create(
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any
+    ) -> Attribution:
         """Registry constructor; ``layer`` is ignored (every block's attention is used)."""
         return cls(model, **kwargs)
 
@@ -83,7 +85,8 @@ class _AttentionMethod(Attribution):
             token = "cls" if prefix else "mean"
         row = relevance[:, 0] if token == "cls" else relevance.mean(1)  # (B, N)
         grid = vit_reshape(row[..., None], prefix, self.layout.grid)[:, 0]  # (B, h, w)
-        return upsample(grid, tuple(inputs.shape[-2:])) if self.upsample else grid
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        return upsample(grid, size) if self.upsample else grid
 
     def _maps(self, inputs: Tensor, target: Target, gradients: bool) -> tuple[list, list]:
         """Attention maps (and their gradients) per block, for one chunk."""
@@ -131,7 +134,12 @@ class AttentionRollout(_AttentionMethod):
     """
 
     def __init__(
-        self, model: nn.Module, *, head_fusion: str = "mean", discard_ratio: float = 0.0, **kwargs
+        self,
+        model: nn.Module,
+        *,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         if head_fusion not in HEAD_FUSIONS:
@@ -189,7 +197,7 @@ class CheferRelevance(_AttentionMethod):
     def _chunk(self, inputs: Tensor, target: Target) -> Tensor:
         maps, grads = self._maps(inputs, target, gradients=True)
         relevance = None
-        for attn, grad in zip(maps, grads):
+        for attn, grad in zip(maps, grads, strict=True):
             attn = attn.to(torch.promote_types(attn.dtype, torch.float32))
             weighted = (grad.to(attn.dtype) * attn).clamp(min=0).mean(1)  # (B, N, N)
             if relevance is None:

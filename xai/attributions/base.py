@@ -13,6 +13,7 @@ import copy
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 import torch
@@ -155,7 +156,7 @@ class Attribution(ABC):
                 NaN, or additional inputs given to a method that cannot pass them on.
         """
         refusal = (
-            f"{self.name} explains images only ({self.rank_note}; the methods for videos and "
+            f"{getattr(self, 'name', type(self).__name__)} explains images only ({self.rank_note}; the methods for videos and "
             "volumes are listed by xai.attributions.available(rank=5))"
         )
         x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
@@ -234,6 +235,41 @@ def normalize_per_sample(maps: Tensor, eps: float = 0.0) -> Tensor:
     return out.view_as(maps)
 
 
+@dataclass(frozen=True)
+class LayerView:
+    """What a :class:`LayerAttribution` sees of one layer after the forward (and backward) pass.
+
+    Attributes:
+        name: the layer's dotted name in the model.
+        activations: the layer's output ``(B, K, h, w)`` (token outputs reshaped to a grid),
+            detached, in the input's dtype promoted to at least float32.
+        gradients: ``d score / d activations``, same shape and dtype; ``None`` for
+            gradient-free methods (``needs_gradients = False``).
+        inputs: the explained batch ``(B, C, H, W)``, detached.
+        target: the target, frozen on ``outputs`` (an argmax target is fixed).
+        outputs: the model output of the pass, detached.
+        layer_input: the layer's first positional input, detached, as the layer received it;
+            only for methods whose ``needs_layer_input`` is true, else ``None``.
+    """
+
+    name: str
+    activations: Tensor
+    gradients: Tensor | None
+    inputs: Tensor
+    target: Target
+    outputs: Tensor
+    layer_input: Tensor | None = None
+
+    def require_gradients(self) -> Tensor:
+        """``gradients``, for the methods that need them (they are ``None`` otherwise)."""
+        if self.gradients is None:
+            raise RuntimeError(
+                f"no gradients were taken at layer {self.name!r}: a method that reads them must "
+                "keep needs_gradients = True"
+            )
+        return self.gradients
+
+
 class LayerAttribution(Attribution):
     """Base of methods that read one or several layers (the Grad-CAM family, NormGrad).
 
@@ -278,7 +314,10 @@ class LayerAttribution(Attribution):
     ) -> None:
         super().__init__(model, **kwargs)
         self.adapter = ModelAdapter(model, reshape=reshape)
-        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        # a str is a Sequence too: only lists and tuples are several layers
+        layers: list[LayerLike] = (
+            list(layer) if isinstance(layer, (list, tuple)) else [layer]  # type: ignore[list-item]
+        )
         if not layers:
             raise ValueError("layer must name at least one layer")
         self.layers = [self.adapter.resolve(item)[0] for item in layers]
@@ -292,8 +331,13 @@ class LayerAttribution(Attribution):
         self.upsample = upsample
         self.fusion = fusion
 
+    @property
+    def needs_layer_input(self) -> bool:
+        """Whether :meth:`_layer_map` reads the layer's input (then captured, else not kept)."""
+        return False
+
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        with self.adapter.capture(self.layers) as cap:
+        with self.adapter.capture(self.layers, inputs=self.needs_layer_input) as cap:
             with torch.set_grad_enabled(self.needs_gradients):
                 outputs = self.adapter.forward(inputs, cap)
             target = target.freeze(outputs.detach())  # validates the target, fixes argmax
@@ -302,27 +346,30 @@ class LayerAttribution(Attribution):
             # half precision is reduced in float32; float64 stays float64
             acts = {n: a.to(map_dtype(a)) for n, a in cap.activations.items()}
             grads = {n: cap.gradients[n].to(acts[n].dtype) for n in cap.gradients}
+            layer_inputs = dict(cap.inputs)
             outputs = outputs.detach()
         # Maps are computed with the hooks removed: methods that run more forwards (Score-CAM)
         # must not re-trigger the capture.
-        maps = {}
+        maps: dict[str, Tensor] = {}
         for name in self.layers:
             _check_finite_activations(acts[name], name)
             if name in grads:
                 warn_if_zero(grads[name], name)
-            maps[name] = self._layer_map(acts[name], grads.get(name), inputs, target, outputs)
+            view = LayerView(
+                name=name,
+                activations=acts[name],
+                gradients=grads.get(name),
+                inputs=inputs,
+                target=target,
+                outputs=outputs,
+                layer_input=layer_inputs.get(name),
+            )
+            maps[name] = self._layer_map(view)
         return self._fuse(maps, inputs)
 
     @abstractmethod
-    def _layer_map(
-        self,
-        activations: Tensor,
-        gradients: Tensor | None,
-        inputs: Tensor,
-        target: Target,
-        outputs: Tensor,
-    ) -> Tensor:
-        """Map ``(B, h, w)`` of one layer from its activations ``(B, K, h, w)`` and gradients."""
+    def _layer_map(self, view: LayerView) -> Tensor:
+        """Map ``(B, h, w)`` of one layer from what :class:`LayerView` holds of it."""
 
     layer_weights: Tensor | None = None
     """Per-layer weights for ``"mean"``/``"geometric_mean"`` fusion (``None``: uniform)."""

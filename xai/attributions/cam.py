@@ -15,7 +15,13 @@ from xai._spatial import resize
 from xai._typing import LayerLike
 from xai.adapter import ClassTarget, ProbabilityTarget, Target, freeze, score_rows
 from xai.adapter.rules import guided_relus
-from xai.attributions.base import LayerAttribution, reduce_channels, register, upsample
+from xai.attributions.base import (
+    LayerAttribution,
+    LayerView,
+    reduce_channels,
+    register,
+    upsample,
+)
 
 __all__ = [
     "EigenCAM",
@@ -62,8 +68,9 @@ class GradCAM(LayerAttribution):
         >>> maps = GradCAM(model, layer="layer4")(images, target=None)
     """
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
-        return _weighted_sum(gradients.mean(_spatial_dims(gradients)), activations)
+    def _layer_map(self, view: LayerView) -> Tensor:
+        gradients = view.require_gradients()
+        return _weighted_sum(gradients.mean(_spatial_dims(gradients)), view.activations)
 
 
 @register
@@ -80,8 +87,8 @@ class HiResCAM(LayerAttribution):
 
     name = "hires_cam"
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
-        return F.relu((gradients * activations).sum(1))
+    def _layer_map(self, view: LayerView) -> Tensor:
+        return F.relu((view.require_gradients() * view.activations).sum(1))
 
 
 @register
@@ -108,7 +115,8 @@ class GradCAMPlusPlus(LayerAttribution):
         super().__init__(model, layer, **kwargs)
         self.eps = float(eps)
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
+    def _layer_map(self, view: LayerView) -> Tensor:
+        activations, gradients = view.activations, view.require_gradients()
         dims = _spatial_dims(gradients)
         g2 = gradients.pow(2)
         g3 = g2 * gradients
@@ -141,7 +149,8 @@ class XGradCAM(LayerAttribution):
         super().__init__(model, layer, **kwargs)
         self.eps = float(eps)
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
+    def _layer_map(self, view: LayerView) -> Tensor:
+        activations, gradients = view.activations, view.require_gradients()
         dims = _spatial_dims(activations)
         norm = activations.sum(dims, keepdim=True) + self.eps
         safe = torch.where(norm != 0, norm, torch.ones_like(norm))
@@ -160,8 +169,8 @@ class LayerCAM(LayerAttribution):
         Localization", IEEE TIP 2021.
     """
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
-        return F.relu((F.relu(gradients) * activations).sum(1))
+    def _layer_map(self, view: LayerView) -> Tensor:
+        return F.relu((F.relu(view.require_gradients()) * view.activations).sum(1))
 
 
 @register
@@ -213,7 +222,7 @@ class ScoreCAM(LayerAttribution):
 
     def _score_target(self, target: Target) -> Target:
         if self.weighting == "probability" and type(target) is ClassTarget:
-            return ProbabilityTarget(target.classes)  # type: ignore[attr-defined]
+            return ProbabilityTarget(target.classes)
         return target
 
     def _masks(self, channels: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -227,8 +236,9 @@ class ScoreCAM(LayerAttribution):
         span = hi - lo
         return torch.where(span > 0, (masks - lo) / span.clamp_min(1e-12), 0.0)
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
-        target = self._score_target(target)
+    def _layer_map(self, view: LayerView) -> Tensor:
+        activations, inputs = view.activations, view.inputs
+        target = self._score_target(view.target)
         b, k = activations.shape[:2]
         size = tuple(inputs.shape[2:])
         sample_of = torch.arange(b).repeat_interleave(k)  # row r = (sample r // k, channel r % k)
@@ -282,7 +292,8 @@ class EigenCAM(LayerAttribution):
         super().__init__(model, layer, **kwargs)
         self.center = center
 
-    def _layer_map(self, activations, gradients, inputs, target, outputs):
+    def _layer_map(self, view: LayerView) -> Tensor:
+        activations = view.activations
         b, k = activations.shape[:2]
         spatial = activations.shape[2:]
         mat = activations.reshape(b, k, -1).transpose(1, 2).double()  # (B, hw, K)

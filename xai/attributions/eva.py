@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int
+from xai._typing import LayerLike
 from xai.adapter import Target
 from xai.adapter.targets import CallableTarget, ClassTarget
 from xai.attributions.base import Attribution, register
@@ -112,7 +113,7 @@ class EVA(Attribution):
     HYBRID_PARAMETERS: ClassVar[int] = 1_000_000
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer=None, **kwargs) -> EVA:
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any) -> EVA:
         """Registry construction with cheap settings (see ``registry_defaults``)."""
         defaults = dict(cls.registry_defaults)
         n_params = sum(p.numel() for p in model.parameters())

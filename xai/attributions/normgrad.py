@@ -49,13 +49,13 @@ min-max normalized per sample and combined (``fusion``): ``"product"`` (the auth
 code, the default), ``"geometric_mean"`` / ``"mean"`` (weighted geometric / arithmetic means of
 their TorchRay branch, with ``layer_weights``), or ``"max"``.
 
-:class:`MetaSaliency` wraps any method with the paper's meta-saliency step (one SGD step on
-the target class, on a copy of the model) to make it more class-sensitive.
+:class:`~xai.attributions.meta_saliency.MetaSaliency` wraps any method with the paper's
+meta-saliency step (one SGD step on the target class, on a copy of the model) to make it more
+class-sensitive.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -64,12 +64,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
-from xai.adapter import Target, freeze
-from xai.adapter.capture import warn_if_zero
-from xai.attributions.base import FUSIONS, Attribution, LayerAttribution, register
+from xai.attributions.base import FUSIONS, LayerAttribution, LayerView, register
 
 __all__ = [
-    "MetaSaliency",
     "NormGrad",
     "PRESETS",
     "SelectiveNormGrad",
@@ -425,35 +422,26 @@ class SpatialContribution(LayerAttribution):
     ) -> SpatialContribution:
         """Build one of :data:`PRESETS` (``"grad_cam"``, ``"norm_grad"``, ...) at ``layer``."""
         _check_choice(preset, "preset", tuple(PRESETS))
-        return cls(model, layer, **{**PRESETS[preset], **kwargs})  # type: ignore[arg-type]
+        return cls(model, layer, **{**PRESETS[preset], **kwargs})
 
-    def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
+    @property
+    def needs_layer_input(self) -> bool:
+        """``virtual_layer="proper"`` unfolds the convolution's input."""
+        return self.virtual_layer == "proper"
+
+    def _layer_map(self, view: LayerView) -> Tensor:
         proper = self.virtual_layer == "proper"
-        with self.adapter.capture(self.layers, inputs=proper) as cap:
-            outputs = self.adapter.forward(inputs, cap)
-            target = target.freeze(outputs.detach())
-            cap.backward(target(outputs))
-            maps = {}
-            for name in self.layers:
-                acts = cap.activations[name]
-                dtype = torch.promote_types(acts.dtype, torch.float32)
-                grads = cap.gradients[name].to(dtype)
-                warn_if_zero(grads, name)
-                maps[name] = spatial_contribution(
-                    acts.to(dtype),
-                    grads,
-                    virtual_layer=self.virtual_layer,
-                    aggregation=self.aggregation,
-                    gradient_reduction=self.gradient_reduction,
-                    relu=self.relu,
-                    with_bias=self.with_bias,
-                    layer_inputs=cap.inputs.get(name),
-                    conv=self.adapter.resolve(name)[1] if proper else None,  # type: ignore
-                )
-        return self._fuse(maps, inputs)
-
-    def _layer_map(self, activations, gradients, inputs, target, outputs):  # pragma: no cover
-        raise NotImplementedError("SpatialContribution computes its maps in _attribute")
+        return spatial_contribution(
+            view.activations,
+            view.require_gradients(),
+            virtual_layer=self.virtual_layer,
+            aggregation=self.aggregation,
+            gradient_reduction=self.gradient_reduction,
+            relu=self.relu,
+            with_bias=self.with_bias,
+            layer_inputs=view.layer_input,
+            conv=self.adapter.resolve(view.name)[1] if proper else None,  # type: ignore[arg-type]
+        )
 
 
 @register
@@ -472,7 +460,7 @@ class NormGrad(SpatialContribution):
     Caveat (paper and tests): at the last convolutional layer of a network ending in global
     average pooling + a linear layer the gradient is spatially constant, so NormGrad gives the
     same map for every class; use :class:`SelectiveNormGrad`, an earlier layer, or
-    :class:`MetaSaliency`.
+    :class:`~xai.attributions.meta_saliency.MetaSaliency`.
 
     Args:
         model: the model to explain.
@@ -530,120 +518,3 @@ class SelectiveNormGrad(SpatialContribution):
         kwargs.setdefault("virtual_layer", "scaling")
         kwargs.setdefault("aggregation", "selective")
         super().__init__(model, layer, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# meta-saliency
-# --------------------------------------------------------------------------------------------
-@register
-class MetaSaliency(Attribution):
-    r"""Meta-saliency: explain the model after one SGD step towards the target class.
-
-    For each sample: copy the model (a deep copy, made once per call; the user's model is never
-    touched), put the copy in eval mode, take one plain SGD step (no momentum, no weight decay)
-    with learning rate ``lr`` on the loss of that sample's target, compute the wrapped
-    method's map on the updated copy, and reset the copy's parameters for the next sample.
-    Samples are processed one at a time, so the map of a sample does not depend on the rest of
-    the batch. Makes any saliency method more class-sensitive (Rebuffi et al., CVPR 2020).
-
-    Args:
-        method: the saliency method to wrap (any :class:`~xai.attributions.base.Attribution`);
-            it is re-bound to the copy with :meth:`Attribution.rebind`.
-        lr: the SGD learning rate; default ``0.0025``, the value of the authors' experiments
-            (their function's own default is ``1e-4``).
-        loss: ``"cross_entropy"`` (default, the paper): :math:`\log\sum_k e^{o_k} - y`, which
-            is the cross-entropy of the target class when the target is a class (or a callable
-            returning a logit); needs ``(B, n_classes)`` outputs. ``"score"``: :math:`-y`
-            (any target, e.g. segmentation).
-        ascent: take a gradient-ascent step instead ("what would make it not this class",
-            the authors' ``negate_loss``); default ``False``.
-        **kwargs: ``batch_size``, ``seed``, ``progress`` (see :class:`Attribution`).
-
-    Returns:
-        the wrapped method's ``(B, H, W)`` maps on the updated model.
-
-    References:
-        Rebuffi, Fong, Ji, Vedaldi, "There and Back Again: Revisiting Backpropagation
-        Saliency Methods", CVPR 2020.
-
-    Example:
-        >>> maps = MetaSaliency(NormGrad(model, "layer4"))(images, target=None)
-    """
-
-    def __init__(
-        self,
-        method: Attribution,
-        *,
-        lr: float = 0.0025,
-        loss: str = "cross_entropy",
-        ascent: bool = False,
-        **kwargs,
-    ) -> None:
-        if not isinstance(method, Attribution):
-            raise TypeError(
-                f"method must be an xai Attribution (e.g. NormGrad(model, 'layer4')), got "
-                f"{type(method).__name__}"
-            )
-        super().__init__(method.model, **kwargs)
-        _check_choice(loss, "loss", ("cross_entropy", "score"))
-        if not float(lr) >= 0:
-            raise ValueError(f"lr must be a non-negative number, got {lr!r}")
-        self.method = method
-        self.lr = float(lr)
-        self.loss = loss
-        self.ascent = bool(ascent)
-        self.class_score = method.class_score
-
-    @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
-        """Meta-saliency of :class:`NormGrad` at ``layer`` (what the registry-driven code runs)."""
-        return cls(NormGrad.create(model, layer=layer), **kwargs)
-
-    def rebind(self, model: nn.Module) -> MetaSaliency:
-        clone = super().rebind(model)
-        clone.method = self.method.rebind(model)
-        return clone  # type: ignore[return-value]
-
-    def _loss(self, outputs: Tensor, target: Target) -> Tensor:
-        scores = target(outputs)
-        if self.loss == "score":
-            loss = -scores
-        else:
-            if outputs.dim() != 2:
-                raise ValueError(
-                    f"loss='cross_entropy' needs (B, n_classes) outputs, got "
-                    f"{tuple(outputs.shape)}; use MetaSaliency(..., loss='score')"
-                )
-            loss = torch.logsumexp(outputs, dim=1) - scores
-        loss = loss.sum()
-        return -loss if self.ascent else loss
-
-    def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        target = freeze(self.adapter, inputs, target)
-        original = self.adapter.module
-        model = copy.deepcopy(original)
-        model.eval()
-        params = [p for p in model.parameters()]
-        for p in params:
-            p.requires_grad_(True)
-        saved = [p.detach().clone() for p in params]
-        method = self.method.rebind(model)
-        extras = self.adapter.additional_inputs
-        maps = []
-        for i in range(inputs.shape[0]):
-            row = torch.tensor([i], device=inputs.device)
-            sample_target = target.select(row)
-            x = inputs[i : i + 1]
-            mine = None if extras is None else extras.subset(row)  # this sample's extras
-            with torch.no_grad():
-                for p, value in zip(params, saved):
-                    p.copy_(value)
-            with method.adapter.bound(mine):
-                loss = self._loss(method.adapter.forward(x), sample_target)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        p.sub_(g, alpha=self.lr)
-            maps.append(method(x, sample_target, additional_inputs=mine))
-        return torch.cat(maps)

@@ -31,7 +31,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +43,16 @@ __all__ = ["explain_dataset", "load_maps", "ray_audit_state"]
 
 
 # ----------------------------------------------------------------------------- data sources
+class _Samples(Protocol):
+    """What the shards read: ``n`` samples, addressed by ``[start, stop)``."""
+
+    n: int
+
+    def get(self, start: int, stop: int) -> tuple[Any, Any, Any, Any]:
+        """``(inputs, labels, masks, groups)`` of samples ``[start, stop)``."""
+        ...
+
+
 class _Source:
     """Index-addressable samples: ``(inputs, labels, masks, groups)`` of ``[start, stop)``."""
 
@@ -51,7 +61,7 @@ class _Source:
 
         if isinstance(data, (Tensor, np.ndarray)):
             self.kind = "tensors"
-            self.tensors = tuple(
+            self.tensors: tuple[Tensor | None, ...] = tuple(
                 None
                 if t is None
                 else torch.as_tensor(np.asarray(t) if not isinstance(t, Tensor) else t)
@@ -59,7 +69,7 @@ class _Source:
             )
             if self.tensors[1] is None:
                 raise ValueError("with a tensor of images, pass labels=(N,) class indices")
-            self.n = int(self.tensors[0].shape[0])
+            self.n = int(data.shape[0])
         elif isinstance(data, Dataset) or (
             hasattr(data, "__getitem__") and hasattr(data, "__len__")
         ):
@@ -89,6 +99,16 @@ class _Source:
         return _unpack(batch)
 
 
+def _required(value: Any, name: str) -> Tensor:
+    """``value`` (tensor, array or list) as a tensor; ``None`` is an error here."""
+    from xai.audit.audit import _as_tensor
+
+    tensor = _as_tensor(value, name)
+    if tensor is None:
+        raise ValueError(f"the shard has no {name}")
+    return tensor
+
+
 def _shards(n: int, shard_size: int) -> list[tuple[int, int, int]]:
     return [(i, s, min(s + shard_size, n)) for i, s in enumerate(range(0, n, shard_size))]
 
@@ -98,18 +118,20 @@ class _ShardWorker:
     """A Ray Data actor: one copy of the model and explainer, one shard per call."""
 
     def __init__(self, model: nn.Module, explainer: Any, source_ref: Any, job: dict) -> None:
-        import ray
-
         self.model = model
         self.explainer = explainer
-        self.source = ray.get(source_ref[0]) if isinstance(source_ref, list) else source_ref
+        if isinstance(source_ref, list):  # [object ref], so that Ray does not resolve it early
+            import ray
+
+            source_ref = ray.get(source_ref[0])
+        self.source: _Samples = source_ref
         self.job = job
         if job["device"] == "cuda" and torch.cuda.is_available():
             self.model.to("cuda")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out_ids, out_payload = [], []
-        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"]):
+        for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
             payload = self._run(int(start), int(stop))
             out_ids.append(int(shard))
             out_payload.append(payload)
@@ -129,7 +151,7 @@ class _ShardWorker:
             state = AuditState(job["grid_size"], job["n_worst"], job["keep_for_concepts"])
             for s in range(0, stop - start, job["batch_size"]):
                 sl = slice(s, s + job["batch_size"])
-                x = _as_tensor(x_all[sl], "inputs")
+                x = _required(x_all[sl], "inputs")
                 stats = batch_stats(
                     self.explainer, self.model, x.to(device), _as_tensor(y_all[sl], "labels"),
                     None if m_all is None else _as_tensor(m_all[sl], "masks"),
@@ -143,7 +165,7 @@ class _ShardWorker:
             maps = []
             for s in range(0, stop - start, job["batch_size"]):
                 sl = slice(s, s + job["batch_size"])
-                x = _as_tensor(x_all[sl], "inputs").to(device)
+                x = _required(x_all[sl], "inputs").to(device)
                 tgt = None if y_all is None or job["target"] == "prediction" else y_all[sl]
                 maps.append(self.explainer(x, target=tgt).detach().float().cpu())
             torch.save({"index": torch.arange(start, stop), "maps": torch.cat(maps)}, buffer)
@@ -174,7 +196,7 @@ def _fingerprint(job: dict, n: int, shard_size: int) -> str:
 def _run_shards(
     model: nn.Module,
     explainer: Any,
-    source: _Source,
+    source: _Samples,
     job: dict,
     *,
     shard_size: int,
@@ -294,11 +316,20 @@ def ray_audit_state(
         data: images ``(N, C, H, W)`` with ``labels`` (``masks``, ``groups``) or a map-style
             ``Dataset`` yielding ``(image, label[, mask[, group]])``.
         explainer: the attribution method (an ``Attribution`` or callable; pickled).
+        labels: per-image class labels, with a tensor ``data`` only.
+        masks: per-image object masks (non-zero = object), with a tensor ``data`` only.
+        groups: per-image group ids, with a tensor ``data`` only.
         batch_size: images per explainer call inside a shard.
-        grid_size, n_worst, target, keep_for_concepts: the audit's settings.
+        grid_size: hot spots are binned on a ``grid_size x grid_size`` grid (default 7), as in
+            :func:`xai.audit.audit`.
+        n_worst: examples kept per class for the report (default 4).
+        target: explain each image's ``"label"`` (default) or its ``"prediction"``.
+        keep_for_concepts: the first images of each class kept for the concept step (default
+            0: none).
         num_workers: actors (default 2).
         shard_size: images per task (default ``8 * batch_size``).
-        num_cpus, num_gpus: resources of each actor (default 1 CPU, no GPU).
+        num_cpus: CPUs reserved by each actor (default 1).
+        num_gpus: GPUs reserved by each actor (default 0; the model runs on CUDA when > 0).
         checkpoint_dir: finished shards are written there; a rerun skips them.
         address: an existing Ray cluster (default: the running or a new local instance).
         progress: a progress bar over the shards.
@@ -369,7 +400,10 @@ def explain_dataset(
         batch_size: images per explainer call.
         shard_size: images per file (default ``8 * batch_size``).
         engine: ``"ray"`` (default) or ``"local"`` (this process, same files).
-        num_workers, num_cpus, num_gpus, address: Ray settings as in :func:`ray_audit_state`.
+        num_workers: Ray actors (default 2), as in :func:`ray_audit_state`.
+        num_cpus: CPUs reserved by each actor (default 1).
+        num_gpus: GPUs reserved by each actor (default 0).
+        address: an existing Ray cluster (default: the running or a new local instance).
         file_format: ``"npy"`` (default) or ``"parquet"`` (needs pyarrow).
         progress: a progress bar over the shards.
 
@@ -391,7 +425,7 @@ def explain_dataset(
     shards = _shards(source.n, shard_size)
     ext = "npy" if file_format == "npy" else "parquet"
     files = [out / f"maps-{i:06d}.{ext}" for i, _s, _e in shards]
-    todo = [sh for sh, f in zip(shards, files) if not f.is_file()]
+    todo = [sh for sh, f in zip(shards, files, strict=True) if not f.is_file()]
     job = {
         "kind": "maps",
         "target": target,
@@ -400,7 +434,7 @@ def explain_dataset(
     }
     if engine == "local":
         worker = _ShardWorker(model, explainer, source, job)
-        results: Iterator[tuple[int, bytes]] = ((i, worker._run(s, e)) for i, s, e in todo)
+        results: Iterator[tuple[int, bytes | Path]] = ((i, worker._run(s, e)) for i, s, e in todo)
     else:
         sub = _SubsetSource(source, todo)
         results = (
@@ -421,9 +455,10 @@ def explain_dataset(
 
 class _UnlabelledSource(_Source):
     def __init__(self, data: Any) -> None:
+        images = torch.as_tensor(data)
         self.kind = "tensors"
-        self.tensors = (torch.as_tensor(data), None, None, None)
-        self.n = int(self.tensors[0].shape[0])
+        self.tensors = (images, None, None, None)
+        self.n = int(images.shape[0])
 
 
 class _SubsetSource:

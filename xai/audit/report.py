@@ -16,12 +16,15 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xai.audit.audit import AuditResult
 from xai.verbalize.audit import describe_audit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["GLOSSARY", "figures", "group_accuracy_flags", "write_report"]
 
@@ -63,7 +66,7 @@ PRINT_DPI = 300
 """Resolution of the embedded figures (print quality; the HTML scales them to the page)."""
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=PRINT_DPI, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -329,7 +332,9 @@ def write_report(
         out: output folder (created).
         format: ``"html"`` (default) or ``"markdown"``.
         title: the report's title.
-        mean, std: the inputs' normalization, to display the images of the worst cases.
+        mean: per-channel mean of the inputs' normalization, to display the images of the worst
+            cases (default: none).
+        std: per-channel standard deviation of that normalization.
 
     Returns:
         ``{"report": path, "json": path}``.

@@ -54,6 +54,7 @@ def _shortcut_case(n_images: int, seed: int) -> dict[str, Any]:
     test = planted_shortcut_set(400, split="test", seed=seed + 1)
     cls = test.info["shortcut_class"]
     pick = ((test.labels == cls) & (test.groups == 1)).nonzero()[:n_images, 0]
+    assert test.shortcut_masks is not None  # the planted patch is known exactly
     return {
         # grayscale: the salient relevance map sums |R| over the one channel
         "method_kwargs": {"salient_relevance": {"rgb_mode": "sum_abs"}},

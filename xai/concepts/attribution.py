@@ -32,7 +32,7 @@ Two maps per concept ``i``:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -102,14 +102,16 @@ class _NNLSEncode(torch.autograd.Function):
     """``u*(a)`` of the fixed-bank NNLS with its implicit (KKT) derivative."""
 
     @staticmethod
-    def forward(ctx, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float):
+    def forward(
+        ctx: Any, rows: Tensor, bank: Tensor, codes: Tensor, l1: float, l2: float
+    ) -> Tensor:
         u = _active_solve(rows, bank, codes, l1, l2)
         ctx.save_for_backward(u, bank)
         ctx.l2 = l2
         return u
 
     @staticmethod
-    def backward(ctx, grad_u: Tensor):
+    def backward(ctx: Any, grad_u: Tensor) -> tuple[Tensor, None, None, None, None]:
         u, bank = ctx.saved_tensors
         grad_rows = torch.zeros(u.shape[0], bank.shape[1], dtype=bank.dtype)
         for r in range(u.shape[0]):

@@ -1,11 +1,11 @@
-"""Network Dissection: which filters of a layer fire on which labelled concepts.
+r"""Network Dissection: which filters of a layer fire on which labelled concepts.
 
 For every filter ``k`` of a layer, the threshold :math:`T_k` is the top-``quantile`` value of
-its activations over all positions of all images (:math:`P(a_k > T_k) \\le q`, q = 0.005). The
+its activations over all positions of all images (:math:`P(a_k > T_k) \le q`, q = 0.005). The
 filter's mask :math:`M_k(x)` is its activation map thresholded at :math:`T_k` and brought to
 the label resolution; its agreement with concept ``c`` is the set IoU
 
-.. math:: \\mathrm{IoU}_{k,c} = \\frac{\\sum_x |M_k(x) \\cap L_c(x)|}{\\sum_x |M_k(x) \\cup L_c(x)|}
+.. math:: \mathrm{IoU}_{k,c} = \frac{\sum_x |M_k(x) \cap L_c(x)|}{\sum_x |M_k(x) \cup L_c(x)|}
 
 summed over the images that contain ``c`` (Net2Vec's set IoU; ``iou="dataset"`` sums over
 every image, NetDissect's dataset IoU). Counts are accumulated image by image, never
@@ -112,7 +112,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterable[tuple[Tensor, Tensor]
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
         return iter(loader), len(data)  # type: ignore[arg-type]
     if isinstance(data, DataLoader):
-        total = len(data.dataset) if hasattr(data.dataset, "__len__") else None  # type: ignore
+        total = len(data.dataset) if hasattr(data.dataset, "__len__") else None
         return iter(data), total
     if isinstance(data, Iterable):
         return iter(data), None
@@ -169,6 +169,7 @@ class _Cache:
         self.mask_shape: tuple[int, ...] = ()
         self.present: Tensor = torch.zeros(0, 0, dtype=torch.bool)
         self.mask_counts: Tensor = torch.zeros(0, 0, dtype=torch.int64)
+        self._names: dict[str, int] = {}  # layer name -> file number
 
     @classmethod
     def collect(
@@ -254,7 +255,7 @@ def _read_rows(path: Path, index: slice | np.ndarray, row: int, dtype: type) -> 
             fh.seek(index.start * size)
             count = (index.stop - index.start) * row
             return np.fromfile(fh, dtype=dtype, count=count).reshape(-1, row)
-        out = np.empty((len(index), row), dtype=dtype)
+        out: np.ndarray = np.empty((len(index), row), dtype=dtype)
         for j, i in enumerate(np.asarray(index).tolist()):
             fh.seek(i * size)
             out[j] = np.fromfile(fh, dtype=dtype, count=row)
@@ -265,9 +266,9 @@ def _read_rows(path: Path, index: slice | np.ndarray, row: int, dtype: type) -> 
 
 
 def exact_thresholds(chunks: Iterable[Tensor], quantile: float, total: int) -> Tensor:
-    """Per-filter top-``quantile`` thresholds over all positions of all chunks, exactly.
+    r"""Per-filter top-``quantile`` thresholds over all positions of all chunks, exactly.
 
-    :math:`T_k` is the m-th largest value of filter k, :math:`m = \\lfloor q N h w \\rfloor + 1`,
+    :math:`T_k` is the m-th largest value of filter k, :math:`m = \lfloor q N h w \rfloor + 1`,
     so that at most a fraction ``q`` of positions satisfy :math:`a_k > T_k` (strict). A running
     top-m per filter is kept, never the whole data (``torch.quantile`` refuses more than 2^24
     elements anyway).
@@ -331,7 +332,7 @@ def _iou_counts(
     neighbours), so only the pairs that fire are upsampled, and only their "on" pixels are
     looked up in the labels. The counts are the same as the dense sums.
     """
-    size = tuple(cache.mask_shape[1:])
+    size = (cache.mask_shape[1], cache.mask_shape[2])  # (C, H_l, W_l) -> (H_l, W_l)
     c = cache.mask_shape[0]
     k = cache.shapes[name][0]
     inter = torch.zeros(k, c, dtype=torch.float64)
@@ -494,7 +495,7 @@ class NetworkDissection:
             raise ValueError(f"iou must be 'set' or 'dataset', got {iou!r}")
         check_positive_int(n_top, "n_top")
         self.adapter = ModelAdapter(model, reshape=reshape)
-        layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        layers: list[LayerLike] = [layer] if isinstance(layer, (str, nn.Module)) else list(layer)
         if not layers:
             raise ValueError("give at least one layer")
         self.layers = [self.adapter.resolve(one)[0] for one in layers]
@@ -551,7 +552,8 @@ class NetworkDissection:
         with self.adapter.capture([name]) as cap, torch.no_grad():
             self.adapter.forward(inputs, cap)
             acts = cap.activations[name].float().cpu()
-        return filter_masks(acts, self.thresholds_[name], tuple(inputs.shape[2:]), self.order)
+        size = (int(inputs.shape[2]), int(inputs.shape[3]))
+        return filter_masks(acts, self.thresholds_[name], size, self.order)
 
     def summary(self, threshold: float = INTERPRETABLE_IOU) -> list[dict[str, Any]]:
         """:meth:`LayerDissection.summary` of every layer, in the order given."""

@@ -21,7 +21,7 @@ means "back to the mean" for the centered methods.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ class _SklearnFactorizer:
         self.n_concepts = n_concepts
         self.seed = seed
         self.kwargs = kwargs
-        self.estimator_: object | None = None
+        self.estimator_: Any = None  # a fitted scikit-learn estimator (untyped)
         self.components = torch.empty(0)
         self.mean = torch.empty(0)
 
@@ -95,7 +95,7 @@ class _SklearnFactorizer:
         self._set_bank(est)
         return torch.as_tensor(np.asarray(codes), dtype=activations.dtype)
 
-    def _set_bank(self, est) -> None:
+    def _set_bank(self, est: Any) -> None:
         self.components = torch.as_tensor(np.asarray(est.components_), dtype=torch.float64)
         mean = getattr(est, "mean_", None)
         self.mean = (
@@ -106,7 +106,7 @@ class _SklearnFactorizer:
 
     def encode(self, activations: Tensor) -> Tensor:
         self._check_fitted()
-        codes = self.estimator_.transform(self._np(activations))  # type: ignore[union-attr]
+        codes = self.estimator_.transform(self._np(activations))
         return torch.as_tensor(np.asarray(codes), dtype=activations.dtype)
 
     def decode(self, coefficients: Tensor) -> Tensor:
@@ -154,7 +154,7 @@ class ICAFactorizer(_SklearnFactorizer):
         kw = {"whiten": "unit-variance", "max_iter": 1000, **self.kwargs}
         return FastICA(n_components=self.n_concepts, random_state=self.seed, **kw)
 
-    def _set_bank(self, est) -> None:
+    def _set_bank(self, est: Any) -> None:
         self.components = torch.as_tensor(np.asarray(est.mixing_).T, dtype=torch.float64)
         self.mean = torch.as_tensor(np.asarray(est.mean_), dtype=torch.float64)
 
@@ -174,6 +174,7 @@ class KMeansFactorizer(_SklearnFactorizer):
         return torch.nn.functional.one_hot(idx, self.n_concepts).to(dtype)
 
     def fit(self, activations: Tensor) -> Tensor:
+        """Cluster ``(n, C)`` activations; return their ``(n, K)`` one-hot assignments."""
         est = self._make()
         labels = est.fit_predict(self._np(activations))
         self.estimator_ = est
@@ -182,8 +183,9 @@ class KMeansFactorizer(_SklearnFactorizer):
         return self._one_hot(labels, activations.dtype)
 
     def encode(self, activations: Tensor) -> Tensor:
+        """``(n, C)`` activations -> ``(n, K)`` one-hot nearest centroids."""
         self._check_fitted()
-        labels = self.estimator_.predict(self._np(activations))  # type: ignore[union-attr]
+        labels = self.estimator_.predict(self._np(activations))
         return self._one_hot(labels, activations.dtype)
 
 

@@ -216,7 +216,9 @@ def c_mufidelity(
     Higher is better (1 for the exact contributions of a linear head).
 
     Args:
-        extractor, inputs, importances: as :func:`c_deletion`.
+        extractor: a fitted :class:`~xai.concepts.ConceptExtractor`, as in :func:`c_deletion`.
+        inputs: the images, as in :func:`c_deletion`.
+        importances: the concept importances, as in :func:`c_deletion`.
         subset_size: fraction of concepts removed per subset.
         n_subsets: number of random subsets (default 128).
         seed: seed of the subsets.

@@ -1,14 +1,14 @@
-"""Net2Vec: concepts as learned weightings of a layer's filters (Fong & Vedaldi, CVPR 2018).
+r"""Net2Vec: concepts as learned weightings of a layer's filters (Fong & Vedaldi, CVPR 2018).
 
-A concept ``c`` is embedded as a vector :math:`w_c \\in \\mathbb{R}^K` over the K filters of a
+A concept ``c`` is embedded as a vector :math:`w_c \in \mathbb{R}^K` over the K filters of a
 layer, learned by one of two probes:
 
 * **segmentation**: the input is each filter's binarized map :math:`I_k = 1[a_k > T_k]`
   (thresholds as in :class:`~xai.concepts.NetworkDissection`); the concept's mask is
-  :math:`M = \\sigma(\\mathrm{up}(\\sum_k w_k I_k))`, trained with the paper's linear,
-  :math:`\\alpha`-balanced loss summed over pixels and averaged over images,
-  :math:`L = -\\frac{1}{N}\\sum_x \\sum_p [\\alpha M_p L_p + (1-\\alpha)(1-M_p)(1-L_p)]`,
-  :math:`\\alpha = 1 - \\mathrm{mean}_x |L_c(x)| / (H_l W_l)`; scored by the set IoU of
+  :math:`M = \sigma(\mathrm{up}(\sum_k w_k I_k))`, trained with the paper's linear,
+  :math:`\alpha`-balanced loss summed over pixels and averaged over images,
+  :math:`L = -\frac{1}{N}\sum_x \sum_p [\alpha M_p L_p + (1-\alpha)(1-M_p)(1-L_p)]`,
+  :math:`\alpha = 1 - \mathrm{mean}_x |L_c(x)| / (H_l W_l)`; scored by the set IoU of
   ``M > 0.5`` on images containing c.
 * **classification**: does the image contain ``c``? ``logit = w . avgpool(a) + b`` with
   ``BCEWithLogitsLoss``, the larger class subsampled to the size of the smaller each epoch;
@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -182,13 +182,13 @@ class Net2Vec:
         self.layer = self.adapter.resolve(layer)[0]
         self.model = model
         self.task = task
-        self.quantile = opts["quantile"]
+        self.quantile: float | None = opts["quantile"]
         self.bias = bool(opts["bias"])
         self.lr = float(opts["lr"])
         self.momentum = momentum
         self.epochs = epochs
-        self.train_batch_size = opts["train_batch_size"]
-        self.lr_step = opts["lr_step"]
+        self.train_batch_size = cast(int, opts["train_batch_size"])  # checked above
+        self.lr_step = cast("int | None", opts["lr_step"])
         self.order = order
         self.batch_size = batch_size
         self.seed = seed
@@ -222,7 +222,7 @@ class Net2Vec:
         self.weights_, self.bias_, self.alpha_ = self._train(cache, torch.ones(len(keep), k))
         if self.task == "segmentation":
             inter, on, _, label = _iou_counts(
-                cache, self.layer, self.thresholds_, self.order, self.batch_size
+                cache, self.layer, self._segmentation_thresholds(), self.order, self.batch_size
             )
             self.best_filter_ = set_iou(inter, on, label)[keep].argmax(1)
         else:
@@ -328,7 +328,7 @@ class Net2Vec:
                         loss = ((bce * sel).sum(0) / sel.sum(0).clamp_min(1)).sum()
                     grads = torch.autograd.grad(loss, params)
                     with torch.no_grad():
-                        for p, g, buf in zip(params, grads, buffers):
+                        for p, g, buf in zip(params, grads, buffers, strict=True):
                             buf.mul_(self.momentum).add_(g)
                             p.sub_(lr * buf)
         return (weights * mask).detach(), bias.detach(), alpha
@@ -345,6 +345,11 @@ class Net2Vec:
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise RuntimeError("call fit(data) first")
+
+    def _segmentation_thresholds(self) -> Tensor:
+        if self.thresholds_ is None:  # unreachable: the constructor requires a quantile
+            raise RuntimeError("the segmentation probe has no thresholds")
+        return self.thresholds_
 
     def predict(self, inputs: Tensor) -> Tensor:
         """Probe outputs: segmentation ``(B, C, H, W)`` probabilities at the input size;
@@ -399,7 +404,7 @@ class Net2Vec:
         cache = self._collect(data)
         if self.task == "segmentation":
             inter, on, _, label = _iou_counts(
-                cache, self.layer, self.thresholds_, self.order, self.batch_size
+                cache, self.layer, self._segmentation_thresholds(), self.order, self.batch_size
             )
             iou = set_iou(inter, on, label)[self._keep]
             return iou.gather(1, self.best_filter_[:, None])[:, 0].float()

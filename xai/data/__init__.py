@@ -68,8 +68,35 @@ def _foolbox_dir() -> Path | None:
 
 
 def photo_paths() -> dict[str, Path | None]:
-    """Named real photos available offline (``None`` where a package has no file path)."""
-    return dict(sample_photos_raw())
+    """The files of the named real photos of :func:`sample_photos_raw` that are available offline
+    (``None`` where a package holds the photo without a file of its own).
+
+    Returns:
+        Photo name -> path, in the order of :func:`sample_photos_raw`.
+    """
+    paths: dict[str, Path | None] = {}
+    try:
+        import skimage.data
+
+        folder = Path(skimage.data.__file__).parent
+        for name in ("chelsea", "coffee"):
+            file = folder / f"{name}.png"
+            paths[name] = file if file.is_file() else None
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook
+
+        paths["grace_hopper"] = Path(
+            matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        )
+    except (ImportError, OSError, ValueError):
+        pass
+    foolbox = _foolbox_dir()
+    if foolbox is not None:
+        for path in sorted(foolbox.glob("imagenet_*.jpg")):
+            paths[f"imagenet_{path.stem.split('_')[1]}_{path.stem.split('_')[-1]}"] = path
+    return paths
 
 
 def sample_photos_raw(include_foolbox: bool = True) -> list[tuple[str, np.ndarray]]:
@@ -89,8 +116,8 @@ def sample_photos_raw(include_foolbox: bool = True) -> list[tuple[str, np.ndarra
         import matplotlib.cbook
         import matplotlib.image
 
-        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
-            photos.append(("grace_hopper", np.asarray(matplotlib.image.imread(fh, format="jpg"))))
+        file = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        photos.append(("grace_hopper", np.asarray(matplotlib.image.imread(file, format="jpg"))))
     except (ImportError, OSError, ValueError):
         pass
     folder = _foolbox_dir() if include_foolbox else None

@@ -295,6 +295,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(width * (size // 4) ** 2, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` images -> ``(B, n_classes)`` logits."""
         return self.classifier(self.features(x).flatten(1))
 
 
@@ -560,6 +561,7 @@ class BackgroundProbe(nn.Module):
         self.classifier = classifier
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` images -> ``(B, n_classes)`` logits."""
         return self.classifier(self.features(x).mean((2, 3)))
 
 
@@ -591,9 +593,9 @@ def train_background_probe(
         from xai.data import load_mobilenet_v2
 
         backbone = load_mobilenet_v2()
-    if not hasattr(backbone, "features"):
+    features = getattr(backbone, "features", None)
+    if not isinstance(features, nn.Module):
         raise TypeError("backbone must have a `features` module (e.g. torchvision MobileNetV2)")
-    features = backbone.features
     was_training = features.training
     features.eval()
     try:

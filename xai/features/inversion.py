@@ -4,7 +4,8 @@ Given a reference image :math:`x_0` and its code :math:`\Phi_0 = \Phi(x_0)` at a
 
 .. math::
     x^* = \arg\min_x \frac{\|\Phi(x) - \Phi_0\|^2}{\|\Phi_0\|^2}
-          + \frac{\lambda_V}{2\sigma^2} R_{V^\beta}(x) + \frac{\lambda_\alpha}{2\sigma^2} R_\alpha(x)
+          + \frac{\lambda_V}{2\sigma^2} R_{V^\beta}(x)
+          + \frac{\lambda_\alpha}{2\sigma^2} R_\alpha(x)
 
 with :math:`R_\alpha(x) = \sum |x|^\alpha` and :math:`R_{V^\beta}(x) = \sum_{c,i,j}
 ((x_{c,i,j+1}-x_{c,i,j})^2 + (x_{c,i+1,j}-x_{c,i,j})^2)^{\beta/2}` (forward differences, zero at
@@ -22,7 +23,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,9 @@ from xai._typing import LayerLike
 from xai.adapter import resolve_layer
 from xai.adapter.split import layer_outputs, recorder
 from xai.features._common import channel_view, frozen, generator, progress_bar
+
+# one recorded forward pass: inputs -> (layer outputs, model output)
+_Run = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
 
 __all__ = [
     "SCHEDULES",
@@ -61,7 +65,8 @@ SCHEDULES: dict[str, tuple[tuple[float, int], ...]] = {
 
 
 def total_variation(images: Tensor, beta: float = 2.0) -> Tensor:
-    r"""The :math:`V^\beta` regularizer of each image, :math:`\sum_{c,i,j} (d_h^2 + d_v^2)^{\beta/2}`.
+    r"""The :math:`V^\beta` regularizer of each image,
+    :math:`\sum_{c,i,j} (d_h^2 + d_v^2)^{\beta/2}`.
 
     Forward differences per channel; the last column/row is replicated, so its difference is 0
     (deep-goggle's ``tv``). Safe to differentiate for any ``beta > 0`` (zero gradient where both
@@ -184,15 +189,15 @@ def _schedule(
 
 @dataclass(frozen=True)
 class InversionResult:
-    """What :class:`Inversion` returns.
+    r"""What :class:`Inversion` returns.
 
     Attributes:
         images: ``(R, B, C, H, W)`` reconstructions for ``R`` restarts, in the space of the
             inputs (model inputs, ``(pixel - mean) / std``), not clipped.
         feature_error: ``(R, B)`` normalized feature error
-            :math:`\\|\\Phi(x^*)-\\Phi_0\\|^2/\\|\\Phi_0\\|^2` of the final images.
+            :math:`\|\Phi(x^*)-\Phi_0\|^2/\|\Phi_0\|^2` of the final images.
         history: ``(T, R, B)`` objective :math:`E` at every step (before the update).
-        reference: ``(B, ...)`` the inverted code :math:`\\Phi_0`.
+        reference: ``(B, ...)`` the inverted code :math:`\Phi_0`.
     """
 
     images: Tensor
@@ -336,7 +341,7 @@ class Inversion:
         )
         return self._invert(features.detach(), tuple(size), probe)
 
-    def _invert(self, reference: Tensor, size, like: Tensor) -> InversionResult:
+    def _invert(self, reference: Tensor, size: Sequence[int], like: Tensor) -> InversionResult:
         batch, restarts = like.shape[0], self.n_restarts
         dtype, device = like.dtype, like.device
         height, width = int(size[0]), int(size[1])
@@ -344,13 +349,16 @@ class Inversion:
         sigma = SIGMA_227 * math.sqrt(height * width / 227**2)
         target = reference.repeat(restarts, *([1] * (reference.dim() - 1)))
         mask = None if self.mask is None else self.mask.to(device=device, dtype=target.dtype)
-        try:
-            weight = torch.ones_like(target) if mask is None else mask.expand_as(target)
-        except RuntimeError:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the code's shape "
-                f"{tuple(reference.shape)}; give (C, h, w) or (B, C, h, w) weights"
-            ) from None
+        if mask is None:
+            weight = torch.ones_like(target)
+        else:
+            try:
+                weight = mask.expand_as(target)
+            except RuntimeError:
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not broadcast to the code's shape "
+                    f"{tuple(reference.shape)}; give (C, h, w) or (B, C, h, w) weights"
+                ) from None
         norm2 = (target.square() * weight).flatten(1).sum(1)
         if not bool((norm2 > 0).all()):
             raise ValueError(
@@ -412,7 +420,17 @@ class Inversion:
             reference=reference,
         )
 
-    def _energy(self, run, y, scale, target, weight, norm2, sigma, shift) -> Tensor:
+    def _energy(
+        self,
+        run: _Run,
+        y: Tensor,
+        scale: Tensor,
+        target: Tensor,
+        weight: Tensor,
+        norm2: Tensor,
+        sigma: float,
+        shift: Tensor | None,
+    ) -> Tensor:
         x = y / scale
         if shift is not None:
             x = torch.roll(x, (int(shift[0]), int(shift[1])), dims=(-2, -1))

@@ -41,7 +41,9 @@ __all__ = [
 class Activations:
     """What an objective reads: layer outputs by name (any spelling or module) and the output."""
 
-    def __init__(self, model: nn.Module, values: Mapping[str, Tensor], output: Tensor | None):
+    def __init__(
+        self, model: nn.Module, values: Mapping[str, Tensor], output: Tensor | None
+    ) -> None:
         self._model = model
         self._values = values
         self.output = output
@@ -66,6 +68,7 @@ class Objective:
     needs_output: bool = False
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The scalar to maximize, from the activations captured in one forward pass."""
         raise NotImplementedError
 
     def __add__(self, other: object) -> Objective:
@@ -107,6 +110,9 @@ class Objective:
 class _Sum(Objective):
     """A weighted sum of objectives plus a constant (flattened, so repr stays readable)."""
 
+    terms: list[tuple[float, Objective]]
+    constant: float
+
     def __init__(self, terms: Sequence[tuple[float, Objective]], constant: float = 0.0) -> None:
         flat: list[tuple[float, Objective]] = []
         for weight, obj in terms:
@@ -117,7 +123,7 @@ class _Sum(Objective):
                 flat.append((weight, obj))
         self.terms = flat
         self.constant = constant
-        self.layers = tuple(dict.fromkeys(l for _, o in flat for l in o.layers))
+        self.layers = tuple(dict.fromkeys(layer for _, o in flat for layer in o.layers))
         self.needs_output = any(o.needs_output for _, o in flat)
 
     def __call__(self, acts: Activations) -> Tensor:
@@ -174,6 +180,7 @@ class Channel(_LayerObjective):
         self.channel = int(channel)
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The mean of channel ``k`` of the layer's activations."""
         return _channel(self._acts(acts), self.channel, self.layer).mean()
 
     def __repr__(self) -> str:
@@ -198,6 +205,7 @@ class Neuron(_LayerObjective):
         self.channel, self.y, self.x = int(channel), y, x
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The activation of channel ``k`` at position ``(y, x)`` (default: the centre)."""
         a = self._acts(acts)
         if a.dim() != 4:
             raise ValueError(
@@ -230,6 +238,7 @@ class Layer(_LayerObjective):
         self.reducer = reducer
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The layer's mean squared (or mean) activation."""
         a = self._acts(acts)
         return a.square().mean() if self.reducer == "magnitude" else a.mean()
 
@@ -247,6 +256,7 @@ class Direction(_LayerObjective):
         self.vector = torch.as_tensor(vector).flatten()
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The mean cosine similarity of the direction and the activation vectors."""
         a = self._acts(acts)
         if a.shape[1] != self.vector.numel():
             raise ValueError(
@@ -274,6 +284,7 @@ class ClassLogit(Objective):
         self.batch = batch
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The class's logit (mean over the batch, or of image ``batch``)."""
         if acts.output is None:
             raise RuntimeError("ClassLogit needs the model output")
         return _select(self.target(acts.output).float(), self.batch).mean()
@@ -294,6 +305,7 @@ class Diversity(_LayerObjective):
         super().__init__(layer, None)
 
     def __call__(self, acts: Activations) -> Tensor:
+        """The mean pairwise cosine similarity of the images' Gram matrices."""
         a = self._acts(acts)
         if a.shape[0] < 2:
             raise ValueError("Diversity compares the images of a batch: use batch >= 2")

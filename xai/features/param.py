@@ -87,7 +87,7 @@ class ImageParam:
 
     def raw(self) -> Tensor:
         """The unconstrained image ``(B, C, H, W)`` (before decorrelation and sigmoid)."""
-        if self.kind == "pixel":
+        if self.scale is None:  # kind "pixel"
             return self.tensor
         spectrum = torch.view_as_complex((self.scale * self.tensor).contiguous())
         return torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / _MAGIC

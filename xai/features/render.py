@@ -12,7 +12,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,9 @@ from xai.features._common import channel_view, frozen, generator, progress_bar
 from xai.features.objectives import Activations, Objective
 from xai.features.param import ImageParam
 from xai.features.transforms import Transform, lucid_transforms, xplique_transforms
+
+# one recorded forward pass: inputs -> (layer outputs, model output)
+_Run = Callable[[Tensor], tuple[dict[str, Tensor], Tensor | None]]
 
 __all__ = ["FeatureVisualization", "Visualization"]
 
@@ -119,7 +122,7 @@ class FeatureVisualization:
         self.size, self.batch, self.n_steps, self.lr = size, batch, n_steps, float(lr)
         if transforms == "lucid":
             self.transforms: list[Transform] = lucid_transforms()
-        elif transforms == "xplique":
+        elif isinstance(transforms, str):  # "xplique" (other strings were rejected above)
             self.transforms = xplique_transforms(size)
         else:
             self.transforms = list(transforms or [])
@@ -169,7 +172,7 @@ class FeatureVisualization:
             )
         return Visualization(images=images, history=history.cpu())
 
-    def _forward(self, run, images: Tensor, gen: torch.Generator) -> Activations:
+    def _forward(self, run: _Run, images: Tensor, gen: torch.Generator) -> Activations:
         for transform in self.transforms:
             images = transform(images, gen)
         if self.model_size is not None and max(images.shape[-2:]) < self.model_size:

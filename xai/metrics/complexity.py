@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ class Sparseness(ExplanationMetric):
     """
 
     name: ClassVar[str] = "sparseness"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
     higher_is_better: ClassVar[bool] = True
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False
@@ -58,7 +58,7 @@ class Complexity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "complexity"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "complexity"
     needs_model: ClassVar[bool] = False

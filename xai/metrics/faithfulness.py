@@ -16,7 +16,7 @@ across samples and steps, under ``torch.no_grad()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,21 @@ def _per_row(values: Tensor, like: Tensor) -> Tensor:
 def _check_order(order: str, allowed: Sequence[str] = ("morf", "lerf")) -> None:
     if order not in allowed:
         raise ValueError(f"order must be one of {', '.join(map(repr, allowed))}, got {order!r}")
+
+
+class _ByOrder:
+    """``higher_is_better`` of a perturbation curve whose ranking order is configurable.
+
+    Declared for the MoRF order (most relevant first); removing the least relevant features
+    first (``order="lerf"``) reverses what a good map does to the curve, so an instance ranking
+    LeRF reports the opposite. Read on the class, it is the MoRF value.
+    """
+
+    def __init__(self, morf: bool) -> None:
+        self.morf = morf
+
+    def __get__(self, metric: object, owner: type | None = None) -> bool:
+        return self.morf != (getattr(metric, "order", "morf") == "lerf")
 
 
 class _PerturbationCurve(ExplanationMetric):
@@ -246,7 +261,7 @@ class PixelFlipping(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "pixel_flipping"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -268,8 +283,6 @@ class PixelFlipping(_PerturbationCurve):
         )
         check_positive_int(features_per_step, "features_per_step")
         self.features_per_step = features_per_step
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         counts = torch.arange(0, n_features, self.features_per_step)
@@ -302,7 +315,7 @@ class RegionPerturbation(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "region_perturbation"
-    higher_is_better: ClassVar[bool] = True
+    higher_is_better = _ByOrder(morf=True)
     category: ClassVar = "faithfulness"
 
     def __init__(
@@ -326,8 +339,6 @@ class RegionPerturbation(_PerturbationCurve):
         self.order = order
         check_positive_int(n_regions, "n_regions")
         self.n_regions = n_regions
-        if order == "lerf":
-            self.higher_is_better = False  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.arange(0, min(self.n_regions, n_features) + 1)
@@ -389,7 +400,7 @@ class ROAD(_PerturbationCurve):
     """
 
     name: ClassVar[str] = "road"
-    higher_is_better: ClassVar[bool] = False
+    higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
@@ -419,8 +430,6 @@ class ROAD(_PerturbationCurve):
         self.noise = noise
         self.accuracy = accuracy
         self.seed = seed
-        if order == "lerf":
-            self.higher_is_better = True  # type: ignore[misc]
 
     def _counts(self, n_features: int) -> Tensor:
         return torch.tensor([round(f * n_features) for f in self.fractions])
@@ -518,7 +527,15 @@ class MuFidelity(ExplanationMetric):
         self.grid_size = grid_size
         self.subset_fraction = subset_fraction
 
-    def _init_common(self, n_samples, baseline, correlation, seed, batch_size, progress) -> None:
+    def _init_common(
+        self,
+        n_samples: int,
+        baseline: BaselineLike,
+        correlation: str,
+        seed: int,
+        batch_size: int | None,
+        progress: bool,
+    ) -> None:
         check_positive_int(n_samples, "n_samples")
         if n_samples < 2:
             raise ValueError("n_samples must be at least 2 to compute a correlation")
@@ -680,7 +697,7 @@ class Infidelity(ExplanationMetric):
     """
 
     name: ClassVar[str] = "infidelity"
-    constant_maps: ClassVar[str] = "score"
+    constant_maps: ClassVar[Literal["nan", "score"]] = "score"
     input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
     higher_is_better: ClassVar[bool] = False
     category: ClassVar = "faithfulness"

@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -156,7 +156,8 @@ class ModelParameterRandomization(ExplainerMetric):
                 copy_.load_state_dict(state)
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(self.seed)
-                copy_.get_submodule(name).reset_parameters()
+                # Module.__getattr__ is typed Tensor | Module; the layers were picked for it
+                cast(Callable[[], None], copy_.get_submodule(name).reset_parameters)()
             maps = explain(other, inputs, target)
             curve.append(_similarity(self.similarity, original, maps.abs() if self.abs else maps))
         curve_t = torch.stack(curve, 1).to(original.dtype)

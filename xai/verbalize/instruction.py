@@ -122,7 +122,9 @@ def check(
         for r in description.regions
     ]
     coverage = tuple(
-        float(sum(r.share for r, m in zip(description.regions[:k], mentioned[:k]) if m))
+        float(
+            sum(r.share for r, m in zip(description.regions[:k], mentioned[:k], strict=True) if m)
+        )
         for k in (1, 2, 3)
     )
     return CheckResult(numbers, bad, used, wrong, coverage)
@@ -171,7 +173,7 @@ def build_prompt(
             for f in d.labels
         ]
     lines.append(t.prompt_grid)
-    for name, row in zip(t.prompt_grid_rows, np.asarray(d.grid)):
+    for name, row in zip(t.prompt_grid_rows, np.asarray(d.grid), strict=True):
         lines.append(f"{name}: " + " ".join(f"{percent(v)}%" for v in row))
     lines.append(t.prompt_context.format(model=model, text=text, target=d.target))
     instruction = t.prompt_commonsense if objective == "commonsense" else t.prompt_saliency

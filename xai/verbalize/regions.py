@@ -187,7 +187,12 @@ def find_regions(
 
     Args:
         values: ``(H, W)`` non-negative float64 array (``max(S, 0)`` or ``max(-S, 0)``).
-        threshold, value, min_area, merge_radius: see :class:`~xai.verbalize.Verbalizer`.
+        threshold: how salient pixels are chosen (``"mean"``, default; ``"std"``,
+            ``"fraction_of_max"`` or ``"top_share"``), see :class:`~xai.verbalize.Verbalizer`.
+        value: the threshold's parameter (default 0.4).
+        min_area: regions smaller than this share of the image are dropped (default 0.01).
+        merge_radius: bridge gaps up to ``2 * merge_radius`` pixels with a binary closing
+            before the components are labelled (default 0).
 
     Returns:
         Regions ordered by share (descending), then position (row, column); empty when

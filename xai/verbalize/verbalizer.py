@@ -482,9 +482,10 @@ class Verbalizer:
         """Where the evidence for two targets lies, and how much their salient areas overlap.
 
         Args:
-            maps_a, maps_b: ``(B, H, W)`` maps of the same images for target ``a`` and ``b``
-                (same method).
-            name_a, name_b: the targets' names.
+            maps_a: ``(B, H, W)`` maps of the images for target ``a``.
+            name_a: the name of target ``a``.
+            maps_b: ``(B, H, W)`` maps of the same images for target ``b`` (same method).
+            name_b: the name of target ``b``.
 
         Returns:
             One :class:`Comparison` per image, e.g. "Evidence for 'cat' lies mostly in the upper
@@ -506,6 +507,15 @@ class Verbalizer:
     ) -> list[Comparison]:
         """Where the evidence lies in two images (e.g. an image and its edited copy), and the
         IoU of their salient areas when the maps have one size.
+
+        Args:
+            maps_a: ``(B, H, W)`` maps of the first images.
+            maps_b: ``(B, H, W)`` maps of the second images (same method and target).
+            name_a: how the first image is called (default ``"the first image"``).
+            name_b: how the second image is called (default ``"the second image"``).
+
+        Returns:
+            One :class:`Comparison` per pair of images.
         """
         a, b = self._pair(maps_a, maps_b)
         return self._two(a, b, str(name_a), str(name_b), "images")
@@ -527,9 +537,14 @@ class Verbalizer:
         relevance)."
 
         Args:
-            maps_1, maps_2: ``(B, H, W)`` maps of the same images and target.
-            name_1, name_2: the methods' names.
+            maps_1: ``(B, H, W)`` maps of the first method.
+            name_1: the first method's name.
+            maps_2: ``(B, H, W)`` maps of the second method (same images and target).
+            name_2: the second method's name.
             min_iou: least IoU of two regions that agree (default 0.3).
+
+        Returns:
+            One :class:`Comparison` per image.
         """
         if not 0.0 < min_iou <= 1.0:
             raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")

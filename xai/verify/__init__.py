@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -91,10 +92,12 @@ class BoundedModel:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample (without the batch dimension)."""
         return self.graph.ops[0].shape
 
     @property
     def n_outputs(self) -> int:
+        """The number of model outputs (logits)."""
         return self.graph.ops[-1].shape[0]
 
     def values(self, x: Tensor) -> list[Tensor]:
@@ -107,6 +110,30 @@ class BoundedModel:
     def forward(self, x: Tensor) -> Tensor:
         """The logits at ``x`` (softmax stripped), ``(B, n_classes)``."""
         return self.values(x)[-1]
+
+    @overload
+    def upper(
+        self,
+        ball: Ball,
+        rows: Tensor,
+        *,
+        bound: str = ...,
+        relu_lower: str = ...,
+        top_k: int | None = ...,
+        parts: Literal[False] = ...,
+    ) -> Tensor: ...
+
+    @overload
+    def upper(
+        self,
+        ball: Ball,
+        rows: Tensor,
+        *,
+        bound: str = ...,
+        relu_lower: str = ...,
+        top_k: int | None = ...,
+        parts: Literal[True],
+    ) -> tuple[Tensor, Tensor | None]: ...
 
     def upper(
         self,
@@ -177,6 +204,32 @@ class BoundedModel:
         with torch.no_grad():
             boxes = ibp(self.graph, ball)
         return [boxes[i] for i in range(len(self.graph.ops))]
+
+
+@overload
+def _upper(
+    graph: Graph,
+    ball: Ball,
+    rows: Tensor,
+    bound: str,
+    relu_lower: str,
+    top_k: int | None,
+    parts: Literal[False],
+    budget: int | None,
+) -> Tensor: ...
+
+
+@overload
+def _upper(
+    graph: Graph,
+    ball: Ball,
+    rows: Tensor,
+    bound: str,
+    relu_lower: str,
+    top_k: int | None,
+    parts: bool,
+    budget: int | None,
+) -> Tensor | tuple[Tensor, Tensor | None]: ...
 
 
 def _upper(
@@ -360,9 +413,26 @@ def certified_margin(
     propagation, which is tighter than ``lower_c - max_j upper_j``.
 
     Args:
+        model: classifier returning logits ``(B, n_classes)`` (a final softmax is stripped).
+        inputs: ``(B, *in_shape)`` points, never modified.
+        epsilon: radius of the ball, a number or ``(B,)`` (in the units of ``inputs``).
+        target: the class ``c`` per sample: an index, one per sample, or ``None`` (default:
+            each sample's predicted class).
+        norm: ``"linf"`` (default) or ``"l2"``.
+        mask: 0/1, broadcastable to ``inputs``: only features with 1 move (default: all).
+        clip: ``(low, high)`` valid input range intersected with the ball (L-inf only).
+        bound: ``"crown"`` (default, min of CROWN-IBP and IBP) or ``"ibp"``.
+        relu_lower: lower slope of unstable ReLUs in the CROWN pass (``"adaptive"``).
         top_k: run the CROWN pass only on the ``top_k`` competing classes with the largest IBP
             bound (default: all when ``n_classes <= 100``, else 10); sound either way.
-        Other arguments: as in :func:`bounds`.
+        backward_budget: see :class:`BoundedModel`.
+
+    Returns:
+        ``(B,)`` lower bounds of the margin; positive entries are certified.
+
+    Raises:
+        UnsupportedOperationError: the model uses an operation without a rule.
+        ValueError: bad epsilon, norm, mask, inputs, or a model with fewer than 2 outputs.
     """
     from xai.adapter import preserved
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_Args = tuple[Any, ...]  # a traced call's positional arguments (nodes, constants)
+_Kwargs = dict[str, Any]
+_IntOrTuple = int | tuple[int, ...]
 
 __all__ = ["SUPPORTED", "Graph", "Op", "UnsupportedOperationError", "trace"]
 
@@ -87,6 +91,7 @@ class Graph:
 
     @property
     def output(self) -> int:
+        """The index of the output node (the last op)."""
         return len(self.ops) - 1
 
     def split_index(self, layer: str) -> int:
@@ -148,7 +153,7 @@ class Graph:
 
 def _describe(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
+        mod = gm.get_submodule(str(node.target))
         return f"call_module {type(mod).__name__} at {node.target!r}"
     target = getattr(node.target, "__name__", str(node.target))
     return f"{node.op} {target} (node {node.name!r})"
@@ -290,11 +295,11 @@ class _Builder:
     def _eval_const(self, node: torch.fx.Node) -> Any:
         args, kwargs = self._arg(node.args), self._arg(node.kwargs)
         if node.op == "call_module":
-            return self.gm.get_submodule(node.target)(*args, **kwargs)
+            return self.gm.get_submodule(str(node.target))(*args, **kwargs)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return cast(Callable[..., Any], node.target)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
         raise _unsupported(node, self.gm)
 
     def _convert(self, node: torch.fx.Node, bounded: list[torch.fx.Node]) -> None:
@@ -303,7 +308,7 @@ class _Builder:
         desc = _describe(node, gm)
         first = args[0] if args else None
         if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
+            mod = gm.get_submodule(str(node.target))
             if isinstance(mod, _SOFTMAX):
                 return self._strip(node, first, desc)
             make = _module_rule(mod)
@@ -315,9 +320,10 @@ class _Builder:
             spec["module"] = node.target
             return self._emit(node, desc, [first], spec)
         if node.op == "call_function":
-            return self._function(node, desc, node.target, args, kwargs, bounded)
+            fn = cast(Callable[..., Any], node.target)  # a callable for call_function
+            return self._function(node, desc, fn, args, kwargs, bounded)
         if node.op == "call_method":
-            return self._method(node, desc, node.target, args, kwargs, bounded)
+            return self._method(node, desc, str(node.target), args, kwargs, bounded)
         raise _unsupported(node, gm)
 
     def _strip(self, node: torch.fx.Node, src: Any, desc: str) -> None:
@@ -347,27 +353,35 @@ class _Builder:
         )
         self._add(node, op, out)
 
-    def _function(self, node, desc, fn, args, kwargs, bounded) -> None:
+    def _function(
+        self,
+        node: torch.fx.Node,
+        desc: str,
+        fn: Callable[..., Any],
+        args: _Args,
+        kwargs: _Kwargs,
+        bounded: list[torch.fx.Node],
+    ) -> None:
         gm = self.gm
         if fn in _SOFTMAX_FUNCS:
             return self._strip(node, args[0], desc)
         if fn is getattr and len(args) == 2 and args[1] in ("shape", "ndim", "dtype", "device"):
             self.const[node] = getattr(self.value[args[0]], args[1])
             return None
-        x = args[0] if args else None
+        x: Any = args[0] if args else None  # a traced node when `single`
         single = len(bounded) == 1 and x is bounded[0]
         if fn in (F.relu, torch.relu) and single:
             return self._emit(node, desc, [x], _relu_spec(0.0, None))
         if fn is F.relu6 and single:
             return self._emit(node, desc, [x], _relu_spec(0.0, 6.0))
         if fn is F.hardtanh and single:
-            lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
-            hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+            lo = _option(args, kwargs, "min_val", 1, -1.0)
+            hi = _option(args, kwargs, "max_val", 2, 1.0)
             if lo != 0.0:
                 raise _unsupported(node, gm, "only hardtanh(min_val=0) (ReLU6-like) is supported")
             return self._emit(node, desc, [x], _relu_spec(0.0, float(hi)))
         if fn is F.leaky_relu and single:
-            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+            slope = _option(args, kwargs, "negative_slope", 1, 0.01)
             return self._leaky(node, desc, x, float(slope))
         if fn in _PASS_FUNCS and single:
             return self._emit(node, desc, [x], _identity_spec())
@@ -401,7 +415,15 @@ class _Builder:
             return self._getitem(node, args[1])
         raise _unsupported(node, gm)
 
-    def _method(self, node, desc, name, args, kwargs, bounded) -> None:
+    def _method(
+        self,
+        node: torch.fx.Node,
+        desc: str,
+        name: str,
+        args: _Args,
+        kwargs: _Kwargs,
+        bounded: list[torch.fx.Node],
+    ) -> None:
         x = args[0]
         single = len(bounded) == 1 and x is bounded[0]
         if not single:
@@ -432,18 +454,20 @@ class _Builder:
             return self._scale(node, desc, fn, args, bounded)
         raise _unsupported(node, self.gm)
 
-    def _reduce(self, node, fn, args, kwargs) -> None:
+    def _reduce(
+        self, node: torch.fx.Node, fn: Callable[..., Any], args: _Args, kwargs: _Kwargs
+    ) -> None:
         """``mean``/``sum`` over per-sample dimensions (global average pooling written out)."""
         x, rest = args[0], args[1:]
         value = self.value[x]
-        dims = kwargs.get("dim", rest[0] if rest else None)
+        dims = _option(args, kwargs, "dim", 1, None)
         dims = [dims] if isinstance(dims, int) else dims
         if dims is None or any(d % value.dim() == 0 for d in dims) or kwargs.get("dtype"):
             raise _unsupported(node, self.gm, "a reduction over the batch dimension")
         spec = _affine(lambda t: fn(t, *rest, **kwargs), positive=True)
         return self._emit(node, _describe(node, self.gm), [x], spec)
 
-    def _getitem(self, node, index) -> None:
+    def _getitem(self, node: torch.fx.Node, index: Any) -> None:
         """Indexing that keeps the batch dimension whole (``t[:, :k]``, ``t[:, 0]``)."""
         index = index if isinstance(index, tuple) else (index,)
         if (
@@ -452,16 +476,23 @@ class _Builder:
             or any(isinstance(i, (Tensor, list)) or i is None for i in index)
         ):
             raise _unsupported(node, self.gm, "only indexing that keeps the batch dimension")
-        x = node.args[0]
+        x = cast(torch.fx.Node, node.args[0])
         spec = _affine(lambda t: t[index], positive=True)
         return self._emit(node, _describe(node, self.gm), [x], spec)
 
-    def _leaky(self, node, desc, x, slope: float) -> None:
+    def _leaky(self, node: torch.fx.Node, desc: str, x: torch.fx.Node, slope: float) -> None:
         if not 0.0 <= slope <= 1.0:
             raise _unsupported(node, self.gm, "LeakyReLU needs a negative slope in [0, 1]")
         return self._emit(node, desc, [x], _relu_spec(slope, None))
 
-    def _add_sub(self, node, desc, fn, args, bounded) -> None:
+    def _add_sub(
+        self,
+        node: torch.fx.Node,
+        desc: str,
+        fn: Callable[..., Any],
+        args: _Args,
+        bounded: list[torch.fx.Node],
+    ) -> None:
         a, b = args[0], args[1]
         sign = -1.0 if fn in (operator.sub, torch.sub) else 1.0
         if len(bounded) == 2 and a is not b and a in self.index and b in self.index:
@@ -478,7 +509,14 @@ class _Builder:
             return self._emit(node, desc, [b], _scale_spec(lambda t: other + sign * t, sign))
         raise _unsupported(node, self.gm, "needs two distinct tensors or a tensor and a constant")
 
-    def _scale(self, node, desc, fn, args, bounded) -> None:
+    def _scale(
+        self,
+        node: torch.fx.Node,
+        desc: str,
+        fn: Callable[..., Any],
+        args: _Args,
+        bounded: list[torch.fx.Node],
+    ) -> None:
         a, b = args[0], args[1]
         if len(bounded) != 1 or (a is bounded[0]) == (b is bounded[0]):
             raise _unsupported(node, self.gm, "a product of two bounded tensors has no rule")
@@ -510,9 +548,16 @@ class _Builder:
         factor = 1.0 / c if divide else float(c)
         return self._emit(node, desc, [x], _scale_spec(lambda t: t * factor, factor))
 
-    def _cat(self, node, desc, args, kwargs, bounded) -> None:
+    def _cat(
+        self,
+        node: torch.fx.Node,
+        desc: str,
+        args: _Args,
+        kwargs: _Kwargs,
+        bounded: list[torch.fx.Node],
+    ) -> None:
         tensors = args[0]
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        dim = _option(args, kwargs, "dim", 1, 0)
         if not isinstance(tensors, (list, tuple)) or any(t not in self.index for t in tensors):
             raise _unsupported(node, self.gm, "only a concatenation of bounded tensors")
         if len(set(tensors)) != len(tensors):
@@ -598,11 +643,30 @@ def _linear_spec(weight: Tensor, bias: Tensor | None) -> dict:
     }
 
 
-def _conv_spec(weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups) -> dict:
+def _option(args: _Args, kwargs: _Kwargs, name: str, position: int, default: Any) -> Any:
+    """A traced call's argument ``name``, given by keyword or at ``position``, else ``default``."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else default
+
+
+def _conv_spec(
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: _IntOrTuple,
+    padding: _IntOrTuple,
+    dilation: _IntOrTuple,
+    groups: int,
+) -> dict:
     w = weight.detach()
     b = None if bias is None else bias.detach()
     w_abs, w_sq = w.abs(), w * w
-    kw = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    kw: dict[str, Any] = {
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+    }
 
     def transpose(lam: Tensor, in_shape: tuple[int, ...]) -> list[Tensor]:
         # output_padding makes conv_transpose2d return exactly the input's spatial size
@@ -624,9 +688,9 @@ def _conv_spec(weight: Tensor, bias: Tensor | None, stride, padding, dilation, g
     }
 
 
-def _conv_functional(args, kwargs) -> dict:
+def _conv_functional(args: _Args, kwargs: _Kwargs) -> dict:
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args, strict=False))
     bound.update(kwargs)
     padding = bound.get("padding", 0)
     if isinstance(padding, str):
@@ -661,7 +725,12 @@ def _bn_spec(mod: nn.modules.batchnorm._BatchNorm, value: Tensor) -> dict | str:
 
 
 def _maxpool_spec(
-    kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+    kernel_size: _IntOrTuple,
+    stride: _IntOrTuple | None = None,
+    padding: _IntOrTuple = 0,
+    dilation: _IntOrTuple = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
 ) -> dict | str:
     pair = nn.modules.utils._pair
     if return_indices:
@@ -682,7 +751,7 @@ def _maxpool_spec(
     }
 
 
-def _reshape_spec(value: Tensor, fn, args, kwargs) -> dict:
+def _reshape_spec(value: Tensor, fn: Callable[..., Any], args: _Args, kwargs: _Kwargs) -> dict:
     # a reshape keeps each sample's elements: re-target it to the traced per-sample shape, so
     # that shapes computed from x.size(0) work for any number of rows
     out = fn(value, *args[1:], **kwargs)

@@ -202,7 +202,7 @@ def backward(
             low, high = boxes[op.inputs[0]]
             ins, bias = _back_maxpool(op, lam_i, low, high)
         beta = beta + bias
-        for j, lam_j in zip(op.inputs, ins):
+        for j, lam_j in zip(op.inputs, ins, strict=True):
             lams[j] = lam_j if j not in lams else lams[j] + lam_j
     return beta
 
@@ -221,7 +221,7 @@ def _back_affine(
         outs = op.params["transpose_shaped"](flat, in_shapes[0])
     else:
         outs = _vjp(op, flat, in_shapes)
-    return [o.reshape(n, s, *shape) for o, shape in zip(outs, in_shapes)], bias
+    return [o.reshape(n, s, *shape) for o, shape in zip(outs, in_shapes, strict=True)], bias
 
 
 def _vjp(op: Op, flat: Tensor, in_shapes: list[tuple[int, ...]]) -> list[Tensor]:
@@ -230,7 +230,9 @@ def _vjp(op: Op, flat: Tensor, in_shapes: list[tuple[int, ...]]) -> list[Tensor]
         zs = [flat.new_zeros(flat.shape[0], *shape, requires_grad=True) for shape in in_shapes]
         out = op.fn(*zs)
         grads = torch.autograd.grad(out, zs, flat, allow_unused=True)
-    return [torch.zeros_like(z) if g is None else g.detach() for z, g in zip(zs, grads)]
+    return [
+        torch.zeros_like(z) if g is None else g.detach() for z, g in zip(zs, grads, strict=True)
+    ]
 
 
 def relu_relaxation(
@@ -320,7 +322,9 @@ def _back_relu(
     return [pos * a_u + neg * a_l], bias
 
 
-def _windows(t: Tensor, kernel, stride, padding) -> Tensor:
+def _windows(
+    t: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
     n, c = t.shape[:2]
     padded = F.pad(t, (padding[1], padding[1], padding[0], padding[0]), value=-torch.inf)
     return F.unfold(padded, kernel, stride=stride).view(n, c, kernel[0] * kernel[1], -1)

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from xai._typing import ArrayLike
 
-def _to_numpy(x) -> np.ndarray:
+
+def _to_numpy(x: object) -> np.ndarray:
     try:
         import torch
 
@@ -19,7 +21,7 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def to_image(
-    image,
+    image: ArrayLike,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -62,7 +64,7 @@ def to_image(
     return np.clip(arr, 0.0, 1.0)
 
 
-def to_map(attribution) -> np.ndarray:
+def to_map(attribution: ArrayLike) -> np.ndarray:
     """Return a 2-D float array from a ``(H, W)``, ``(1, H, W)`` or ``(C, H, W)`` map."""
     arr = _to_numpy(attribution).astype(np.float64)
     while arr.ndim > 2 and arr.shape[0] == 1:
@@ -78,7 +80,7 @@ def to_map(attribution) -> np.ndarray:
 
 
 def normalize(
-    attribution,
+    attribution: ArrayLike,
     *,
     signed: bool | None = None,
     percentile: float = 100.0,

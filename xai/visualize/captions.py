@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["add_caption"]
 
 
-def add_caption(ax, text: str, *, width: int | None = None, fontsize: float = 7.0):
+def add_caption(ax: Axes, text: str, *, width: int | None = None, fontsize: float = 7.0) -> Axes:
     """Write ``text`` under ``ax``, wrapped to ``width`` characters, and return the Axes.
 
     The caption is an Axes text below the image (it moves with the Axes and is kept by
@@ -29,7 +33,8 @@ def add_caption(ax, text: str, *, width: int | None = None, fontsize: float = 7.
     if text:
         if width is None:
             ax.apply_aspect()  # an image Axes shrinks to its aspect: wrap to what is drawn
-            inches = ax.get_position().width * ax.figure.get_figwidth()
+            root = ax.figure.figure  # the Figure itself, also for an Axes on a SubFigure
+            inches = ax.get_position().width * root.get_figwidth()
             width = max(16, int(inches * 72 / (0.6 * fontsize)))
         wrapped = textwrap.fill(text, width, break_on_hyphens=False)
         ax.text(

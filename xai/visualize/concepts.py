@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from xai._typing import ArrayLike
 from xai.visualize._image import _to_numpy, resize_map, to_image
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from xai.concepts import ConceptExtractor
 
 __all__ = ["concept_gallery", "concept_overlay", "concept_tree", "strategic_cluster_graph"]
@@ -59,14 +62,14 @@ def _names(k: int, names: Sequence[str] | None) -> list[str]:
 def concept_gallery(
     extractor: ConceptExtractor,
     *,
-    importances=None,
+    importances: ArrayLike | None = None,
     concepts: Sequence[int] | None = None,
     n_crops: int = 6,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """The crops with the highest coefficient for each concept (CRAFT figure 1).
 
     Args:
@@ -76,7 +79,10 @@ def concept_gallery(
             is ``None``, used to order the rows (most important first).
         concepts: which concepts to show (default all, by decreasing importance).
         n_crops: crops per concept (default 6).
-        mean, std: undo the input normalization (e.g. ``xai.data.IMAGENET_MEAN``/``STD``).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels (default ``"concept i"``).
         title: figure title (default names the class).
 
@@ -121,10 +127,10 @@ def concept_gallery(
 
 
 def concept_overlay(
-    image,
-    maps,
+    image: ArrayLike,
+    maps: ArrayLike,
     *,
-    importances=None,
+    importances: ArrayLike | None = None,
     concepts: Sequence[int] | None = None,
     n_concepts: int = 5,
     percentile: float = 90.0,
@@ -133,7 +139,7 @@ def concept_overlay(
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """Where each concept is in one image: a combined panel (a colour per concept) and one
     panel per concept.
 
@@ -148,6 +154,12 @@ def concept_overlay(
         importances: ``(K,)`` importances used to pick and order the concepts shown.
         concepts: explicit concept indices (overrides ``importances``).
         n_concepts: how many concepts when picked by importance (default 5).
+        percentile: each map keeps its values above this percentile (default 90).
+        alpha: opacity of the concept colours (default 0.65).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels.
         title: figure title.
 
@@ -196,9 +208,9 @@ def concept_overlay(
 
 
 def strategic_cluster_graph(
-    importances,
+    importances: ArrayLike,
     *,
-    images=None,
+    images: ArrayLike | None = None,
     min_count: int = 10,
     embedding: str = "pca",
     seed: int | None = 0,
@@ -207,7 +219,7 @@ def strategic_cluster_graph(
     concept_names: Sequence[str] | None = None,
     n_thumbnails: int = 12,
     title: str | None = None,
-):
+) -> Figure:
     """The strategic cluster graph (holistic paper, section 5), from per-image importances.
 
     Points are images (2-D embedding of their importance vectors, see
@@ -222,6 +234,12 @@ def strategic_cluster_graph(
         images: optional ``(N, C, H, W)`` images for thumbnails.
         min_count: images a concept must dominate to get a colour (default 10, the paper's).
         embedding: ``"pca"`` (default), ``"tsne"`` or ``"umap"``.
+        seed: seed of the embedding (default 0).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
+        concept_names: labels of the concepts in the legend (default ``"concept i"``).
         n_thumbnails: at most this many thumbnails (default 12).
         title: axes title (default names the figure).
 
@@ -278,7 +296,7 @@ def concept_tree(
     std: Sequence[float] | None = None,
     concept_names: Sequence[str] | None = None,
     title: str | None = None,
-):
+) -> Figure:
     """One level of CRAFT's concept tree: a concept and its sub-concepts (from
     :meth:`ConceptExtractor.refine`).
 
@@ -289,7 +307,10 @@ def concept_tree(
     Args:
         child: the extractor returned by ``parent.refine(concept, layer)``.
         n_images: crops per row (default 5).
-        mean, std: undo the input normalization.
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         concept_names: labels of the sub-concepts (default ``"sub-concept i"``).
         title: figure title (default names the parent concept and the two layers).
 

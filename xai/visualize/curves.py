@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["bars", "curves"]
 
@@ -24,7 +27,10 @@ def _rows(table: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
             f"the table lacks the columns {missing}; pass the output of xai.metrics.evaluate"
         )
     keys = list(table)
-    return [dict(zip(keys, values)) for values in zip(*(table[k] for k in keys))]
+    return [
+        dict(zip(keys, values, strict=True))
+        for values in zip(*(table[k] for k in keys), strict=True)
+    ]
 
 
 def _curve_groups(
@@ -84,7 +90,7 @@ def curves(
     xlabel: str | None = None,
     ylabel: str | None = None,
     figsize: tuple[float, float] | None = None,
-):
+) -> Figure:
     """Mean perturbation curves (deletion, insertion ...) per method, the AUC in the legend.
 
     Args:
@@ -93,8 +99,9 @@ def curves(
         ax: draw on this Axes (one metric only); by default a new Figure with one panel per
             curve metric.
         metric: plot only this metric (its ``name``, e.g. ``"deletion"``).
-        xlabel, ylabel: axis labels (default: fraction of features perturbed / target score;
-            layers randomized / similarity for the randomization test).
+        xlabel: x-axis label (default: fraction of features perturbed; layers randomized for
+            the randomization test).
+        ylabel: y-axis label (default: target score; similarity for the randomization test).
         figsize: figure size (default 4 x 3.2 inches per panel).
 
     Returns:
@@ -121,7 +128,8 @@ def curves(
         axes = list(np.asarray(fig.subplots(rows, cols, squeeze=False)).flat)
         for extra in axes[n:]:
             extra.set_visible(False)
-    for panel, (name, by_method) in zip(axes, groups.items()):
+        axes = axes[:n]
+    for panel, (name, by_method) in zip(axes, groups.items(), strict=True):
         for method, (steps, curve, auc) in by_method.items():
             panel.plot(steps, curve, marker="o", markersize=3, label=f"{method} ({auc:.3f})")
         panel.set_title(name)
@@ -141,7 +149,7 @@ def bars(
     *,
     metrics: Sequence[str] | None = None,
     figsize: tuple[float, float] | None = None,
-):
+) -> Figure:
     """Bar chart of mean scores (± standard error over samples) per method and metric.
 
     One group of bars per metric, one bar per method; each metric's title says whether higher
@@ -210,7 +218,7 @@ def bars(
     axes = list(np.asarray(fig.subplots(nrows, cols, squeeze=False)).flat)
     for extra in axes[n:]:
         extra.set_visible(False)
-    for panel, name in zip(axes, names):
+    for panel, name in zip(axes[:n], names, strict=True):
         means = [stats.get(name, {}).get(m, (np.nan, 0.0))[0] for m in methods]
         errs = [stats.get(name, {}).get(m, (np.nan, 0.0))[1] for m in methods]
         panel.bar(range(len(methods)), means, yerr=errs, color=colors, capsize=2)

@@ -21,6 +21,8 @@ import torch
 from xai.visualize._image import _to_numpy, to_image
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from xai.concepts import LayerDissection, NetworkDissection
 
 __all__ = ["concept_histogram", "similarity_matrix", "top_patches"]
@@ -37,7 +39,7 @@ def top_patches(
     n: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
-):
+) -> Figure:
     """The top-activating images of one filter with its mask, titled with its concept and IoU.
 
     Args:
@@ -47,8 +49,10 @@ def top_patches(
         unit: the filter index k.
         layer: the dissected layer (default: the first).
         n: number of images (default: all kept, ``n_top``).
-        mean, std: the normalization of the images, to display them (default: the data's
-            ``mean``/``std`` attributes when present).
+        mean: per-channel mean of the images' normalization, to display them (default: the
+            data's ``mean`` attribute when present).
+        std: per-channel standard deviation of that normalization (default: the data's
+            ``std`` attribute when present).
 
     Returns:
         A ``Figure`` with one row of ``n`` images; outside the filter's mask the image is
@@ -65,8 +69,8 @@ def top_patches(
     k = res.iou.shape[1]
     if not 0 <= unit < k:
         raise ValueError(f"unit must be in [0, {k}), got {unit}")
-    index = res.top_images[unit] if res.top_images is not None else torch.arange(1)
-    index = index[: (n or len(index))].tolist()
+    top = res.top_images[unit] if res.top_images is not None else torch.arange(1)
+    index: list[int] = top[: (n or len(top))].tolist()
     mean = mean if mean is not None else getattr(data, "mean", None)
     std = std if std is not None else getattr(data, "std", None)
     images = torch.stack([data[i][0] for i in index])
@@ -74,7 +78,7 @@ def top_patches(
     concept = int(res.unit_label[unit])
     fig = Figure(figsize=(1.8 * len(index), 2.3))
     axes = fig.subplots(1, len(index), squeeze=False)[0]
-    for ax, image, mask in zip(axes, images, masks):
+    for ax, image, mask in zip(axes, images, masks, strict=True):
         rgb = to_image(image, mean=mean, std=std)
         m = mask.numpy()
         ax.imshow(np.where(m[..., None], rgb, 0.25 * rgb))
@@ -93,7 +97,7 @@ def concept_histogram(
     results: NetworkDissection | Mapping[str, LayerDissection] | Sequence[LayerDissection],
     *,
     threshold: float = 0.04,
-):
+) -> Figure:
     """Per layer, the number of interpretable filters per concept (NetDissect's summary).
 
     A filter counts for its top concept when its IoU exceeds ``threshold`` (0.04 as in
@@ -120,7 +124,7 @@ def concept_histogram(
         raise ValueError("no layer results to plot")
     fig = Figure(figsize=(max(6.0, 0.32 * len(layers[0].concepts) + 2), 1.9 * len(layers) + 0.6))
     axes = fig.subplots(len(layers), 1, squeeze=False)[:, 0]
-    for ax, res in zip(axes, layers):
+    for ax, res in zip(axes, layers, strict=True):
         summary = res.summary(threshold)
         counts = np.array([summary["per_concept"].get(c, 0) for c in res.concepts])
         kinds = res.kinds or [None] * len(res.concepts)
@@ -145,7 +149,7 @@ def concept_histogram(
 
 def similarity_matrix(
     similarity: Any, names: Sequence[str] | None = None, *, title: str | None = None
-):
+) -> Figure:
     """Heat map of a ``(C, C)`` concept similarity matrix (e.g. :meth:`Net2Vec.similarity`).
 
     Args:

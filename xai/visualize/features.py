@@ -14,32 +14,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import to_image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["inversion_strip", "visualization_grid"]
 
 
 def inversion_strip(
-    image,
-    inversions: Mapping[str, object],
+    image: ArrayLike,
+    inversions: Mapping[str, ArrayLike],
     *,
     errors: Mapping[str, float] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     title: str | None = None,
     cell_size: float = 2.2,
-):
-    """The original image, then its reconstruction from each layer, left to right.
+) -> Figure:
+    r"""The original image, then its reconstruction from each layer, left to right.
 
     Args:
         image: ``(C, H, W)`` (or ``(1, C, H, W)``) reference image, as given to the model.
         inversions: layer name -> ``(C, H, W)`` reconstruction (same space as ``image``), in
             column order (shallow to deep).
         errors: layer name -> error to print under the layer name (e.g. the feature error
-            :math:`\\|\\Phi(x^*)-\\Phi_0\\|^2/\\|\\Phi_0\\|^2`).
+            :math:`\|\Phi(x^*)-\Phi_0\|^2/\|\Phi_0\|^2`).
         mean: undo the input normalization for display (``x * std + mean``, clipped to [0, 1]).
         std: see ``mean``.
         title: figure title.
@@ -59,7 +64,7 @@ def inversion_strip(
     axes = np.atleast_1d(fig.subplots(1, cols))
     axes[0].imshow(to_image(image, mean=mean, std=std))
     axes[0].set_title("original", fontsize=9)
-    for ax, (layer, rec) in zip(axes[1:], inversions.items()):
+    for ax, (layer, rec) in zip(axes[1:], inversions.items(), strict=True):
         ax.imshow(to_image(rec, mean=mean, std=std))
         label = (
             layer
@@ -76,13 +81,13 @@ def inversion_strip(
 
 
 def visualization_grid(
-    images,
+    images: ArrayLike | Sequence[ArrayLike],
     *,
     titles: Sequence[str] | None = None,
     n_cols: int | None = None,
     title: str | None = None,
     cell_size: float = 2.0,
-):
+) -> Figure:
     """Feature visualizations in a grid, one image per cell.
 
     Args:

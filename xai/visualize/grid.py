@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import to_image, to_map
 from xai.visualize.overlay import overlay
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 def grid(
-    images,
-    maps: Mapping[str, object],
+    images: ArrayLike | Sequence[ArrayLike],
+    maps: Mapping[str, ArrayLike | Sequence[ArrayLike]],
     *,
     titles: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
@@ -24,16 +29,22 @@ def grid(
     shared_scale: bool = False,
     cell_size: float = 2.2,
     colorbar: bool = False,
-):
+) -> Figure:
     """A grid of images (rows) by methods (columns): the original, then each method's overlay.
 
     Args:
         images: ``(B, C, H, W)`` batch (tensor or array) or a list of images.
         maps: method name -> ``(B, H, W)`` maps (tensor or array), in column order.
         titles: one row title per image (e.g. ``"tabby cat 0.72"``), shown on the first column.
-        mean, std: undo the input normalization for display.
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
+        alpha: opacity of the maps (default 0.5).
+        cmap: colormap (default: ``"inferno"`` for unsigned maps, ``"RdBu_r"`` for signed ones).
         shared_scale: one colour scale per method across the images (the 99.5th percentile of
             that method's absolute values over all images) instead of one per cell.
+        cell_size: width and height of one cell in inches (default 2.2).
         colorbar: one colourbar per cell.
 
     Returns:
@@ -78,7 +89,7 @@ def grid(
     return fig
 
 
-def save(fig, path: str | os.PathLike, *, dpi: int = 300) -> Path:
+def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 300) -> Path:
     """Save a figure to ``path`` (format from the suffix: .png, .pdf, .svg) and return the path.
 
     Parent folders are created. Raises a ``ValueError`` for an unsupported suffix.

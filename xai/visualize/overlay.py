@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import normalize, resize_map, to_image, to_map
 from xai.visualize.captions import add_caption
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _signed_cmap(cmap: str | None, signed: bool) -> str:
@@ -17,8 +22,8 @@ def _signed_cmap(cmap: str | None, signed: bool) -> str:
 
 
 def overlay(
-    image,
-    attribution,
+    image: ArrayLike,
+    attribution: ArrayLike,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -30,13 +35,17 @@ def overlay(
     colorbar: bool = False,
     title: str | None = None,
     caption: str | None = None,
-    ax=None,
-):
+    ax: Axes | None = None,
+) -> Axes:
     """Draw ``attribution`` over ``image`` on a matplotlib Axes and return the Axes.
 
     Args:
         image: ``(C, H, W)``/``(H, W, C)`` tensor or array, uint8 or float; ``mean``/``std``
             undo a normalization (e.g. ``xai.data.IMAGENET_MEAN``/``IMAGENET_STD``).
+        mean: per-channel mean of the input normalization to undo for display (e.g.
+            ``xai.data.IMAGENET_MEAN``; default: none).
+        std: per-channel standard deviation of that normalization (e.g.
+            ``xai.data.IMAGENET_STD``).
         attribution: ``(H, W)`` map (resized to the image with bilinear interpolation when its
             size differs), tensor or array.
         alpha: opacity of the map (0 shows only the image).
@@ -46,6 +55,7 @@ def overlay(
         percentile: values above this percentile are clipped (robust to a few hot pixels).
         scale: a fixed divisor, to share one colour scale across maps.
         colorbar: add a colourbar.
+        title: the Axes' title.
         caption: a sentence written under the image (e.g. from ``xai.verbalize.Verbalizer``),
             see :func:`xai.visualize.add_caption`.
         ax: the Axes to draw on (a new figure is made when ``None``).
@@ -79,7 +89,13 @@ def overlay(
 
 
 def heatmap_rgb(
-    image, attribution, *, mean=None, std=None, alpha: float = 0.5, cmap: str = "inferno"
+    image: ArrayLike,
+    attribution: ArrayLike,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
 ) -> np.ndarray:
     """The overlay as an ``(H, W, 3)`` uint8 array (for saving with other tools)."""
     import matplotlib

@@ -19,11 +19,17 @@ of the similarity each image carries.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xai._typing import ArrayLike
 from xai.visualize._image import _to_numpy, to_image, to_map
 from xai.visualize.overlay import overlay
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = ["retrieval_strip", "similarity_graph", "similarity_pair"]
 
@@ -34,7 +40,9 @@ def _robust_max(maps: Sequence[np.ndarray], percentile: float) -> float:
     return top if top > 0 else 1.0
 
 
-def _draw_region(ax, region, image_shape: tuple[int, int]) -> None:
+def _draw_region(
+    ax: Axes, region: ArrayLike | Sequence[float] | None, image_shape: tuple[int, int]
+) -> None:
     """Outline a box ``(x0, y0, x1, y1)`` or the contour of an ``(H, W)`` mask on ``ax``."""
     from matplotlib.patches import Rectangle
 
@@ -58,10 +66,10 @@ def _draw_region(ax, region, image_shape: tuple[int, int]) -> None:
 
 
 def similarity_pair(
-    query_image,
-    reference_image,
-    query_map,
-    reference_map,
+    query_image: ArrayLike,
+    reference_image: ArrayLike,
+    query_map: ArrayLike,
+    reference_map: ArrayLike,
     score: float | None = None,
     *,
     mean: Sequence[float] | None = None,
@@ -73,7 +81,7 @@ def similarity_pair(
     titles: tuple[str, str] = ("query", "reference"),
     metric: str = "similarity",
     figsize: tuple[float, float] = (8.0, 4.3),
-):
+) -> Figure:
     """The pair side by side, each image with its heatmap, and the score in the title.
 
     Args:
@@ -104,7 +112,9 @@ def similarity_pair(
     scale = _robust_max(maps, percentile) if shared_scale else None
     fig = Figure(figsize=figsize, layout="constrained")
     axes = fig.subplots(1, 2)
-    for ax, image, heat, title in zip(axes, (query_image, reference_image), maps, titles):
+    for ax, image, heat, title in zip(
+        axes, (query_image, reference_image), maps, titles, strict=True
+    ):
         own = scale if scale is not None else _robust_max([heat], percentile)
         overlay(
             image,
@@ -125,13 +135,13 @@ def similarity_pair(
 
 
 def retrieval_strip(
-    query_image,
-    images,
-    maps,
-    scores,
+    query_image: ArrayLike,
+    images: ArrayLike | Sequence[ArrayLike],
+    maps: ArrayLike | Sequence[ArrayLike],
+    scores: ArrayLike | Sequence[float],
     *,
-    region=None,
-    query_map=None,
+    region: ArrayLike | Sequence[float] | None = None,
+    query_map: ArrayLike | None = None,
     labels: Sequence[str] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -140,7 +150,7 @@ def retrieval_strip(
     alpha: float = 0.5,
     cmap: str | None = None,
     panel_size: float = 2.2,
-):
+) -> Figure:
     """A query followed by its ranked hits, each hit with the heatmap of where it matches.
 
     Args:
@@ -195,7 +205,9 @@ def retrieval_strip(
             title="query",
         )
     _draw_region(axes[0], region, q.shape[:2])
-    for rank, (ax, image, m, s) in enumerate(zip(axes[1:], hits, heat, score_list), start=1):
+    for rank, (ax, image, m, s) in enumerate(
+        zip(axes[1:], hits, heat, score_list, strict=True), start=1
+    ):
         name = f" {labels[rank - 1]}" if labels is not None else ""
         own = scale if scale is not None else _robust_max([m], percentile)
         overlay(
@@ -246,7 +258,7 @@ def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int =
     """
     pos = np.clip(pos.astype(np.float64), margin, 1 - margin)
     n = pos.shape[0]
-    for step in range(steps):
+    for _ in range(steps):
         delta = pos[:, None, :] - pos[None, :, :]
         dist = np.linalg.norm(delta, axis=-1) + np.eye(n)
         overlap = np.clip(min_distance - dist, 0.0, None)
@@ -263,8 +275,8 @@ def _spread(pos: np.ndarray, *, min_distance: float, margin: float, steps: int =
 
 
 def similarity_graph(
-    images,
-    similarities,
+    images: ArrayLike | Sequence[ArrayLike],
+    similarities: ArrayLike,
     *,
     k: int = 2,
     labels: Sequence[str] | None = None,
@@ -273,7 +285,7 @@ def similarity_graph(
     std: Sequence[float] | None = None,
     thumb_size: float = 0.14,
     figsize: tuple[float, float] = (7.0, 7.0),
-):
+) -> Figure:
     """A small gallery as a graph: thumbnails as nodes, each image's ``k`` strongest
     similarities as edges (line width and label = similarity). matplotlib only.
 
@@ -330,7 +342,7 @@ def similarity_graph(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_axis_off()
-    for (i, j), w in zip(sorted(edges), weights):
+    for (i, j), w in zip(sorted(edges), weights, strict=True):
         strength = (w - lo) / (hi - lo) if hi > lo else 1.0
         (line,) = ax.plot(
             [pos[i, 0], pos[j, 0]],
@@ -353,7 +365,7 @@ def similarity_graph(
             bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
         )
     half = thumb_size / 2
-    for idx, (thumb, (x, y)) in enumerate(zip(thumbs, pos)):
+    for idx, (thumb, (x, y)) in enumerate(zip(thumbs, pos, strict=True)):
         inset = fig.add_axes((x - half, y - half, thumb_size, thumb_size), zorder=3)
         inset.imshow(thumb)
         inset.set_xticks([])

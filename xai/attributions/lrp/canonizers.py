@@ -30,13 +30,14 @@ blocks to split) and ``on_call(call)`` (called after every rewired module call).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai.adapter.rules import Call, Link, Residual
-from xai.attributions.lrp.rules import LINEAR_TYPES, Pass, parameters
+from xai.attributions.lrp.rules import BATCH_NORMS, LINEAR_TYPES, Pass, parameters
 
 __all__ = [
     "Canonizer",
@@ -47,8 +48,6 @@ __all__ = [
     "auto_canonizers",
     "merge_batch_norm",
 ]
-
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class Canonizer:
@@ -81,12 +80,13 @@ def merge_batch_norm(weight: Tensor, bias: Tensor | None, bn: nn.Module) -> tupl
         ``(W', b')`` with ``W' = W s`` and ``b' = (b - mu) s + beta``, ``s = gamma / sqrt(var +
         eps)`` (``gamma = 1``, ``beta = 0`` for a non-affine batch norm).
     """
-    mean = bn.running_mean.detach().to(weight)  # type: ignore[union-attr]
-    var = bn.running_var.detach().to(weight)  # type: ignore[union-attr]
-    scale = (var + bn.eps).rsqrt()  # type: ignore[operator]
-    if bn.weight is not None:
-        scale = scale * bn.weight.detach().to(weight)  # type: ignore[union-attr]
-    shift = bn.bias.detach().to(weight) if bn.bias is not None else torch.zeros_like(mean)
+    norm = cast(Any, bn)  # a batch norm: running statistics, eps, optional affine parameters
+    mean = norm.running_mean.detach().to(weight)
+    var = norm.running_var.detach().to(weight)
+    scale = (var + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().to(weight)
+    shift = norm.bias.detach().to(weight) if norm.bias is not None else torch.zeros_like(mean)
     b = bias if bias is not None else torch.zeros_like(mean)
     merged_w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     merged_b = (b - mean) * scale + shift
@@ -103,6 +103,7 @@ class MergeBatchNorm(Canonizer):
     """
 
     def on_call(self, call: Call) -> None:
+        """Merge ``call``'s batch norm into its source call's linear layer, when it can."""
         bn, source = call.module, call.source
         if not isinstance(bn, BATCH_NORMS) or source is None:
             return
@@ -151,6 +152,7 @@ class ResidualCanonizer(Canonizer):
         return type(module) is self.block_type and (self.applies is None or self.applies(module))
 
     def residuals(self, model: nn.Module) -> list[Residual]:
+        """One :class:`~xai.adapter.rules.Residual` per block of the type in ``model``."""
         out = []
         for name, module in model.named_modules():
             if not self.handles(module):
@@ -230,6 +232,7 @@ class MobileNetV2Canonizer(_Several):
         )
 
     def links(self, model: nn.Module) -> list[Link]:
+        """The functional global pooling between ``features`` and ``classifier``."""
         from torchvision.models.mobilenetv2 import MobileNetV2
 
         return [

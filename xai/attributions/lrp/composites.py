@@ -29,12 +29,16 @@ affine layer and gets the epsilon rule).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from xai.attributions.lrp.rules import (
+    BATCH_NORMS,
+    CONVOLUTIONS,
+    DENSE,
+    LINEAR_TYPES,
     AlphaBeta,
     Epsilon,
     Flat,
@@ -63,9 +67,6 @@ __all__ = [
 Types = type | tuple[type, ...]
 LayerMap = Sequence[tuple[Types, Rule]]
 
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DENSE = (nn.Linear,)
-LINEAR_LAYERS = CONVOLUTIONS + DENSE
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -110,8 +111,6 @@ RESHAPES = (
     nn.Flatten,
     nn.Unflatten,
 )
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -127,7 +126,7 @@ def with_zero_params(rule: Rule, zero_params: Sequence[str], empty: str = "absor
     if bad:
         raise ValueError(f"zero_params may name 'weight' and 'bias', got {sorted(bad)}")
     clone = copy.copy(rule)
-    clone.zero_params = tuple(dict.fromkeys((*rule.zero_params, *zero_params)))  # type: ignore
+    clone.zero_params = tuple(dict.fromkeys((*rule.zero_params, *zero_params)))
     if empty != "absorb":
         clone.empty = empty  # type: ignore[attr-defined]
     return clone
@@ -181,7 +180,7 @@ class Composite:
         zero_params: Iterable[str] | None = None,
         empty: str = "absorb",
     ) -> None:
-        for types, rule in [*layer_map, *first_map, *(name_map or {}).items()]:
+        for _, rule in [*layer_map, *first_map, *(name_map or {}).items()]:
             if not isinstance(rule, Rule):
                 raise TypeError(f"a composite maps to Rule objects, got {type(rule).__name__}")
         self.layer_map = list(layer_map)
@@ -213,7 +212,7 @@ class Composite:
 
     def supported_types(self) -> list[str]:
         """Names of the module types this composite has a rule for."""
-        names = []
+        names: list[str] = []
         for types, _ in [*self.layer_map, *self.first_map, *self.base_map]:
             names.extend(t.__name__ for t in _types(types) if t.__name__ not in names)
         return names
@@ -279,7 +278,7 @@ class Composite:
             ):
                 unsupported[name or "<model>"] = module
                 continue
-            if rule.needs_parameters and not isinstance(module, LINEAR_LAYERS):
+            if rule.needs_parameters and not isinstance(module, LINEAR_TYPES):
                 raise ValueError(
                     f"rule {type(rule).__name__} needs a linear layer (conv or dense) but is "
                     f"assigned to {name!r} ({type(module).__name__})"
@@ -299,7 +298,7 @@ class EpsilonPlusFlat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            first_map=[(LINEAR_TYPES, Flat(stabilizer))],
             stabilizer=stabilizer,
             **kwargs,
         )
@@ -365,7 +364,7 @@ class EpsilonAlpha2Beta1Flat(Composite):
     def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
         super().__init__(
             [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
-            first_map=[(LINEAR_LAYERS, Flat(stabilizer))],
+            first_map=[(LINEAR_TYPES, Flat(stabilizer))],
             stabilizer=stabilizer,
             **kwargs,
         )
@@ -380,7 +379,7 @@ class UniformEpsilon(Composite):
 
     def __init__(self, epsilon: float = 1e-6, **kwargs) -> None:
         kwargs.setdefault("stabilizer", epsilon)
-        super().__init__([(LINEAR_LAYERS, Epsilon(epsilon))], **kwargs)
+        super().__init__([(LINEAR_TYPES, Epsilon(epsilon))], **kwargs)
 
 
 class Li2019(Composite):
@@ -407,7 +406,7 @@ class Li2019(Composite):
         )
 
 
-_PRESETS: dict[str, type[Composite]] = {
+_PRESETS: dict[str, Callable[..., Composite]] = {
     "epsilon_plus_flat": EpsilonPlusFlat,
     "epsilon_gamma_box": EpsilonGammaBox,
     "epsilon_plus": EpsilonPlus,

@@ -1,4 +1,4 @@
-"""LRP rules: how relevance flows from a layer's outputs to its inputs.
+r"""LRP rules: how relevance flows from a layer's outputs to its inputs.
 
 Every rule is a small object called as ``rule(call, relevance) -> relevance_at_input`` on one
 :class:`xai.adapter.rules.Call` (the module, a private copy of its input, its output). Rules are
@@ -6,12 +6,12 @@ written as modified gradients (the "gradient trick" of zennit's ``BasicHook``): 
 ``t`` the rule evaluates a modified forward ``z_t = f(x_t; W_t, b_t)``, divides the incoming
 relevance by a stabilized normalizer and takes one vector-Jacobian product,
 
-.. math:: R_j = \\sum_t x_{t,j} \\, \\partial_{x_t} \\big( z_t \\cdot R / \\mathrm{stab}(z) \\big)_j .
+.. math:: R_j = \sum_t x_{t,j} \, \partial_{x_t} \big( z_t \cdot R / \mathrm{stab}(z) \big)_j .
 
-A layer ``z_k = \\sum_j a_j w_{jk} + b_k`` and its incoming relevance ``R_k``:
+A layer ``z_k = \sum_j a_j w_{jk} + b_k`` and its incoming relevance ``R_k``:
 
 ==========================  ===============================================================
-rule                        contribution ``q_jk`` (``R_j = \\sum_k q_jk / \\sum_j q_jk R_k``)
+rule                        contribution ``q_jk`` (``R_j = \sum_k q_jk / \sum_j q_jk R_k``)
 ==========================  ===============================================================
 :class:`Epsilon`            ``a_j w_jk``, normalizer ``z_k + eps sign(z_k)`` (eps=0: LRP-0)
 :class:`Gamma`              ``a_j (w_jk + gamma w_jk^+)``
@@ -38,12 +38,14 @@ References:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
 from xai.adapter.rules import Call
 
@@ -63,8 +65,13 @@ __all__ = [
     "stabilize",
 ]
 
-LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# The layer types LRP treats specially, defined once for the rules, composites and canonizers.
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DENSE = (nn.Linear,)
+LINEAR_TYPES = CONVOLUTIONS + DENSE
 """Modules with ``weight`` and ``bias`` whose forward is linear in the input."""
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+"""Batch norms: merged into the preceding linear layer, or an affine layer of their own."""
 
 
 def stabilize(z: Tensor, epsilon: float, *, sign_matched: bool = True) -> Tensor:
@@ -91,14 +98,12 @@ def divide(relevance: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(relevance), relevance / safe)
 
 
-def linear_forward(
-    module: nn.Module, x: Tensor, weight: Tensor | None, bias: Tensor | None
-) -> Tensor:
+def linear_forward(module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """The forward of a linear-type module with replaced parameters (the module is untouched)."""
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return module._conv_forward(x, weight, bias)  # type: ignore[operator]
+        return module._conv_forward(x, weight, bias)
     raise TypeError(f"{type(module).__name__} is not a linear-type module")
 
 
@@ -122,10 +127,18 @@ def layer_output(call: Call) -> Tensor | None:
     return source.output.detach() if source.output_intact() else None
 
 
+@overload
+def _pos(t: Tensor) -> Tensor: ...
+@overload
+def _pos(t: None) -> None: ...
 def _pos(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(min=0)
 
 
+@overload
+def _neg(t: Tensor) -> Tensor: ...
+@overload
+def _neg(t: None) -> None: ...
 def _neg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.clamp(max=0)
 
@@ -175,11 +188,12 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
     """
     if isinstance(module, nn.Linear):
         return grad @ weight
-    conv = {
-        nn.Conv1d: torch.nn.grad.conv1d_input,
-        nn.Conv2d: torch.nn.grad.conv2d_input,
-        nn.Conv3d: torch.nn.grad.conv3d_input,
-    }.get(type(module))
+    inputs: dict[type[nn.Module], Callable[..., Tensor]] = {
+        nn.Conv1d: conv1d_input,
+        nn.Conv2d: conv2d_input,
+        nn.Conv3d: conv3d_input,
+    }
+    conv = inputs.get(type(module))
     if conv is not None and module.padding_mode == "zeros" and not isinstance(module.padding, str):
         return conv(
             shape, weight, grad, module.stride, module.padding, module.dilation, module.groups
@@ -190,7 +204,7 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
     return out
 
 
-class Rule:
+class Rule(ABC):
     """Base class of LRP rules: ``rule(call, relevance) -> relevance at the call's input``.
 
     A rule for linear-type modules (conv, linear) sets ``needs_parameters = True``; rules that
@@ -204,8 +218,9 @@ class Rule:
 
     needs_parameters: bool = False
 
+    @abstractmethod
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The relevance at the call's input, from the ``relevance`` at its output."""
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -378,7 +393,9 @@ def _flat(call: Call, relevance: Tensor) -> Tensor:
 
 
 class Epsilon(_Terms):
-    r"""LRP-:math:`\epsilon`: :math:`R_j = \sum_k a_j w_{jk} / (z_k + \epsilon\,\mathrm{sign}(z_k)) R_k`.
+    r"""LRP-:math:`\epsilon`: divide by the normalizer plus :math:`\epsilon` of its sign.
+
+    :math:`R_j = \sum_k a_j w_{jk} / (z_k + \epsilon\,\mathrm{sign}(z_k)) R_k`.
 
     Args:
         epsilon: the stabilizer (default ``1e-6``, zennit's; ``0`` gives LRP-0, which equals
@@ -405,6 +422,7 @@ class Epsilon(_Terms):
         self.sign_matched = sign_matched
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The epsilon rule (the module's own Jacobian for parameter-free modules)."""
         if not isinstance(call.module, LINEAR_TYPES):
             return _module_rule(
                 call,
@@ -440,6 +458,7 @@ class ZPlus(_Terms):
         super().__init__(stabilizer, zero_params)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The z+ rule: positive contributions only."""
         weight, bias = self._params(call)
         ap, an = _signed_parts(call.input)
         terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
@@ -473,13 +492,14 @@ class AlphaBeta(_Terms):
         self.beta = float(beta)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """Positive and negative contributions, weighted alpha and -beta."""
         weight, bias = self._params(call)
         ap, an = _signed_parts(call.input)
         positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
         negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
         groups = [Group(positive, self.alpha, nonnegative=an is _ZERO)]
         if self.beta:
-            groups.append(Group(negative, -self.beta))  # type: ignore[arg-type]
+            groups.append(Group(negative, -self.beta))
         return self._propagate(call, relevance, groups)
 
 
@@ -509,6 +529,7 @@ class Gamma(_Terms):
         self.gamma = float(gamma)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The gamma rule: positive weights (and biases) favoured by gamma."""
         weight, bias = self._params(call)
         g = self.gamma
         a = call.input
@@ -558,6 +579,7 @@ class ZBox(_Terms):
         return t.expand_as(like)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The z-box rule, with the input bounds ``low`` and ``high``."""
         weight, bias = self._params(call)
         x = call.input
         low, high = self._bound(self.low, x), self._bound(self.high, x)
@@ -566,7 +588,7 @@ class ZBox(_Terms):
             Term(low, _pos(weight), _pos(bias), -1.0),
             Term(high, _neg(weight), _neg(bias), -1.0),
         ]
-        return self._propagate(call, relevance, [Group(terms)])  # type: ignore[arg-type]
+        return self._propagate(call, relevance, [Group(terms)])
 
 
 class Flat(_Terms):
@@ -580,6 +602,7 @@ class Flat(_Terms):
         super().__init__(stabilizer, None)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The flat rule: uniform over each output's receptive field."""
         module = call.module
         if (
             type(module) is nn.Conv2d
@@ -599,9 +622,9 @@ class Flat(_Terms):
         channel has the same normalizer ``C_in * (taps inside the image)`` and every input
         channel the same relevance, so one single-channel convolution each way suffices.
         """
-        module = call.module
+        module = cast(nn.Conv2d, call.module)
         shape = call.input.shape
-        kernel = relevance.new_ones(1, 1, *module.kernel_size)  # type: ignore[misc]
+        kernel = relevance.new_ones(1, 1, *module.kernel_size)
         taps = F.conv2d(
             relevance.new_ones(1, 1, *shape[2:]),
             kernel,
@@ -613,7 +636,7 @@ class Flat(_Terms):
         count = taps * shape[1]
         stabilized = self._stab(count)
         ratio = (relevance / stabilized).sum(1, keepdim=True)
-        spread = torch.nn.grad.conv2d_input(
+        spread = conv2d_input(
             (shape[0], 1, *shape[2:]),
             kernel,
             ratio,
@@ -640,6 +663,7 @@ class WSquare(_Terms):
         super().__init__(stabilizer, zero_params)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The w-square rule: in proportion to the squared weights."""
         weight, bias = self._params(call)
         ones = torch.ones_like(call.input)
         return self._propagate(
@@ -668,7 +692,7 @@ def _module_rule(
     with torch.enable_grad():
         x = call.input.detach().requires_grad_(True)
         z = module.forward(x)
-        value = z.detach() - offset if zero_bias else z.detach()  # type: ignore[operator]
+        value = z.detach() - offset if zero_bias else z.detach()
         stabilized = stabilize(value, epsilon, sign_matched=sign_matched)
         ratio = divide(relevance, stabilized)
         (grad,) = torch.autograd.grad(z, x, grad_outputs=ratio)
@@ -680,9 +704,9 @@ def _module_rule(
 
 
 class Norm(Rule):
-    """Proportional split for parameter-free linear maps (sums, average pooling).
+    r"""Proportional split for parameter-free linear maps (sums, average pooling).
 
-    :math:`R_j = a_j \\, \\partial_{a_j} \\langle z, R / \\mathrm{stab}(z) \\rangle` with the
+    :math:`R_j = a_j \, \partial_{a_j} \langle z, R / \mathrm{stab}(z) \rangle` with the
     module's own forward ``z``: the epsilon rule with ``epsilon`` as a mere stabilizer.
     Residual additions use :meth:`split`, functional operations :meth:`through`.
     """
@@ -691,6 +715,7 @@ class Norm(Rule):
         self.stabilizer = float(stabilizer)
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """Proportional split through the module's own forward."""
         return _module_rule(call, relevance, self.stabilizer)
 
     def through(
@@ -726,6 +751,7 @@ class Pass(Rule):
     """Pass relevance through unchanged (element-wise activations, merged batch norms)."""
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The relevance unchanged."""
         if relevance.shape != call.input.shape:
             raise RuntimeError(
                 f"Pass rule on {type(call.module).__name__} needs equal input and output shapes"
@@ -740,6 +766,7 @@ class Gradient(Rule):
     """
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
+        """The plain gradient of the relevance (winner-take-all for max pooling)."""
         with torch.enable_grad():
             x = call.input.detach().requires_grad_(True)
             z = call.module.forward(x)

@@ -48,8 +48,9 @@ from torch import Tensor, nn
 
 from xai._typing import LayerLike
 from xai.adapter import Target, chunks
-from xai.attributions.base import Attribution, register
+from xai.attributions.base import register
 from xai.attributions.lrp.lrp import LRP
+from xai.attributions.wrappers import WrappedAttribution
 
 __all__ = ["SalientRelevance", "context_aware_saliency", "relevance_to_rgb", "rgb_to_lab"]
 
@@ -296,7 +297,7 @@ def context_aware_saliency(
 
 
 @register
-class SalientRelevance(Attribution):
+class SalientRelevance(WrappedAttribution[LRP]):
     """Salient Relevance (SR) map: context-aware saliency of an LRP heatmap (Li et al. 2019).
 
     Wraps an :class:`~xai.attributions.lrp.LRP` instance (whose composite and canonizers are
@@ -333,20 +334,23 @@ class SalientRelevance(Attribution):
         "chunk_size",
     )
 
+    inner_type = LRP
+    inner_description = "an LRP instance"
+    inner_example = "LRP(model, composite=...)"
+
     def __init__(self, lrp: LRP, *, rgb_mode: str = "abs_minmax", **kwargs) -> None:
-        if not isinstance(lrp, LRP):
-            raise TypeError(
-                f"SalientRelevance wraps an LRP instance, got {type(lrp).__name__}; use "
-                "SalientRelevance(LRP(model, composite=...))"
-            )
         options = {key: kwargs.pop(key) for key in list(kwargs) if key in self._SALIENCY_OPTIONS}
-        super().__init__(lrp.model, **kwargs)
+        super().__init__(lrp, **kwargs)
         if rgb_mode not in ("abs_minmax", "sum_abs"):
             raise ValueError(f"rgb_mode must be 'abs_minmax' or 'sum_abs', got {rgb_mode!r}")
-        self.lrp = lrp
         self.rgb_mode = rgb_mode
         self.options = options
         context_aware_saliency(torch.zeros(1, 3, 4, 4), **{**options, "longest_side": None})
+
+    @property
+    def lrp(self) -> LRP:
+        """The wrapped LRP step (``.inner``)."""
+        return self.inner
 
     @classmethod
     def create(
@@ -357,12 +361,14 @@ class SalientRelevance(Attribution):
         about 1e11 flops per image (tens of seconds on a CPU); pass ``longest_side=250`` to
         reproduce the paper.
         """
-        general = {
-            key: kwargs.pop(key) for key in ("batch_size", "seed", "progress") if key in kwargs
-        }
-        composite = kwargs.pop("composite", "li2019")
         kwargs.setdefault("longest_side", 64)
-        return cls(LRP(model, composite, **general), **general, **kwargs)
+        return super().create(model, layer=layer, **kwargs)  # type: ignore[return-value]
+
+    @classmethod
+    def default_inner(cls, model: nn.Module, layer: LayerLike | None, options: dict) -> LRP:
+        """``LRP(model, options.pop("composite", "li2019"))``, with the general options."""
+        composite = options.pop("composite", "li2019")
+        return LRP(model, composite, **cls.general_options(options))
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         maps = []
@@ -370,18 +376,11 @@ class SalientRelevance(Attribution):
         for chunk in chunks(inputs.shape[0], self.batch_size):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
-            with self.lrp.adapter.bound(None if extras is None else extras.subset(rows)):
-                relevance = self.lrp._relevance(inputs[chunk], tgt)
+            # the inner LRP explains a chunk: it gets the extras of the chunk's samples
+            with self.inner.adapter.bound(None if extras is None else extras.subset(rows)):
+                relevance = self.inner.relevance(inputs[chunk], tgt)
             image = relevance_to_rgb(
                 relevance.to(torch.promote_types(relevance.dtype, torch.float32)), self.rgb_mode
             )
             maps.append(context_aware_saliency(image, **self.options))
         return torch.cat(maps)
-
-    def rebind(self, model: nn.Module) -> SalientRelevance:
-        clone = super().rebind(model)
-        clone.lrp = self.lrp.rebind(model)  # type: ignore[assignment]
-        return clone  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return f"SalientRelevance({self.lrp!r})"

@@ -53,12 +53,15 @@ References:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
 from xai.adapter import Target, chunks, hooks
 from xai.adapter.attention import attention_sites
-from xai.adapter.rules import Call, rewired
+from xai.adapter.hooks import ForwardHook
+from xai.adapter.rules import BackwardRule, Call, rewired
 from xai.attributions.lrp.composites import _PRESETS, ACTIVATIONS, Composite
 from xai.attributions.lrp.lrp import LRP, _refuse
 from xai.attributions.lrp.rules import divide, linear_forward, stabilize
@@ -104,6 +107,7 @@ class TransformerComposite(Composite):
         self.absorbed: dict[str, Tensor] = {}
 
     def supported_types(self) -> list[str]:
+        """Names of the module types this composite has a rule for."""
         return [
             "Linear",
             "Conv2d",
@@ -119,7 +123,9 @@ class TransformerComposite(Composite):
         ]
 
     # planning -----------------------------------------------------------------------------
-    def _plan(self, model: nn.Module):
+    def _plan(
+        self, model: nn.Module
+    ) -> tuple[dict[nn.Module, BackwardRule], dict[nn.Module, ForwardHook]]:
         try:
             sites = attention_sites(model)
         except ValueError as err:
@@ -144,7 +150,7 @@ class TransformerComposite(Composite):
                 )
             for linear, features, role in site.projections:
                 owner[linear] = site.name
-                vector = factors.setdefault(linear, torch.ones(linear.out_features))
+                vector = factors.setdefault(linear, torch.ones(_tensor(linear, "weight").shape[0]))
                 factor = self.v_factor if role == "v" else self.qk_factor
                 vector[features if features is not None else slice(None)] = factor
             out = next(
@@ -158,8 +164,8 @@ class TransformerComposite(Composite):
             if out is None:
                 raise ValueError(f"attention {site.name!r} has no output projection")
             outputs[out] = site.name
-        rules: dict[nn.Module, object] = {}
-        refuse: dict[nn.Module, object] = {}
+        rules: dict[nn.Module, BackwardRule] = {}
+        refuse: dict[nn.Module, ForwardHook] = {}
         for name, module in model.named_modules():
             if next(module.children(), None) is not None:
                 continue
@@ -192,7 +198,7 @@ class TransformerComposite(Composite):
             g = grad * self._ratio(call.output)
             if factor is not None:
                 g = g * factor.to(g)
-            weight = call.module.weight.detach()
+            weight = _tensor(call.module, "weight").detach()
             if isinstance(call.module, nn.Linear):  # the vector-Jacobian product, directly
                 g_in = g.matmul(weight.to(g.dtype))
             else:
@@ -210,7 +216,7 @@ class TransformerComposite(Composite):
         return rule
 
     def _norm_rule(self, call: Call, grad: Tensor) -> Tensor:
-        module = call.module
+        module = cast(nn.LayerNorm, call.module)  # _plan gives this rule to LayerNorms only
         dims = tuple(range(-len(module.normalized_shape), 0))
         g = grad * self._ratio(call.output)
         x = call.input.detach().requires_grad_(True)
@@ -236,7 +242,7 @@ class TransformerComposite(Composite):
             x = inputs[chunk].detach().clone().requires_grad_(True)
             self._entering: dict[str, Tensor] = {}
             self._leaving: dict[str, Tensor] = {}
-            with hooks(forward=refuse), rewired(rules):  # type: ignore[arg-type]
+            with hooks(forward=refuse), rewired(rules):
                 output = lrp.adapter.forward(x, rows=rows)
                 if not output.requires_grad:
                     raise RuntimeError("the model output does not depend on the input")
@@ -254,6 +260,14 @@ class TransformerComposite(Composite):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(epsilon={self.epsilon})"
+
+
+def _tensor(module: nn.Module, name: str) -> Tensor:
+    """``module.<name>`` as a tensor (``nn.Module.__getattr__`` is typed ``Tensor | Module``)."""
+    value = getattr(module, name)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{type(module).__name__}.{name} is not a tensor")
+    return value
 
 
 def _identity_rule(call: Call, grad: Tensor) -> Tensor:

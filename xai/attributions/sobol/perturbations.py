@@ -22,7 +22,9 @@ Any callable ``fn(x, m) -> x'`` with the shapes above is accepted too.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-class Perturbation:
+class Perturbation(ABC):
     """Base class of the perturbation operators.
 
     Subclasses implement :meth:`__call__` and, when they need a per-image quantity computed
@@ -49,11 +51,11 @@ class Perturbation:
         """Per-image data ``(B, ...)`` computed once from the clean ``(B, C, H, W)`` inputs."""
         return None
 
+    @abstractmethod
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
         """Perturbed images ``(n, C, H, W)`` from ``x`` ``(n, C, H, W)`` and ``masks``
         ``(n, 1, H, W)``; ``reference`` holds the rows of :meth:`reference` matching ``x``.
         """
-        raise NotImplementedError
 
 
 class Inpainting(Perturbation):
@@ -71,16 +73,15 @@ class Inpainting(Perturbation):
         self.baseline = baseline
 
     def reference(self, inputs: Tensor) -> Tensor | None:
-        """The per-image reference (see :meth:`Perturbation.reference`)."""
+        """Each image's per-channel mean ``(B, C, 1, 1)`` for ``baseline="mean"``, else ``None``."""
         if isinstance(self.baseline, str):
             return inputs.mean(tuple(range(2, inputs.dim())), keepdim=True)
         return None
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
-        base: Tensor | float
+        r""":math:`x \odot m + (1 - m)\,x_0`."""
         if reference is not None:
-            base = reference
+            base: Tensor | float = reference
         elif isinstance(self.baseline, Tensor):
             base = self.baseline.to(device=x.device, dtype=x.dtype)
         else:
@@ -125,11 +126,11 @@ class Blur(Perturbation):
         self.kernel_size = kernel_size
 
     def reference(self, inputs: Tensor) -> Tensor:
-        """The per-image reference (see :meth:`Perturbation.reference`)."""
+        """The blurred images ``(B, C, H, W)``."""
         return box_blur(inputs, self.kernel_size)
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        r""":math:`x \odot m + (1 - m)\,\mathrm{blur}(x)`."""
         blurred = box_blur(x, self.kernel_size) if reference is None else reference
         return x * masks + (1 - masks) * blurred
 
@@ -155,7 +156,7 @@ class Amplitude(Perturbation):
         self.mode = mode
 
     def __call__(self, x: Tensor, masks: Tensor, reference: Tensor | None = None) -> Tensor:
-        """The perturbed images (see :meth:`Perturbation.__call__`)."""
+        """The images with their amplitude changed by the masks (see ``mode``)."""
         shift = (masks - 0.5) * self.sigma
         return x * shift if self.mode == "multiplicative" else x + shift
 
@@ -192,7 +193,7 @@ PERTURBATIONS: dict[str, type[Perturbation]] = {
 
 def get_perturbation(
     perturbation: str | Perturbation | Callable[[Tensor, Tensor], Tensor],
-    **kwargs,
+    **kwargs: Any,
 ) -> Perturbation:
     """A :class:`Perturbation` from a name (with its keyword arguments), an instance, or a
     callable ``fn(x, m) -> x'``.

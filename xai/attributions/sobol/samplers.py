@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ Sampler = Callable[[int, int, int], np.ndarray]
 """``sampler(dim, n, seed) -> (n, dim)`` array of points in ``[0, 1]^dim``."""
 
 
-def _qmc_engine(cls, dim: int, seed: int, **kwargs):
+def _qmc_engine(cls: type, dim: int, seed: int, **kwargs: Any) -> Any:
     try:
         return cls(dim, rng=np.random.default_rng(seed), **kwargs)
     except TypeError:  # scipy < 1.15 names the argument ``seed``
@@ -153,14 +154,14 @@ def sample(
         points = sampler(2 * d, n_designs, seed)
     else:
         raise TypeError(f"sampler must be a name or a callable, got {type(sampler).__name__}")
-    points = torch.as_tensor(np.asarray(points), dtype=dtype)
-    if points.shape != (n_designs, 2 * d):
+    design = torch.as_tensor(np.asarray(points), dtype=dtype)
+    if design.shape != (n_designs, 2 * d):
         raise ValueError(
-            f"the sampler returned shape {tuple(points.shape)}, expected ({n_designs}, {2 * d})"
+            f"the sampler returned shape {tuple(design.shape)}, expected ({n_designs}, {2 * d})"
         )
-    if bool(((points < 0) | (points > 1)).any()):
+    if bool(((design < 0) | (design > 1)).any()):
         raise ValueError("the sampler returned values outside [0, 1]")
-    return points[:, :d].contiguous(), points[:, d:].contiguous()
+    return design[:, :d].contiguous(), design[:, d:].contiguous()
 
 
 def design_matrix(a: Tensor, b: Tensor) -> Tensor:
