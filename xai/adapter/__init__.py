@@ -2,9 +2,11 @@
 
 from xai.adapter.attention import AttentionSite, attention_maps, attention_sites
 from xai.adapter.capture import Capture, ModelAdapter
+from xai.adapter.extras import AdditionalInputs, Shared
 from xai.adapter.hooks import hooks
 from xai.adapter.layers import LayerInfo, list_layers, resolve_layer
 from xai.adapter.reshape import TokenLayout, swin_reshape, token_layout, vit_reshape
+from xai.adapter.scoring import as_adapter, chunks, freeze, score_rows
 from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
@@ -20,6 +22,7 @@ from xai.adapter.targets import (
 )
 
 __all__ = [
+    "AdditionalInputs",
     "AttentionSite",
     "Capture",
     "CallableTarget",
@@ -30,16 +33,21 @@ __all__ = [
     "ModelAdapter",
     "ProbabilityTarget",
     "SegmentationTarget",
+    "Shared",
     "SimilarityTarget",
     "Target",
     "TokenLayout",
+    "as_adapter",
     "as_target",
     "attention_maps",
     "attention_sites",
+    "chunks",
+    "freeze",
     "hooks",
     "list_layers",
     "preserved",
     "resolve_layer",
+    "score_rows",
     "swin_reshape",
     "token_layout",
     "unwrap_output",

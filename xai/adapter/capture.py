@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._typing import LayerLike, ReshapeLike, TargetLike
+from xai.adapter.extras import AdditionalInputs, binding, bound_to
 from xai.adapter.hooks import hooks
 from xai.adapter.layers import _unwrap, output_error, replace_item, resolve_layer, split_key
 from xai.adapter.reshape import make_reshape
@@ -172,9 +173,7 @@ class ModelAdapter:
         self.reshape = make_reshape(reshape, self.module)
 
     def resolve(self, layer: LayerLike) -> tuple[str, nn.Module]:
-        """``(dotted_name, module)`` of a layer given by name or module; see
-        :func:`resolve_layer`.
-        """
+        """``(dotted_name, module)`` of a layer given by name or module (:func:`resolve_layer`)."""
         return resolve_layer(self.module, layer)
 
     @contextlib.contextmanager
@@ -203,8 +202,41 @@ class ModelAdapter:
         finally:
             cap._clear()
 
-    def forward(self, inputs: Tensor, capture: Capture | None = None) -> Tensor:
+    @contextlib.contextmanager
+    def bound(self, extras: object = None, *, batch: int | None = None) -> Iterator[None]:
+        """Pass additional inputs to every forward of the model in the block.
+
+        Args:
+            extras: an :class:`~xai.adapter.extras.AdditionalInputs`, or raw values (a tensor or
+                a tuple, see there) validated for ``batch``; ``None`` binds none, hiding an
+                outer binding of the same model.
+            batch: the batch size of the explained inputs (needed with raw values).
+
+        Every :class:`ModelAdapter` over the same module (a wrapped method's inner one, a
+        metric's) sees the binding, in this thread or task only.
+        """
+        if extras is not None and not isinstance(extras, AdditionalInputs):
+            if batch is None:
+                raise TypeError("bound(values) needs batch=, the number of explained samples")
+            extras = AdditionalInputs(extras, batch)
+        with binding(self.module, extras):
+            yield
+
+    @property
+    def additional_inputs(self) -> AdditionalInputs | None:
+        """The additional inputs bound to the model now (``None``: none), see :meth:`bound`."""
+        return bound_to(self.module)
+
+    def forward(
+        self, inputs: Tensor, capture: Capture | None = None, *, rows: Tensor | None = None
+    ) -> Tensor:
         """Run the model and return its (unwrapped) output; record it on ``capture``.
+
+        With additional inputs bound (:meth:`bound`), the model is called as
+        ``model(inputs, *extras)``, the per-sample extras indexed by ``rows``: ``(n,)`` the
+        original sample of each of the ``n`` input rows (``None``: ``inputs`` is the explained
+        batch itself; an expanded batch without ``rows`` raises). Without extras ``rows`` is
+        ignored.
 
         With ``capture``, the captured layers are checked right after the forward: a layer that
         was not called, or was called more than once (a reused module), raises a
@@ -212,7 +244,9 @@ class ModelAdapter:
         """
         if capture is not None:
             capture._calls.clear()
-        out = unwrap_output(self.module(inputs))  # not a compiled wrapper: hooks must fire
+        extras = bound_to(self.module)
+        args = () if extras is None else extras.for_rows(rows, inputs.shape[0])
+        out = unwrap_output(self.module(inputs, *args))  # not a compiled wrapper: hooks fire
         if capture is not None:
             capture._check_called()
             capture.outputs = out

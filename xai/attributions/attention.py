@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
-from xai.adapter import Target
+from xai.adapter import Target, chunks
 from xai.adapter.attention import attention_maps, attention_sites
 from xai.adapter.layers import _unwrap
 from xai.adapter.reshape import token_layout, vit_reshape
@@ -57,6 +57,7 @@ class _AttentionMethod(Attribution):
     """
 
     model_family: ClassVar[str] = "vit"
+    accepts_additional_inputs: ClassVar[bool] = False  # attention is read from one forward
 
     def __init__(
         self, model: nn.Module, *, token: str = "auto", upsample: bool = True, **kwargs: Any
@@ -105,7 +106,7 @@ class _AttentionMethod(Attribution):
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         out = []
-        for chunk in self._chunks(inputs.shape[0]):
+        for chunk in chunks(inputs.shape[0], self.batch_size):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
             out.append(self._chunk(inputs[chunk], tgt))

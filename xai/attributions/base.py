@@ -24,6 +24,7 @@ from xai._spatial import resize
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter import ModelAdapter, Target, as_target, preserved
 from xai.adapter.capture import warn_if_zero
+from xai.adapter.extras import additional_inputs as additional
 from xai.adapter.layers import _unwrap
 from xai.adapter.reshape import token_layout
 
@@ -91,6 +92,9 @@ class Attribution(ABC):
     the registry-wide contract test runs such methods on a tiny ViT instead of a CNN)."""
     class_score: str = "logit"
     """What an int/None target scores: ``"logit"`` or ``"probability"`` (softmax)."""
+    accepts_additional_inputs: ClassVar[bool] = True
+    """Whether ``additional_inputs`` can be passed to the model's forwards (``False``: a
+    ``ValueError`` when given)."""
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
     """The input ranks the method explains: ``4`` images ``(B, C, H, W)`` -> ``(B, H, W)`` maps,
     ``5`` videos and volumes ``(B, C, T, H, W)`` -> ``(B, T, H, W)`` maps."""
@@ -124,7 +128,13 @@ class Attribution(ABC):
         """
         return cls(model, **kwargs)
 
-    def __call__(self, inputs: Tensor, target: TargetLike | Target = None) -> Tensor:
+    def __call__(
+        self,
+        inputs: Tensor,
+        target: TargetLike | Target = None,
+        *,
+        additional_inputs: object = None,
+    ) -> Tensor:
         """Explain ``inputs`` ``(B, C, H, W)`` for ``target``; returns ``(B, H, W)`` maps.
 
         Args:
@@ -132,12 +142,18 @@ class Attribution(ABC):
             target: ``None`` (each sample's predicted class), an int, one int per sample, a
                 callable ``outputs -> (B,)``, or an :class:`xai.adapter.Target`. NumPy integers
                 and integer arrays are accepted; floats are refused, never truncated.
+            additional_inputs: extra forward arguments, the model being called as
+                ``model(x, *additional_inputs)``: a tensor or a tuple of values. Tensors are
+                per sample, ``(B, ...)``, and every perturbed or expanded copy of a sample gets
+                that sample's rows; wrap a value shared by all samples in
+                :class:`xai.adapter.Shared`. See :mod:`xai.adapter.extras`.
 
         Raises:
             TypeError: non-tensor or non-floating ``inputs``; a float, bool or string target.
             ValueError: a wrong rank, an empty batch, a meta-device tensor or NaN/Inf values in
                 ``inputs``; a target out of range or of the wrong length; NaN/Inf activations
-                at a captured layer.
+                at a captured layer; an additional input with the wrong first dimension or
+                NaN, or additional inputs given to a method that cannot pass them on.
         """
         refusal = (
             f"{getattr(self, 'name', type(self).__name__)} explains images only ({self.rank_note}; the methods for videos and "
@@ -146,7 +162,13 @@ class Attribution(ABC):
         x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
         tgt = as_target(target)
         tgt.check_batch(x.shape[0])
-        with preserved(self.adapter.module):
+        extras = additional(additional_inputs, x.shape[0])
+        if extras is not None and not self.accepts_additional_inputs:
+            raise ValueError(
+                f"{type(self).__name__} cannot pass additional_inputs to the model; explain a "
+                "model that binds them instead (a module whose forward takes only the image)"
+            )
+        with preserved(self.adapter.module), self.adapter.bound(extras):
             maps = self._attribute(x.detach(), tgt)
         maps = self._finalize(maps, x)
         if x.dtype in (torch.float16, torch.bfloat16):
@@ -177,18 +199,6 @@ class Attribution(ABC):
         gen = torch.Generator(device=device)
         gen.manual_seed(0 if self.seed is None else int(self.seed))
         return gen
-
-    def _frozen(self, inputs: Tensor, target: Target) -> Target:
-        """Fix an argmax target from one clean forward (for methods that perturb inputs)."""
-        if not target.needs_freeze:
-            return target
-        with torch.no_grad():
-            outputs = self.adapter.forward(inputs)
-        return target.freeze(outputs)
-
-    def _chunks(self, total: int) -> Sequence[slice]:
-        size = self.batch_size or total
-        return [slice(i, min(i + size, total)) for i in range(0, total, size)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from xai._spatial import resize
 from xai._typing import LayerLike
-from xai.adapter import ClassTarget, ProbabilityTarget, Target
+from xai.adapter import ClassTarget, ProbabilityTarget, Target, freeze, score_rows
 from xai.adapter.rules import guided_relus
 from xai.attributions.base import (
     LayerAttribution,
@@ -237,29 +237,33 @@ class ScoreCAM(LayerAttribution):
         return torch.where(span > 0, (masks - lo) / span.clamp_min(1e-12), 0.0)
 
     def _layer_map(self, view: LayerView) -> Tensor:
-        from tqdm.auto import tqdm
-
         activations, inputs = view.activations, view.inputs
         target = self._score_target(view.target)
         b, k = activations.shape[:2]
         size = tuple(inputs.shape[2:])
         sample_of = torch.arange(b).repeat_interleave(k)  # row r = (sample r // k, channel r % k)
-        scores = torch.empty(b * k, dtype=torch.float32, device=inputs.device)
-        with torch.no_grad():
-            chunks = self._chunks(b * k)
-            for sl in tqdm(chunks, desc="Score-CAM", disable=not self.progress):
-                rows = sample_of[sl]
-                chans = torch.arange(sl.start, sl.stop) % k
-                # only this chunk's masks exist at input size: memory is bounded by
-                # batch_size, not by the layer's B x K channels
-                masks = self._masks(activations[rows, chans], size)
-                masked = inputs[rows] * masks[:, None].to(inputs.dtype)
-                out = self.adapter.forward(masked)
-                scores[sl] = target.select(rows)(out).float()
-            weights = scores.view(b, k)
-            if self.baseline_subtract:
+
+        def masked(rows: Tensor) -> Tensor:
+            # only this chunk's masks exist at input size: memory is bounded by batch_size,
+            # not by the layer's B x K channels
+            masks = self._masks(activations[rows // k, rows % k], size)
+            return inputs[rows // k] * masks[:, None].to(inputs.dtype)
+
+        weights = score_rows(
+            self.adapter,
+            target,
+            b * k,
+            masked,
+            sample_of,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="Score-CAM",
+            dtype=torch.float32,
+        ).view(b, k)
+        if self.baseline_subtract:
+            with torch.no_grad():
                 base = target(self.adapter.forward(torch.zeros_like(inputs))).float()
-                weights = weights - base[:, None]
+            weights = weights - base[:, None]
         if self.weighting == "channel_softmax":
             weights = weights.softmax(dim=1)
         return _weighted_sum(weights.to(activations.dtype), activations)
@@ -330,7 +334,7 @@ class GuidedGradCAM(GradCAM):
         self.reduction = reduction
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         cam = super()._attribute(inputs, target)
         x = inputs.detach().requires_grad_(True)
         with guided_relus(self.adapter.module):

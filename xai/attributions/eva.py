@@ -101,6 +101,7 @@ class EVA(Attribution):
     """
 
     name: ClassVar[str] = "eva"
+    accepts_additional_inputs: ClassVar[bool] = False  # the bounds trace model(x) alone
 
     # Settings used when the method is built from the registry (contract test, CLI demo,
     # report card): a 4x4 grid (17 bounds per image), CROWN on the 3 strongest competitors, and

@@ -4,7 +4,8 @@ Each class builds a forward function ``f(x, rows) -> (B,)`` that scores the (unw
 output with the normalized target; ``rows`` (the index of the original sample of each row) is
 passed through captum's ``additional_forward_args`` so captum expands it consistently with its
 own batch expansion (steps, noise samples, occlusion windows). Per-sample targets, callable
-targets and task targets therefore work for every method.
+targets, task targets and additional inputs (given to ``ModelAdapter.forward`` with ``rows``)
+therefore work for every method.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int, map_dtype
-from xai.adapter import Target
+from xai.adapter import Target, freeze
 from xai.attributions.base import Attribution, reduce_channels, register
 
 __all__ = ["IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
@@ -37,7 +38,7 @@ class _CaptumAttribution(Attribution):
 
     def _forward_fn(self, target: Target) -> Callable[[Tensor, Tensor], Tensor]:
         def forward(x: Tensor, rows: Tensor) -> Tensor:
-            scores = target.select(rows)(self.adapter.forward(x))
+            scores = target.select(rows)(self.adapter.forward(x, rows=rows))
             # captum subtracts and accumulates scores in their dtype: bfloat16 differences
             # (8 significant bits) round small occlusion effects to zero, so promote them
             return scores.to(map_dtype(scores))
@@ -45,7 +46,7 @@ class _CaptumAttribution(Attribution):
         return forward
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         rows = torch.arange(inputs.shape[0], device=inputs.device)
         # a fresh leaf that requires grad: captum would otherwise flip the flag itself (and warn)
         x = inputs.detach().requires_grad_(True)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
-from xai.adapter import Target
+from xai.adapter import Target, freeze
 from xai.attributions.base import Attribution, register
 from xai.attributions.normgrad import NormGrad, _check_choice
 from xai.attributions.wrappers import WrappedAttribution
@@ -63,7 +63,7 @@ class MetaSaliency(WrappedAttribution[Attribution]):
         lr: float = 0.0025,
         loss: str = "cross_entropy",
         ascent: bool = False,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(method, **kwargs)
         _check_choice(loss, "loss", ("cross_entropy", "score"))
@@ -103,7 +103,7 @@ class MetaSaliency(WrappedAttribution[Attribution]):
         return -loss if self.ascent else loss
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         original = self.adapter.module
         model = copy.deepcopy(original)
         model.eval()
@@ -112,19 +112,22 @@ class MetaSaliency(WrappedAttribution[Attribution]):
             p.requires_grad_(True)
         saved = [p.detach().clone() for p in params]
         method = self.inner.rebind(model)
+        extras = self.adapter.additional_inputs
         maps = []
         for i in range(inputs.shape[0]):
             row = torch.tensor([i], device=inputs.device)
             sample_target = target.select(row)
             x = inputs[i : i + 1]
+            mine = None if extras is None else extras.subset(row)  # this sample's extras
             with torch.no_grad():
                 for p, value in zip(params, saved, strict=True):
                     p.copy_(value)
-            loss = self._loss(method.adapter.forward(x), sample_target)
+            with method.adapter.bound(mine):  # the copy is another module: bind it too
+                loss = self._loss(method.adapter.forward(x), sample_target)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():
                 for p, g in zip(params, grads, strict=True):
                     if g is not None:
                         p.sub_(g, alpha=self.lr)
-            maps.append(method(x, sample_target))
+            maps.append(method(x, sample_target, additional_inputs=mine))
         return torch.cat(maps)

@@ -518,4 +518,3 @@ class SelectiveNormGrad(SpatialContribution):
         kwargs.setdefault("virtual_layer", "scaling")
         kwargs.setdefault("aggregation", "selective")
         super().__init__(model, layer, **kwargs)
-

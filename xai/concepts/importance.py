@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from xai._checks import check_positive_int
+from xai.adapter import as_target, score_rows
 
 __all__ = [
     "IMPORTANCE_METHODS",
@@ -64,8 +65,8 @@ def masked_scores(
         coefficients: ``(B, h, w, K)`` per-position coefficients
             (:meth:`~xai.concepts.ConceptExtractor.encode`).
         masks: ``(n_masks, K)``.
-        batch_size: most masked copies of an image scored in one call (default 64, the
-            extractor's default).
+        batch_size: most masked copies scored in one call (default 64, the extractor's
+            default).
     """
     if masks.dim() != 2 or masks.shape[1] != coefficients.shape[-1]:
         raise ValueError(
@@ -73,14 +74,23 @@ def masked_scores(
         )
     check_positive_int(batch_size, "batch_size")
     masks = masks.to(coefficients)
-    size = batch_size
-    out = torch.empty(masks.shape[0], coefficients.shape[0], dtype=torch.float64)
-    with torch.no_grad():
-        for b in range(coefficients.shape[0]):
-            for s in range(0, masks.shape[0], size):
-                m = masks[s : s + size]
-                out[s : s + size, b] = score(coefficients[b] * m[:, None, None, :])
-    return out
+    n_masks, batch = masks.shape[0], coefficients.shape[0]
+
+    def masked(rows: Tensor) -> Tensor:  # row r = (image r // n_masks, mask r % n_masks)
+        m = masks[rows % n_masks]
+        return coefficients[rows // n_masks] * m[:, None, None, :]
+
+    scores = score_rows(
+        score,
+        as_target(lambda values: values),  # score() already returns the target's scores
+        batch * n_masks,
+        masked,
+        torch.arange(batch).repeat_interleave(n_masks),
+        batch_size=batch_size,
+        desc="concept masks",
+        dtype=torch.float64,
+    )
+    return scores.view(batch, n_masks).T.contiguous().cpu()
 
 
 def _mask_gradients(

@@ -1,4 +1,4 @@
-"""Shared machinery of the perturbation metrics: features, rankings, baselines, batched scoring.
+"""Shared machinery of the perturbation metrics: features, rankings, baselines.
 
 Conventions (shared by every perturbation metric):
 
@@ -22,9 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from xai.adapter import Target, unwrap_output
+from torch import Tensor
 
 BaselineLike = float | int | str | Tensor | Callable[[Tensor], Tensor]
 BASELINES = ("zero", "mean", "min", "blur")
@@ -175,45 +173,6 @@ def check_baseline(baseline: BaselineLike) -> None:
             f"unknown baseline {baseline!r}; use a number, one of {', '.join(BASELINES)}, a "
             "tensor broadcastable to the inputs or a callable inputs -> baseline"
         )
-
-
-def score_rows(
-    model: nn.Module,
-    target: Target,
-    n_rows: int,
-    build: Callable[[Tensor], Tensor],
-    sample_of_row: Tensor,
-    *,
-    batch_size: int | None,
-    progress: bool = False,
-    desc: str = "metric",
-) -> Tensor:
-    """Target scores ``(n_rows,)`` of perturbed inputs built chunk by chunk.
-
-    Args:
-        model: the model (in eval mode, the caller holds ``torch.no_grad()``).
-        target: a frozen target of the clean batch.
-        n_rows: how many perturbed inputs in total.
-        build: ``rows (n,) -> inputs (n, C, H, W)``, the perturbed inputs of those rows.
-        sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
-        batch_size: at most this many perturbed inputs per forward (``None``: all at once).
-        progress: show a ``tqdm`` bar over the chunks.
-        desc: the bar's label.
-    """
-    size = batch_size or n_rows
-    starts = range(0, n_rows, size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc=desc, total=math.ceil(n_rows / size))
-    out = []
-    device = sample_of_row.device
-    for start in starts:
-        rows = torch.arange(start, min(start + size, n_rows), device=device)
-        batch = build(rows)
-        scores = target.select(sample_of_row[rows])(unwrap_output(model(batch)))
-        out.append(scores.detach())
-    return torch.cat(out)
 
 
 def noisy_linear_imputation(

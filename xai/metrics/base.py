@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from xai._checks import check_finite, check_inputs, map_dtype, warn
 from xai._typing import TargetLike
-from xai.adapter import Target, as_target, preserved, unwrap_output
+from xai.adapter import ModelAdapter, Target, freeze, preserved
+from xai.adapter.extras import AdditionalInputs
+from xai.adapter.extras import additional_inputs as additional
 
 Category = Literal["faithfulness", "localization", "randomization", "robustness", "complexity"]
 
@@ -166,23 +168,6 @@ def as_mask(masks: Any, inputs: Tensor, *, name: str = "masks") -> Tensor:
     return (masks != 0).to(inputs.device)
 
 
-def frozen_target(model: nn.Module, inputs: Tensor, target: TargetLike | Target) -> Target:
-    """Normalize ``target``, check it against the batch and fix an argmax from a clean forward.
-
-    A target that needs no argmax (class indices, a callable, a task target) costs no forward
-    pass here: it is validated against the model's output by the metric's first forward.
-    """
-    tgt = as_target(target)
-    tgt.check_batch(inputs.shape[0])
-    if not tgt.needs_freeze:
-        return tgt
-    with torch.no_grad():
-        outputs = unwrap_output(model(inputs))
-    frozen = tgt.freeze(outputs)
-    frozen(outputs)  # validates class indices against the output now, not mid-run
-    return frozen
-
-
 class ExplanationMetric(Metric):
     """A metric of precomputed maps (deletion, insertion, mu-fidelity, pointing game ...).
 
@@ -210,6 +195,8 @@ class ExplanationMetric(Metric):
         inputs: Tensor,
         attributions: Any,
         target: TargetLike | Target = None,
+        *,
+        additional_inputs: Any = None,
         **kwargs: Any,
     ) -> MetricResult:
         """Score ``attributions`` ``(B, H, W)`` of ``inputs`` ``(B, C, H, W)`` for ``target``.
@@ -221,6 +208,9 @@ class ExplanationMetric(Metric):
                 :func:`as_maps`).
             target: ``None`` (each sample's argmax on the clean input), an int, one int per
                 sample, a callable or an :class:`xai.adapter.Target`.
+            additional_inputs: extra forward arguments, ``model(x, *additional_inputs)``, as
+                for :class:`~xai.attributions.base.Attribution`: every perturbed copy of a
+                sample gets that sample's rows (ignored by model-free metrics).
             **kwargs: metric-specific data (``masks`` for localization metrics).
 
         Returns:
@@ -233,8 +223,10 @@ class ExplanationMetric(Metric):
         else:
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-            with preserved(model), torch.no_grad():
-                tgt = frozen_target(model, x, target)
+            adapter = ModelAdapter(model)
+            extras = additional(additional_inputs, x.shape[0])
+            with preserved(model), torch.no_grad(), adapter.bound(extras):
+                tgt = freeze(adapter, x, target)
                 result = self._evaluate(model, x, maps, tgt, **kwargs)
         return self._degenerate(maps, result)
 
@@ -279,8 +271,19 @@ class ExplainerMetric(Metric):
         inputs: Tensor,
         explainer: Explainer,
         target: TargetLike | Target = None,
+        *,
+        additional_inputs: Any = None,
     ) -> MetricResult:
         """Score ``explainer`` on ``inputs`` ``(B, C, H, W)`` for ``target``.
+
+        Args:
+            model: the explained model.
+            inputs: the explained batch, never modified.
+            explainer: an Attribution (or a callable ``explainer(inputs, target=...)``).
+            target: as for :class:`ExplanationMetric`.
+            additional_inputs: extra forward arguments, ``model(x, *additional_inputs)``:
+                every forward of the metric and every re-explanation gets those of its rows'
+                samples (the explainer is called with ``additional_inputs=``).
 
         Returns:
             A :class:`MetricResult`.
@@ -296,9 +299,14 @@ class ExplainerMetric(Metric):
         bound = getattr(explainer, "model", model)
         if bound is not model and hasattr(explainer, "rebind"):
             explainer = explainer.rebind(model)
-        with preserved(model), torch.no_grad():
-            tgt = frozen_target(model, x, target)
-        return self._evaluate(model, x, explainer, tgt)
+        adapter = ModelAdapter(model)
+        extras = additional(additional_inputs, x.shape[0])
+        if extras is not None:
+            explainer = WithInputs(explainer, extras)
+        with adapter.bound(extras):
+            with preserved(model), torch.no_grad():
+                tgt = freeze(adapter, x, target)
+            return self._evaluate(model, x, explainer, tgt)
 
     @abstractmethod
     def _evaluate(
@@ -307,9 +315,42 @@ class ExplainerMetric(Metric):
         """Compute the result."""
 
 
-def explain(explainer: Explainer, inputs: Tensor, target: Any) -> Tensor:
-    """Run an explainer and return ``(B, H, W)`` maps validated against ``inputs``."""
-    maps = as_maps(explainer(inputs, target=target), inputs, name="explainer output")
+class WithInputs:
+    """An explainer called with additional inputs: ``explainer(x, target=...,
+    additional_inputs=...)``, those of the samples ``rows`` when given.
+
+    Keeps :meth:`rebind` (re-explaining a modified copy of the model) and the ``model``
+    attribute of the wrapped explainer.
+    """
+
+    def __init__(self, explainer: Explainer, extras: AdditionalInputs) -> None:
+        self.explainer = explainer
+        self.extras = extras
+        self.model = getattr(explainer, "model", None)
+
+    def __call__(self, inputs: Tensor, target: Any = None, rows: Tensor | None = None) -> Tensor:
+        """Maps of ``inputs``; ``rows``: the original sample of each row (``None``: all)."""
+        extras = self.extras if rows is None else self.extras.subset(rows)
+        return self.explainer(inputs, target=target, additional_inputs=extras)
+
+    def rebind(self, model: nn.Module) -> WithInputs:
+        """The wrapped explainer re-bound to ``model``, with the same additional inputs."""
+        return WithInputs(self.explainer.rebind(model), self.extras)  # type: ignore[attr-defined]
+
+
+def explain(
+    explainer: Explainer, inputs: Tensor, target: Any, rows: Tensor | None = None
+) -> Tensor:
+    """Run an explainer and return ``(B, H, W)`` maps validated against ``inputs``.
+
+    ``rows``: the original sample of each row of ``inputs`` when they are perturbed copies of
+    another batch (their additional inputs are those samples'); ``None``: the batch itself.
+    """
+    if isinstance(explainer, WithInputs):
+        out = explainer(inputs, target=target, rows=rows)
+    else:
+        out = explainer(inputs, target=target)
+    maps = as_maps(out, inputs, name="explainer output")
     return check_finite(maps, "explainer output")
 
 
@@ -353,9 +394,3 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise Spearman rank correlation (average ranks for ties) of ``(B, N)`` tensors."""
     return pearson(average_ranks(a.double()), average_ranks(b.double()))
-
-
-def batched(n_rows: int, batch_size: int | None) -> Sequence[slice]:
-    """Slices covering ``range(n_rows)`` in chunks of at most ``batch_size``."""
-    size = batch_size or n_rows
-    return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]

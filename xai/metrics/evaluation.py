@@ -41,6 +41,7 @@ def evaluate(
     target: TargetLike | Target = None,
     *,
     masks: Any = None,
+    additional_inputs: Any = None,
 ) -> dict[str, list]:
     """Score several methods with several metrics; returns a tidy, pandas-free table.
 
@@ -56,6 +57,9 @@ def evaluate(
         metrics: metric objects.
         target: as for any metric (``None``: each sample's argmax on the clean input).
         masks: ground truth for localization metrics (``(B, H, W)`` masks or ``(B, 4)`` boxes).
+        additional_inputs: extra forward arguments of the model, passed to every method and
+            to every metric that runs the model (see
+            :meth:`~xai.attributions.base.Attribution.__call__`).
 
     Returns:
         A dict of equal-length lists with one row per (method, metric, sample): ``method``,
@@ -71,6 +75,7 @@ def evaluate(
     for metric in metrics:
         if metric.needs_masks and masks is None:
             raise ValueError(f"{type(metric).__name__} needs masks: evaluate(..., masks=...)")
+    given = {} if additional_inputs is None else {"additional_inputs": additional_inputs}
     for method_name, method in methods.items():
         is_explainer = callable(method) and not isinstance(method, (Tensor, np.ndarray))
         maps = None
@@ -83,11 +88,13 @@ def evaluate(
                         stacklevel=2,
                     )
                     continue
-                result = metric(model, x, method, target)
+                result = metric(model, x, method, target, **given)
             else:
                 if maps is None:
-                    maps = as_maps(method(x, target=target) if is_explainer else method, x)
+                    maps = as_maps(method(x, target=target, **given) if is_explainer else method, x)
                 extra = {"masks": masks} if metric.needs_masks else {}
+                if getattr(metric, "needs_model", False):
+                    extra.update(given)
                 result = metric(model, x, maps, target, **extra)  # type: ignore[operator]
             steps = None if result.steps is None else result.steps.tolist()
             for i, score in enumerate(result.scores.tolist()):

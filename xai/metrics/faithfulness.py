@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int
-from xai.adapter import ClassTarget, Target, unwrap_output
+from xai.adapter import ClassTarget, ModelAdapter, Target, score_rows
 from xai.metrics._perturb import (
     BaselineLike,
     check_baseline,
@@ -31,7 +31,6 @@ from xai.metrics._perturb import (
     noisy_linear_imputation,
     rank_positions,
     resolve_baseline,
-    score_rows,
 )
 from xai.metrics.base import (
     ExplanationMetric,
@@ -736,7 +735,7 @@ class Infidelity(ExplanationMetric):
     ) -> MetricResult:
         batch, per = inputs.shape[0], self.n_samples
         sample_of_row = torch.arange(batch, device=inputs.device).repeat_interleave(per)
-        clean = target(unwrap_output(model(inputs))).detach()
+        clean = target(ModelAdapter(model).forward(inputs)).detach()
         dots = torch.empty(batch * per, dtype=maps.dtype, device=inputs.device)
         gen = torch.Generator().manual_seed(int(self.seed))
 

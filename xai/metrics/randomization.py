@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xai.adapter import Target, preserved, unwrap_output
+from xai.adapter import ModelAdapter, Target, preserved
 from xai.metrics.base import Explainer, ExplainerMetric, MetricResult, explain, spearman
 
 __all__ = ["ClassSensitivity", "ModelParameterRandomization", "ssim"]
@@ -192,7 +192,7 @@ class ClassSensitivity(ExplainerMetric):
         self, model: nn.Module, inputs: Tensor, explainer: Explainer, target: Target
     ) -> MetricResult:
         with preserved(model), torch.no_grad():
-            outputs = unwrap_output(model(inputs))
+            outputs = ModelAdapter(model).forward(inputs)
         if outputs.dim() != 2:
             raise ValueError(
                 f"ClassSensitivity needs class scores (B, n_classes), got {tuple(outputs.shape)}"

@@ -102,7 +102,7 @@ class MaxSensitivity(ExplainerMetric):
             for old in [k for k in draws if k < int(draw[0])]:
                 del draws[old]
             noisy = torch.stack([draws[int(d)][int(s)] for d, s in zip(draw, sample, strict=True)])
-            maps = explain(explainer, noisy, target.select(sample))
+            maps = explain(explainer, noisy, target.select(sample), rows=sample)
             diffs[rows] = (maps - clean[sample]).flatten(1).norm(dim=1)
         diffs = diffs.view(self.n_samples, batch).T
         if self.normalize:

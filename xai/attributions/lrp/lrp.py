@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from xai._checks import check_inputs, map_dtype
 from xai._typing import LayerLike, TargetLike
-from xai.adapter import Target, as_target, hooks, preserved
+from xai.adapter import Target, as_target, chunks, hooks, preserved
 from xai.adapter.rules import Call, functional_links, rewired, split_residuals
 from xai.attributions.base import Attribution, reduce_channels, register
 from xai.attributions.lrp.account import AccountBook, RelevanceAccount
@@ -284,7 +284,7 @@ class LRP(Attribution):
             return rule
 
         out, totals = [], []
-        for chunk in self._chunks(inputs.shape[0]):
+        for chunk in chunks(inputs.shape[0], self.batch_size):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
             x = inputs[chunk].detach().clone().requires_grad_(True)
@@ -299,7 +299,7 @@ class LRP(Attribution):
                     stack.enter_context(split_residuals([residual], split(residual.name)))
                 for link in links:
                     stack.enter_context(functional_links([link], through(link.name or "<model>")))
-                output = self.adapter.forward(x)
+                output = self.adapter.forward(x, rows=rows)
                 scores = tgt(output)
                 (grad,) = torch.autograd.grad(scores.sum(), output, retain_graph=True)
                 top = grad * output.detach() if self.init == "logit" else grad

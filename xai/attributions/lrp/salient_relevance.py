@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xai._typing import LayerLike
-from xai.adapter import Target
+from xai.adapter import Target, chunks
 from xai.attributions.base import register
 from xai.attributions.lrp.lrp import LRP
 from xai.attributions.wrappers import WrappedAttribution
@@ -372,10 +372,13 @@ class SalientRelevance(WrappedAttribution[LRP]):
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
         maps = []
-        for chunk in self._chunks(inputs.shape[0]):
+        extras = self.adapter.additional_inputs
+        for chunk in chunks(inputs.shape[0], self.batch_size):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
-            relevance = self.inner.relevance(inputs[chunk], tgt)
+            # the inner LRP explains a chunk: it gets the extras of the chunk's samples
+            with self.inner.adapter.bound(None if extras is None else extras.subset(rows)):
+                relevance = self.inner.relevance(inputs[chunk], tgt)
             image = relevance_to_rgb(
                 relevance.to(torch.promote_types(relevance.dtype, torch.float32)), self.rgb_mode
             )

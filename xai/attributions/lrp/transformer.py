@@ -58,7 +58,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from xai.adapter import Target, hooks
+from xai.adapter import Target, chunks, hooks
 from xai.adapter.attention import attention_sites
 from xai.adapter.hooks import ForwardHook
 from xai.adapter.rules import BackwardRule, Call, rewired
@@ -236,14 +236,14 @@ class TransformerComposite(Composite):
         rules, refuse = self._plan(model)
         out: list[Tensor] = []
         absorbed: dict[str, list[Tensor]] = {}
-        for chunk in lrp._chunks(inputs.shape[0]):
+        for chunk in chunks(inputs.shape[0], lrp.batch_size):
             rows = torch.arange(chunk.start, chunk.stop)
             tgt = target if target.needs_freeze else target.select(rows)
             x = inputs[chunk].detach().clone().requires_grad_(True)
             self._entering: dict[str, Tensor] = {}
             self._leaving: dict[str, Tensor] = {}
             with hooks(forward=refuse), rewired(rules):
-                output = lrp.adapter.forward(x)
+                output = lrp.adapter.forward(x, rows=rows)
                 if not output.requires_grad:
                     raise RuntimeError("the model output does not depend on the input")
                 scores = tgt(output)

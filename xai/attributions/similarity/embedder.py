@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from xai._checks import check_positive_int, map_dtype
 from xai._typing import LayerLike, ReshapeLike
-from xai.adapter import ModelAdapter, SimilarityTarget
+from xai.adapter import ModelAdapter, SimilarityTarget, chunks
+from xai.adapter.scoring import tracked
 from xai.attributions.similarity.pooling import DecomposablePooling, PoolingName, make_pooling
 
 __all__ = ["Embedder", "Metric"]
@@ -77,13 +78,8 @@ class Embedder:
         return self.strategy.decomposable
 
     def _chunks(self, total: int) -> Iterable[slice]:
-        size = self.batch_size or total
-        chunks = [slice(i, min(i + size, total)) for i in range(0, total, size)]
-        if self.progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-
-            return tqdm(chunks, desc="similarity", leave=False)
-        return chunks
+        parts = chunks(total, self.batch_size)
+        return tracked(parts, self.progress and len(parts) > 1, "similarity")
 
     def _forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """One forward pass without gradients: ``(activations (B, C, h, w), outputs (B, D))``."""

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from xai._checks import check_positive_int, warn
 from xai._spatial import interpolation
-from xai.adapter import Target
+from xai.adapter import Target, freeze, score_rows
 from xai.attributions.base import Attribution, register
 from xai.attributions.sobol.estimators import Estimator, estimate, get_estimator
 from xai.attributions.sobol.perturbations import Perturbation, get_perturbation
@@ -209,30 +209,35 @@ class SobolAttribution(Attribution):
         return self.masks.shape[0]
 
     def _attribute(self, inputs: Tensor, target: Target) -> Tensor:
-        from tqdm.auto import tqdm
-
         b, _, *spatial = inputs.shape
         grid = self._grid(spatial)
-        target = self._frozen(inputs, target)
+        target = freeze(self.adapter, inputs, target)
         design_matrix = self._design(math.prod(grid))
         per_image = design_matrix.shape[0]
         masks = design_matrix.to(device=inputs.device, dtype=inputs.dtype)
         masks = masks.view(per_image, 1, *grid)
         mask_mode = interpolation(self.mask_interpolation, len(grid))
         reference = self.perturbation.reference(inputs)
+
+        def perturbed(rows: Tensor) -> Tensor:
+            # row r of the flattened (image, design) product is image r // M, design r % M
+            up = F.interpolate(masks[rows % per_image], size=spatial, mode=mask_mode)
+            sl = slice(int(rows[0]), int(rows[-1]) + 1)
+            x, ref = self._rows(inputs, reference, rows // per_image, sl, per_image)
+            return self.perturbation(x, up, ref)
+
         # float64 scores where the device has it (not MPS); the estimator runs on the CPU
-        score_dtype = torch.float32 if inputs.device.type == "mps" else torch.float64
-        scores = torch.empty(b * per_image, dtype=score_dtype, device=inputs.device)
-        with torch.no_grad():
-            chunks = self._chunks(b * per_image)
-            for sl in tqdm(chunks, desc="Sobol", disable=not self.progress):
-                # row r of the flattened (image, design) product is image r // M, design r % M
-                rows = torch.arange(sl.start, sl.stop, device=inputs.device)
-                image, design = rows // per_image, rows % per_image
-                up = F.interpolate(masks[design], size=spatial, mode=mask_mode)
-                x, ref = self._rows(inputs, reference, image, sl, per_image)
-                perturbed = self.perturbation(x, up, ref)
-                scores[sl] = target.select(image)(self.adapter.forward(perturbed))
+        scores = score_rows(
+            self.adapter,
+            target,
+            b * per_image,
+            perturbed,
+            torch.arange(b, device=inputs.device).repeat_interleave(per_image),
+            batch_size=self.batch_size,
+            progress=self.progress,
+            desc="Sobol",
+            dtype=torch.float32 if inputs.device.type == "mps" else torch.float64,
+        )
         per_row = scores.cpu().double().view(b, per_image)
         flat = (per_row == per_row[:, :1]).all(1)
         if bool(flat.any()):
