@@ -49,6 +49,7 @@ _SECTIONS = [
     ("similarity", "xai._demos.similarity", "similarity_demo"),
     ("concepts", "xai._demos.concepts", "concepts_demo"),
     ("features", "xai._demos.features", "features_demo"),
+    ("segmentation", "xai._demos.segmentation", "segmentation_demo"),
 ]
 
 

@@ -11,6 +11,8 @@ from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
     ClassTarget,
+    Detections,
+    DetectionTarget,
     ProbabilityTarget,
     SegmentationTarget,
     SimilarityTarget,
@@ -25,6 +27,8 @@ __all__ = [
     "Capture",
     "CallableTarget",
     "ClassTarget",
+    "DetectionTarget",
+    "Detections",
     "LayerInfo",
     "ModelAdapter",
     "ProbabilityTarget",

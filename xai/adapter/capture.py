@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from xai._typing import LayerLike, ReshapeLike, TargetLike
 from xai.adapter.extras import AdditionalInputs, binding, bound_to
 from xai.adapter.hooks import hooks
-from xai.adapter.layers import _unwrap, resolve_layer
+from xai.adapter.layers import _unwrap, output_error, replace_item, resolve_layer, split_key
 from xai.adapter.reshape import make_reshape
 from xai.adapter.state import preserved
 from xai.adapter.targets import Target, as_target, unwrap_output
@@ -63,14 +63,16 @@ class Capture:
         return tensor
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, args: tuple, output: object) -> Tensor:
-            if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-                raise TypeError(
-                    f"layer {name!r} returns a {type(output).__name__}; pick a submodule that "
-                    "returns a single tensor"
-                )
+        key = split_key(name)[1]
+
+        def hook(_module: nn.Module, args: tuple, output: object) -> object:
+            if key is not None:  # "name:key": one entry of a dict / tuple output
+                return replace_item(name, output, key, lambda entry: record(args, entry))
             if not isinstance(output, Tensor):
-                raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+                raise output_error(name, output)
+            return record(args, output)
+
+        def record(args: tuple, output: Tensor) -> Tensor:
             self._calls[name] = self._calls.get(name, 0) + 1
             if self._record_inputs:
                 if not args or not isinstance(args[0], Tensor):
@@ -188,13 +190,14 @@ class ModelAdapter:
         """
         resolved = [self.resolve(layer) for layer in layers]
         cap = Capture([n for n, _ in resolved], self.reshape, record_inputs=inputs)
-        modules: dict[nn.Module, object] = {}
-        for name, module in resolved:
-            if module in modules:
+        per_module: dict[nn.Module, list] = {}  # several "name:key" entries share a module
+        for i, (name, module) in enumerate(resolved):
+            if name in cap.names[:i]:
                 raise ValueError(f"layer {name!r} is given twice")
-            modules[module] = cap._hook(name)
+            per_module.setdefault(module, []).append(cap._hook(name))
+        modules = {m: fns[0] if len(fns) == 1 else _chain(fns) for m, fns in per_module.items()}
         try:
-            with preserved(self.module), hooks(forward=modules):  # type: ignore[arg-type]
+            with preserved(self.module), hooks(forward=modules):
                 yield cap
         finally:
             cap._clear()
@@ -253,6 +256,17 @@ class ModelAdapter:
     def scores(outputs: Tensor, target: TargetLike | Target) -> Tensor:
         """One scalar per sample, ``(B,)``, for any accepted target form."""
         return as_target(target)(outputs)
+
+
+def _chain(fns: list) -> Callable[[nn.Module, tuple, object], object]:
+    """One forward hook running several (one per ``"name:key"`` entry of the same module)."""
+
+    def hook(module: nn.Module, args: tuple, output: object) -> object:
+        for fn in fns:
+            output = fn(module, args, output)
+        return output
+
+    return hook
 
 
 def warn_if_zero(grads: Tensor, name: str) -> None:

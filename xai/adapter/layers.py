@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,10 +28,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
     """Return ``(dotted_name, module)`` for a layer given as a name or a module.
 
+    A module that returns a dict, an ``OrderedDict`` or a tuple (a detector's
+    ``backbone.body``, an FPN) is read at one entry with ``"name:key"``: ``"backbone.body:3"``
+    takes the output's key ``"3"``, ``"encoder:0"`` the first element of a tuple. The
+    returned name keeps the key; the key itself is checked when the layer runs.
+
     Args:
         model: the model that contains the layer.
         layer: a dotted name as listed by ``model.named_modules()`` (``"features.18"``,
-            ``"layer4.1.conv2"``) or the module object itself.
+            ``"layer4.1.conv2"``), optionally followed by ``":key"``, or the module object.
 
     Raises:
         ValueError: the name is not in the model (the message lists close matches) or the
@@ -38,9 +45,12 @@ def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
     """
     named = dict(_unwrap(model).named_modules())
     if isinstance(layer, str):
-        key = layer.replace("[", ".").replace("]", "")  # accept "features[18]"
+        path, sep, item = layer.partition(":")
+        key = path.replace("[", ".").replace("]", "")  # accept "features[18]"
+        if sep and not item:
+            raise ValueError(f"layer {layer!r} has an empty output key after ':'")
         if key in named:
-            return key, named[key]
+            return (f"{key}:{item}" if sep else key), named[key]
         close = difflib.get_close_matches(key, [n for n in named if n], n=5, cutoff=0.5)
         hint = f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
         raise ValueError(
@@ -60,6 +70,79 @@ def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
     )
 
 
+def split_key(name: str) -> tuple[str, str | None]:
+    """``"backbone.body:3"`` -> ``("backbone.body", "3")``; ``"layer4"`` -> ``("layer4", None)``."""
+    path, sep, item = name.partition(":")
+    return path, (item if sep else None)
+
+
+def replace_item(name: str, output: Any, key: str, fn: Callable[[Tensor], Tensor]) -> Any:
+    """A copy of a dict / tuple / list ``output`` whose entry ``key`` is ``fn(entry)``.
+
+    Dict keys are matched as strings (torchvision's ``"0"``, ``"pool"``, ``"out"``); tuples and
+    lists are indexed by an integer key. The container keeps its type (``OrderedDict``,
+    named tuple).
+
+    Raises:
+        KeyError: the key is not in the output (the message lists the valid keys).
+        TypeError: the output has no entries, or the entry is not a tensor.
+    """
+    if isinstance(output, Mapping):
+        keys = {str(k): k for k in output}
+        if key not in keys:
+            raise KeyError(
+                f"layer {name!r}: the output has no key {key!r}; its keys are "
+                f"{', '.join(repr(k) for k in keys)}"
+            )
+        entry = output[keys[key]]
+        new = fn(_tensor_entry(name, entry))
+        copy = type(output)(output) if isinstance(output, dict) else dict(output)
+        copy[keys[key]] = new
+        return copy
+    if isinstance(output, (tuple, list)):
+        try:
+            index = int(key)
+            entry = output[index]
+        except (ValueError, IndexError):
+            raise KeyError(
+                f"layer {name!r}: its output is a {type(output).__name__} of {len(output)} "
+                f"elements; use an index 0..{len(output) - 1} after ':'"
+            ) from None
+        items = list(output)
+        items[index] = fn(_tensor_entry(name, entry))
+        if hasattr(output, "_fields"):  # named tuple
+            return type(output)(*items)
+        return type(output)(items)
+    raise TypeError(
+        f"layer {name!r} returns a {type(output).__name__}, which has no entries to select "
+        "with ':key'; drop the key"
+    )
+
+
+def _tensor_entry(name: str, entry: object) -> Tensor:
+    if not isinstance(entry, Tensor):
+        raise TypeError(f"layer {name!r} is a {type(entry).__name__}, not a tensor")
+    return entry
+
+
+def output_error(name: str, output: object) -> TypeError:
+    """The error for a layer output that is not one tensor, naming the ``"name:key"`` fix."""
+    if isinstance(output, Mapping):
+        keys = [str(k) for k, v in output.items() if isinstance(v, Tensor)]
+        example = f"{name}:{keys[-1]}" if keys else f"{name}:key"
+        return TypeError(
+            f"layer {name!r} returns {type(output).__name__} with keys "
+            f"{', '.join(repr(k) for k in keys)}, not a tensor; read one entry with "
+            f"layer={example!r}"
+        )
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return TypeError(
+            f"layer {name!r} returns a {type(output).__name__}; pick a submodule that returns "
+            f"a single tensor, or one element with layer='{name}:0'"
+        )
+    return TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor")
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One candidate layer: its dotted name, module type and output shape (or ``None``)."""
@@ -73,7 +156,9 @@ def list_layers(model: nn.Module, inputs: Tensor | None = None) -> list[LayerInf
     """List the model's named submodules, with output shapes when ``inputs`` is given.
 
     With ``inputs``, one forward pass (no gradient) records each module's output shape, so a
-    user can pick a layer with a spatial output (4-D) or a token output (3-D). The model is
+    user can pick a layer with a spatial output (4-D) or a token output (3-D). A module that
+    returns a dict (a detector's backbone, an FPN) is followed by one ``"name:key"`` entry per
+    tensor in it, the form :func:`resolve_layer` accepts. The model is
     left unchanged; the hooks used to read the shapes are always removed.
 
     Example:
@@ -85,11 +170,17 @@ def list_layers(model: nn.Module, inputs: Tensor | None = None) -> list[LayerInf
 
     model_ = _unwrap(model)
     shapes: dict[str, tuple[int, ...]] = {}
+    entries: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
 
     def recorder(name: str):
         def hook(_module: nn.Module, _args: object, output: object) -> None:
             if isinstance(output, Tensor):
                 shapes.setdefault(name, tuple(output.shape))
+            elif isinstance(output, Mapping):  # selectable as "name:key"
+                found = [
+                    (str(k), tuple(v.shape)) for k, v in output.items() if isinstance(v, Tensor)
+                ]
+                entries.setdefault(name, found)
 
         return hook
 
@@ -98,4 +189,8 @@ def list_layers(model: nn.Module, inputs: Tensor | None = None) -> list[LayerInf
         with preserved(model_), hooks(forward={m: recorder(n) for n, m in named}):
             with torch.no_grad():
                 model_(inputs)
-    return [LayerInfo(n, type(m).__name__, shapes.get(n)) for n, m in named]
+    infos = []
+    for n, m in named:
+        infos.append(LayerInfo(n, type(m).__name__, shapes.get(n)))
+        infos += [LayerInfo(f"{n}:{k}", type(m).__name__, s) for k, s in entries.get(n, [])]
+    return infos

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from xai._typing import LayerLike
 from xai.adapter.hooks import hooks
-from xai.adapter.layers import _unwrap, resolve_layer
+from xai.adapter.layers import _unwrap, output_error, replace_item, resolve_layer, split_key
 from xai.adapter.state import preserved
 from xai.adapter.targets import unwrap_output
 
@@ -39,11 +39,23 @@ class _Stop(Exception):
 
 def _check_tensor(name: str, output: object) -> Tensor:
     if not isinstance(output, Tensor):
-        raise TypeError(
-            f"layer {name!r} returns {type(output).__name__}, not a tensor; pick a submodule "
-            "that returns a single tensor"
-        )
+        raise output_error(name, output)
     return output
+
+
+def _on_entry(name: str, output: object, fn: Callable[[Tensor], Tensor | None]) -> object:
+    """Apply ``fn`` to the layer's tensor (the entry ``key`` of ``"name:key"`` in a dict or
+    tuple output); its non-``None`` result replaces that tensor in the returned output.
+    """
+    key = split_key(name)[1]
+    if key is None:
+        return fn(_check_tensor(name, output))
+
+    def entry(t: Tensor) -> Tensor:
+        new = fn(t)
+        return t if new is None else new
+
+    return replace_item(name, output, key, entry)
 
 
 def layer_output(
@@ -58,7 +70,8 @@ def layer_output(
 
     Args:
         model: any ``nn.Module``.
-        layer: dotted name or module (see :func:`xai.adapter.resolve_layer`).
+        layer: dotted name or module (see :func:`xai.adapter.resolve_layer`); ``"name:key"``
+            reads one entry of a dict or tuple output.
         inputs: the model's input batch.
         differentiable: keep the autograd graph back to ``inputs`` (default ``False``: detached,
             under ``torch.no_grad()``).
@@ -139,8 +152,10 @@ def recorder(
     calls = dict.fromkeys(names, 0)
 
     def make_hook(name: str):
-        def hook(_module: nn.Module, _args: tuple, out: object) -> Tensor | None:
-            out = _check_tensor(name, out)
+        def hook(_module: nn.Module, _args: tuple, output: object) -> object:
+            return _on_entry(name, output, record)
+
+        def record(out: Tensor) -> Tensor | None:
             calls[name] += 1
             if calls[name] > 1:
                 raise RuntimeError(
@@ -207,8 +222,10 @@ def replace_output(model: nn.Module, layer: LayerLike, tensor: Tensor) -> Iterat
     name, target = resolve_layer(module, layer)
     calls = [0]
 
-    def hook(_module: nn.Module, _args: tuple, output: object) -> Tensor:
-        _check_tensor(name, output)
+    def hook(_module: nn.Module, _args: tuple, output: object) -> object:
+        return _on_entry(name, output, replace)
+
+    def replace(_output: Tensor) -> Tensor:
         calls[0] += 1
         return tensor
 
