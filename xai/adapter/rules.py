@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,11 +31,11 @@ class _PositiveGradient(torch.autograd.Function):
     """Identity forward; backward keeps only the positive part of the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         return grad.clamp(min=0)
 
 
@@ -110,13 +111,13 @@ class _Rewire(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, call: Call, rule: BackwardRule) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, call: Call, rule: BackwardRule) -> Tensor:
         ctx.call = call
         ctx.rule = rule
         return call.output
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         call: Call = ctx.call
         if call.input._version != call.input_version:
             raise RuntimeError(
@@ -254,10 +255,10 @@ class Residual:
 class _Split(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         branch: Tensor,
         shortcut: Tensor,
-        value: Tensor,  # type: ignore[override]
+        value: Tensor,
         split: SplitRule,
     ) -> Tensor:
         ctx.save_for_backward(branch, shortcut)
@@ -265,7 +266,7 @@ class _Split(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         branch, shortcut = ctx.saved_tensors
         grad_branch, grad_shortcut = ctx.split(branch, shortcut, grad)
         return grad_branch, grad_shortcut, None, None
@@ -372,10 +373,10 @@ class Link:
 class _Link(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         source: Tensor,
         value: Tensor,
-        link: Link,  # type: ignore[override]
+        link: Link,
         rule: LinkRule,
     ) -> Tensor:
         ctx.save_for_backward(source)
@@ -384,7 +385,7 @@ class _Link(torch.autograd.Function):
         return value
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (source,) = ctx.saved_tensors
         return ctx.rule(source.detach(), ctx.link.function, grad), None, None, None
 

@@ -14,7 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -119,7 +119,9 @@ class Attribution(ABC):
         self.progress = progress
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> Attribution:
+    def create(
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any
+    ) -> Attribution:
         """Build the method with its defaults from the arguments every method can be given.
 
         The registry-driven code (contract test, CLI, demo) builds every method this way;
@@ -155,8 +157,9 @@ class Attribution(ABC):
                 at a captured layer; an additional input with the wrong first dimension or
                 NaN, or additional inputs given to a method that cannot pass them on.
         """
+        name = getattr(self, "name", type(self).__name__)
         refusal = (
-            f"{getattr(self, 'name', type(self).__name__)} explains images only ({self.rank_note}; the methods for videos and "
+            f"{name} explains images only ({self.rank_note}; the methods for videos and "
             "volumes are listed by xai.attributions.available(rank=5))"
         )
         x = check_inputs(inputs, ranks=self.input_ranks, refusal=refusal)
@@ -292,7 +295,9 @@ class LayerAttribution(Attribution):
     needs_gradients: ClassVar[bool] = True
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs):
+    def create(
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any
+    ) -> LayerAttribution:
         """Registry constructor; without ``layer``, vision transformers get the last block's
         pre-attention norm (see :func:`xai.adapter.reshape.token_layout`).
         """
@@ -310,7 +315,7 @@ class LayerAttribution(Attribution):
         reshape: ReshapeLike = "auto",
         upsample: bool = True,
         fusion: str = "mean",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.adapter = ModelAdapter(model, reshape=reshape)

@@ -7,6 +7,8 @@ upsampled (bilinear, ``align_corners=False``) to the input size unless ``upsampl
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -111,7 +113,9 @@ class GradCAMPlusPlus(LayerAttribution):
 
     name = "grad_cam_plus_plus"
 
-    def __init__(self, model: nn.Module, layer: LayerLike, *, eps: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerLike, *, eps: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(model, layer, **kwargs)
         self.eps = float(eps)
 
@@ -145,7 +149,9 @@ class XGradCAM(LayerAttribution):
 
     name = "xgrad_cam"
 
-    def __init__(self, model: nn.Module, layer: LayerLike, *, eps: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerLike, *, eps: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(model, layer, **kwargs)
         self.eps = float(eps)
 
@@ -208,7 +214,7 @@ class ScoreCAM(LayerAttribution):
         baseline_subtract: bool = False,
         align_corners: bool = False,
         batch_size: int | None = 32,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, batch_size=batch_size, **kwargs)
         if weighting not in ("probability", "channel_softmax"):
@@ -287,7 +293,7 @@ class EigenCAM(LayerAttribution):
     needs_gradients = False
 
     def __init__(
-        self, model: nn.Module, layer: LayerLike, *, center: bool = True, **kwargs
+        self, model: nn.Module, layer: LayerLike, *, center: bool = True, **kwargs: Any
     ) -> None:
         super().__init__(model, layer, **kwargs)
         self.center = center
@@ -325,7 +331,7 @@ class GuidedGradCAM(GradCAM):
     """
 
     def __init__(
-        self, model: nn.Module, layer: LayerLike, *, reduction: str = "max_abs", **kwargs
+        self, model: nn.Module, layer: LayerLike, *, reduction: str = "max_abs", **kwargs: Any
     ) -> None:
         if kwargs.get("upsample") is False:
             raise ValueError("GuidedGradCAM maps are at the input resolution; drop upsample")

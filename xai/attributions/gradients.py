@@ -11,6 +11,7 @@ therefore work for every method.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ class _CaptumAttribution(Attribution):
 
     input_ranks = (4, 5)
 
-    def __init__(self, model: nn.Module, *, reduction: str, **kwargs) -> None:
+    def __init__(self, model: nn.Module, *, reduction: str, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         reduce_channels(torch.zeros(1, 1, 1, 1), reduction)  # validate early
         self.reduction = reduction
@@ -69,10 +70,10 @@ class Saliency(_CaptumAttribution):
         Models and Saliency Maps", ICLR Workshops 2014. Computed with ``captum.attr.Saliency``.
     """
 
-    def __init__(self, model: nn.Module, *, reduction: str = "max_abs", **kwargs) -> None:
+    def __init__(self, model: nn.Module, *, reduction: str = "max_abs", **kwargs: Any) -> None:
         super().__init__(model, reduction=reduction, **kwargs)
 
-    def _channels(self, inputs, forward, rows):
+    def _channels(self, inputs: Tensor, forward: Callable[..., Tensor], rows: Tensor) -> Tensor:
         from captum.attr import Saliency as _Saliency
 
         return _Saliency(forward).attribute(inputs, additional_forward_args=(rows,), abs=False)
@@ -103,13 +104,13 @@ class IntegratedGradients(_CaptumAttribution):
         baseline: float | Tensor = 0.0,
         n_steps: int = 50,
         reduction: str = "sum",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, reduction=reduction, **kwargs)
         self.baseline = baseline
         self.n_steps = n_steps
 
-    def _channels(self, inputs, forward, rows):
+    def _channels(self, inputs: Tensor, forward: Callable[..., Tensor], rows: Tensor) -> Tensor:
         from captum.attr import IntegratedGradients as _IG
 
         baseline = self.baseline
@@ -151,7 +152,7 @@ class SmoothGrad(_CaptumAttribution):
         n_samples: int = 50,
         noise_level: float = 0.15,
         reduction: str = "max_abs",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, reduction=reduction, **kwargs)
         self.n_samples = n_samples
@@ -180,7 +181,7 @@ class SmoothGrad(_CaptumAttribution):
     def _scaled(draw: Tensor, sigma: Tensor, inputs: Tensor) -> Tensor:
         return (draw.to(inputs.device) * _per_row(sigma, inputs)).to(inputs.dtype)
 
-    def _channels(self, inputs, forward, rows):
+    def _channels(self, inputs: Tensor, forward: Callable[..., Tensor], rows: Tensor) -> Tensor:
         from captum.attr import Saliency as _Saliency
 
         b = inputs.shape[0]
@@ -243,14 +244,14 @@ class Occlusion(_CaptumAttribution):
         stride: int | tuple[int, ...] = 8,
         baseline: float = 0.0,
         reduction: str = "mean",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, reduction=reduction, **kwargs)
         self.window_size = _positive(window_size, "window_size")
         self.stride = _positive(stride, "stride")
         self.baseline = float(baseline)
 
-    def _channels(self, inputs, forward, rows):
+    def _channels(self, inputs: Tensor, forward: Callable[..., Tensor], rows: Tensor) -> Tensor:
         from captum.attr import Occlusion as _Occlusion
 
         b, c, *spatial = inputs.shape

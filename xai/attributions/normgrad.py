@@ -57,7 +57,7 @@ class-sensitive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -374,7 +374,7 @@ class SpatialContribution(LayerAttribution):
         with_bias: bool = False,
         fusion: str = "product",
         layer_weights: str | Sequence[float] | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, layer, **kwargs)
         _check_choice(virtual_layer, "virtual_layer", VIRTUAL_LAYERS)
@@ -418,7 +418,7 @@ class SpatialContribution(LayerAttribution):
 
     @classmethod
     def from_preset(
-        cls, preset: str, model: nn.Module, layer: LayerLike | Sequence[LayerLike], **kwargs
+        cls, preset: str, model: nn.Module, layer: LayerLike | Sequence[LayerLike], **kwargs: Any
     ) -> SpatialContribution:
         """Build one of :data:`PRESETS` (``"grad_cam"``, ``"norm_grad"``, ...) at ``layer``."""
         _check_choice(preset, "preset", tuple(PRESETS))
@@ -489,7 +489,7 @@ class NormGrad(SpatialContribution):
         *,
         virtual_layer: str = "conv1x1",
         aggregation: str = "norm",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             model, layer, virtual_layer=virtual_layer, aggregation=aggregation, **kwargs
@@ -514,7 +514,9 @@ class SelectiveNormGrad(SpatialContribution):
         Rebuffi et al., CVPR 2020 (``norm_grad_selective`` in the authors' TorchRay branch).
     """
 
-    def __init__(self, model: nn.Module, layer: LayerLike | Sequence[LayerLike], **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, layer: LayerLike | Sequence[LayerLike], **kwargs: Any
+    ) -> None:
         kwargs.setdefault("virtual_layer", "scaling")
         kwargs.setdefault("aggregation", "selective")
         super().__init__(model, layer, **kwargs)
