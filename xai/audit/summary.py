@@ -35,9 +35,8 @@ def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator) -
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _samples(state: AuditState) -> dict[str, list]:
+def _samples(cols: dict[str, torch.Tensor]) -> dict[str, list]:
     """The per-sample columns as lists (``group`` ``None`` where the data has none)."""
-    cols = state.columns()
     out = {k: v.tolist() for k, v in cols.items() if k != "badness"}
     out["group"] = [None if v < 0 else v for v in out["group"]]
     return out
@@ -58,8 +57,8 @@ def summarize(
     """The :class:`AuditResult` of ``state``; ``config`` (the settings of
     :meth:`AuditConfig.summary <xai.audit.config.AuditConfig.summary>`) gets ``has_masks``.
     """
-    samples = _samples(state)
     cols = state.columns()
+    samples = _samples(cols)
     label = cols["label"].numpy()
     correct = (cols["prediction"].numpy() == label).astype(np.float64)
     mass = cols["mass_inside"].numpy()
