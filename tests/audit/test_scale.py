@@ -198,7 +198,7 @@ def _compare(a, b) -> None:
     for table in ("classes", "groups", "class_groups", "flags"):
         ra, rb = getattr(a, table), getattr(b, table)
         assert len(ra) == len(rb)
-        for x, y in zip(ra, rb):
+        for x, y in zip(ra, rb, strict=True):
             assert x.keys() == y.keys()
             for k in x:
                 if isinstance(x[k], float):
@@ -343,6 +343,6 @@ def test_ray_engine_errors():
         audit(model, x, labels=y, engine="spark", progress=False)
     with pytest.raises(ValueError, match="checkpoint= is for the local engine"):
         audit(model, x, labels=y, engine="ray", checkpoint="x.pt", progress=False)
-    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=5)
+    loader = torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=5)
     with pytest.raises(TypeError, match="address by index"):
         audit(model, loader, engine="ray", progress=False)
