@@ -1,10 +1,11 @@
 """Audit throughput: images per second of ``xai.audit.audit`` against the bare explainer calls.
 
 Rows: the bare explainer calls on the same batches (the floor), the in-process engine on
-tensors and on a ``Dataset`` (DataLoader workers), and the Ray engine with 1 and 2 actors
-(a local Ray instance with as many CPUs as actors; its start-up is not timed, the actors' is).
-Prints a table with the overhead against the floor. Not collected by pytest. Needs Debian
-``dataset-fashion-mnist`` (and Ray for the Ray rows).
+tensors, on the ``GroundTruthSet`` (a ``Dataset`` of tensor rows: sliced), on the same samples
+behind a plain ``__getitem__`` (read by a DataLoader with auto workers), and the Ray engine
+with 1 and 2 actors (a local Ray instance with as many CPUs as actors; its start-up is not
+timed, the actors' is). Prints a table with the overhead against the floor. Not collected by
+pytest. Needs Debian ``dataset-fashion-mnist`` (and Ray for the Ray rows).
 
     python benchmarks/bench_audit.py [--n-images 10000] [--threads 1] [--no-ray]
 """
@@ -20,6 +21,19 @@ import torch
 from xai.attributions import get
 from xai.audit import audit
 from xai.data.shortcuts import planted_shortcut_set, train_small_cnn
+
+
+class _Opaque(torch.utils.data.Dataset):
+    """The same samples behind a plain ``__getitem__``: what a DataLoader reads item by item."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
 
 
 def main() -> None:
@@ -68,8 +82,11 @@ def main() -> None:
         rows.append(("local, tensors", best(lambda m=method: audit(
             model, data.inputs, explainer=m, batch_size=bs, progress=False, **tensors)))
         )  # fmt: skip
-        rows.append(("local, Dataset (auto workers)", best(lambda m=method: audit(
+        rows.append(("local, GroundTruthSet (sliced)", best(lambda m=method: audit(
             model, data, explainer=m, batch_size=bs, progress=False)))
+        )  # fmt: skip
+        rows.append(("local, Dataset (auto workers)", best(lambda m=method: audit(
+            model, _Opaque(data), explainer=m, batch_size=bs, progress=False)))
         )  # fmt: skip
         if ray is not None:
             for workers in (1, 2):

@@ -1,9 +1,11 @@
 """Streaming the data through the in-process audit engine, with checkpoints.
 
 :func:`batches` turns tensors, a map-style ``Dataset`` or any iterable of batches into
-``(inputs, labels, masks, groups)`` batches; a ``Dataset`` is read by a ``DataLoader`` with
-worker processes (by default, when the dataset has a few batches and the machine more than one
-core) and pinned memory when the model is on a GPU. :func:`local_state` explains batch after
+``(inputs, labels, masks, groups)`` batches. A ``Dataset`` whose samples are rows of tensors
+(``TensorDataset``, :class:`~xai.data.shortcuts.GroundTruthSet`) is sliced like tensors; any
+other ``Dataset`` is read by a ``DataLoader`` with worker processes (by default, when the
+dataset has a few batches and the machine more than one core) and pinned memory when the model
+is on a GPU. :func:`local_state` explains batch after
 batch into one :class:`~xai.audit.state.AuditState`, saved every few batches to a checkpoint and
 resumed from it.
 """
@@ -100,6 +102,14 @@ def batches(
         TypeError: data of another kind.
         ValueError: missing labels with tensors, or labels/masks/groups with a Dataset.
     """
+    rows = None if isinstance(data, (Tensor, np.ndarray)) else _tensor_rows(data)
+    if rows is not None:  # a Dataset of tensor rows: sliced, not collated item by item
+        if labels is not None or masks is not None or groups is not None:
+            raise ValueError(
+                "labels/masks/groups arguments go with a tensor of images; a Dataset or "
+                "DataLoader must yield them itself: (inputs, labels[, masks[, groups]])"
+            )
+        data, labels, masks, groups = rows
     if isinstance(data, (Tensor, np.ndarray)):
         x = as_tensor(data, "data")
         if labels is None:
@@ -148,6 +158,23 @@ def batches(
         "data must be a tensor (N, C, H, W), a torch Dataset or a DataLoader/iterable of "
         f"batches, got {type(data).__name__}"
     )
+
+
+def _tensor_rows(data: Any) -> tuple[Any, Any, Any, Any] | None:
+    """``(inputs, labels, masks, groups)`` of a Dataset whose samples are rows of tensors (a
+    ``TensorDataset`` of 2 to 4 tensors, a :class:`~xai.data.shortcuts.GroundTruthSet`), else
+    ``None``: their batches are slices, the same tensors the DataLoader would collate.
+    """
+    from torch.utils.data import TensorDataset
+
+    from xai.data.shortcuts import GroundTruthSet
+
+    if type(data) is TensorDataset and 2 <= len(data.tensors) <= 4:
+        t = list(data.tensors) + [None] * (4 - len(data.tensors))
+        return t[0], t[1], t[2], t[3]
+    if type(data) is GroundTruthSet:
+        return data.inputs, data.labels, data.masks, data.groups
+    return None
 
 
 def _resume(config: AuditConfig) -> tuple[AuditState, Path | None]:
