@@ -140,7 +140,7 @@ class AuditState:
         self.class_counts += torch.bincount(labels, minlength=self.class_counts.shape[0])
         self.class_map_sums.index_add_(0, labels, stats.norm_maps)
         g2 = self.grid_size**2
-        flat = labels[stats.has_peak] * g2 + stats.cells[stats.has_peak]
+        flat = (labels * g2 + stats.cells).masked_select(stats.has_peak)
         self.class_hotspots += torch.bincount(flat, minlength=self.class_hotspots.numel()).view(
             self.class_hotspots.shape
         )
@@ -151,7 +151,7 @@ class AuditState:
             for c, lst in self.worst.items():
                 if len(lst) >= self.n_worst:
                     threshold[c] = lst[-1]["badness"]
-            better = cols["badness"] > threshold[labels]
+            better = cols["badness"] > threshold.index_select(0, labels)
             if bool(better.any()):
                 self._update_worst(_first_per_class(better, cols, self.n_worst), stats)
         if self.keep_for_concepts > 0:
@@ -255,7 +255,8 @@ class AuditState:
             return {k: torch.empty(0, dtype=t) for k, t in COLUMNS.items()}
         cols = {k: torch.cat(v) for k, v in self.chunks.items()}
         order = torch.argsort(cols["index"], stable=True)
-        return {k: v[order] for k, v in cols.items()}
+        # index_select, not v[order]: advanced indexing is ~100x slower on 10^4+ rows
+        return {k: v.index_select(0, order) for k, v in cols.items()}
 
     # ------------------------------------------------------------------ serialization
     def state_dict(self) -> dict[str, Any]:

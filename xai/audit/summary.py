@@ -32,7 +32,8 @@ def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator) -
     if arr.size < 2 or n_boot < 1:
         return [float("nan"), float("nan")]
     means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def _samples(cols: dict[str, torch.Tensor]) -> dict[str, list]:
