@@ -160,8 +160,11 @@ def _statistics(
     rows, cols = peak // w, peak % w
     scores = logits.gather(1, tgt.to(logits.device)[:, None])[:, 0].double().to(maps.device)
     nan = torch.full((n,), float("nan"), dtype=torch.float64, device=maps.device)
+    # the positive part in float64, once: the mass kernel's own clamp leaves it unchanged, and
+    # it becomes the normalized map in place below
+    pos = flat.clamp_min(0).double()
     if m is not None:
-        mass = _MASS._score(maps, m)  # NaN for a map without positive relevance
+        mass = _MASS._score(pos.view(n, h, w), m)  # NaN for a map without positive relevance
         hit = torch.where(has_peak, _POINTING._score(maps, m), nan)
         area = m.flatten(1).sum(1).double() / (h * w)
         badness = torch.where(torch.isnan(mass), -scores, -mass)
@@ -169,9 +172,7 @@ def _statistics(
         mass = hit = area = nan
         badness = -scores
     badness = torch.nan_to_num(badness, nan=-math.inf)
-    # the positive part divided by the peak, in place on a fresh tensor
-    peak64 = peak_value.double().clamp_min(1e-300)[:, None]
-    norm = flat.clamp_min(0).double().div_(peak64).view(n, h, w)
+    norm = pos.div_(peak_value.double().clamp_min(1e-300)[:, None]).view(n, h, w)
     cells = (rows * grid_size // h) * grid_size + cols * grid_size // w
     minus_one = torch.full_like(rows, -1)
     columns = {
