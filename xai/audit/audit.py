@@ -145,8 +145,7 @@ def audit(
         TypeError: a bad ``model``, ``data`` or ``explainer``.
         ValueError: bad settings, missing labels, masks/groups/maps whose shapes do not match.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)  # before the settings: the first argument's error comes first
     config = AuditConfig(
         explainer=explainer, layer=layer, class_names=class_names, group_names=group_names,
         target=target, batch_size=batch_size, grid_size=grid_size,
@@ -158,6 +157,11 @@ def audit(
         num_workers=num_workers, ray_options=ray_options,
     )  # fmt: skip
     return run_audit(model, data, config, labels=labels, masks=masks, groups=groups)
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def run_audit(
@@ -181,7 +185,12 @@ def run_audit(
 
     Returns:
         An :class:`AuditResult`.
+
+    Raises:
+        TypeError: a bad ``model`` or ``data``.
+        ValueError: missing labels, masks/groups/maps whose shapes do not match.
     """
+    _check_model(model)
     method = config.explainer_for(model)
     if config.engine == "ray":
         from xai.audit.distributed import ray_audit_state
