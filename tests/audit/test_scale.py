@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from xai.attributions import Saliency
+from xai.attributions.gradients import Saliency
 from xai.audit import audit
 from xai.audit.scoring import batch_stats
 from xai.audit.state import AuditState, load_state
@@ -343,6 +343,7 @@ def test_ray_engine_errors():
         audit(model, x, labels=y, engine="spark", progress=False)
     with pytest.raises(ValueError, match="checkpoint= is for the local engine"):
         audit(model, x, labels=y, engine="ray", checkpoint="x.pt", progress=False)
-    loader = torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=5)
+    pairs = list(zip(x, y, strict=True))
+    loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(pairs, batch_size=5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="address by index"):
         audit(model, loader, engine="ray", progress=False)
