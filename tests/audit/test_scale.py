@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from xai.attributions import Saliency
+from xai.attributions.gradients import Saliency
 from xai.audit import audit
-from xai.audit.audit import batch_stats
+from xai.audit.scoring import batch_stats
 from xai.audit.state import AuditState, load_state
 from xai.data.shortcuts import fashion_mnist_available, planted_shortcut_set, train_small_cnn
 

@@ -10,7 +10,7 @@
 ground-truth sets of :mod:`xai.data.shortcuts`.
 """
 
-from xai.audit.audit import AuditResult, audit
+from xai.audit.audit import AuditConfig, AuditResult, audit, run_audit
 from xai.audit.report import write_report
 
-__all__ = ["AuditResult", "audit", "write_report"]
+__all__ = ["AuditConfig", "AuditResult", "audit", "run_audit", "write_report"]

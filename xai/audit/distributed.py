@@ -93,7 +93,7 @@ class _Source:
             return tuple(None if t is None else t[start:stop] for t in self.tensors)  # type: ignore[return-value]
         from torch.utils.data import default_collate
 
-        from xai.audit.audit import _unpack
+        from xai.audit.stream import unpack_batch as _unpack
 
         batch = default_collate([self.dataset[i] for i in range(start, stop)])
         return _unpack(batch)
@@ -141,7 +141,8 @@ class _ShardWorker:
         }
 
     def _run(self, start: int, stop: int) -> bytes:
-        from xai.audit.audit import _as_tensor, batch_stats
+        from xai.audit.scoring import batch_stats
+        from xai.audit.stream import as_tensor as _as_tensor
 
         job = self.job
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))

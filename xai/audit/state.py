@@ -135,11 +135,12 @@ class AuditState:
         labels = cols["label"]
         if bool((labels < 0).any()):
             raise ValueError("labels must be non-negative class indices")
-        self._grow(int(labels.max()) + 1, tuple(stats.norm_maps.shape[1:]))
+        _, h, w = stats.norm_maps.shape
+        self._grow(int(labels.max()) + 1, (h, w))
         self.class_counts += torch.bincount(labels, minlength=self.class_counts.shape[0])
         self.class_map_sums.index_add_(0, labels, stats.norm_maps)
         g2 = self.grid_size**2
-        flat = labels[stats.has_peak] * g2 + stats.cells[stats.has_peak]
+        flat = (labels * g2 + stats.cells).masked_select(stats.has_peak)
         self.class_hotspots += torch.bincount(flat, minlength=self.class_hotspots.numel()).view(
             self.class_hotspots.shape
         )
@@ -150,33 +151,40 @@ class AuditState:
             for c, lst in self.worst.items():
                 if len(lst) >= self.n_worst:
                     threshold[c] = lst[-1]["badness"]
-            better = cols["badness"] > threshold[labels]
-            for c in torch.unique(labels[better]).tolist():
-                members = (better & (labels == c)).nonzero()[:, 0]
-                self._update_worst(c, members, stats)
+            better = cols["badness"] > threshold.index_select(0, labels)
+            if bool(better.any()):
+                self._update_worst(_first_per_class(better, cols, self.n_worst), stats)
         if self.keep_for_concepts > 0:
             for c in torch.unique(labels).tolist():
                 members = (labels == c).nonzero()[:, 0]
                 self._update_concepts(c, members, stats)
         self.seen += n
 
-    def _update_worst(self, c: int, members: Tensor, stats: BatchStats) -> None:
+    def _update_worst(self, rows: Tensor, stats: BatchStats) -> None:
+        """Merge the candidate ``rows`` of a batch (at most ``n_worst`` per class) into the
+        kept worst examples; images and maps are copied only for the rows that are kept.
+        """
         cols = stats.columns
-        order = _rank(cols["badness"][members], cols["index"][members])[: self.n_worst]
-        chosen = members[order]
-        new = [
-            {
-                "index": int(cols["index"][i]), "label": c,
-                "prediction": int(cols["prediction"][i]),
-                "mass_inside": float(cols["mass_inside"][i]),
-                "badness": float(cols["badness"][i]),
-                "image": stats.images[i].detach().cpu().float(),
-                "map": stats.maps[i].detach().cpu().float(),
-                "mask": None if stats.masks is None else stats.masks[i].cpu(),
-            }
-            for i in chosen.tolist()
-        ]  # fmt: skip
-        self.worst[c] = _merge_worst(self.worst.get(c, []), new, self.n_worst)
+        fields = zip(
+            rows.tolist(), cols["label"][rows].tolist(), cols["index"][rows].tolist(),
+            cols["prediction"][rows].tolist(), cols["mass_inside"][rows].tolist(),
+            cols["badness"][rows].tolist(), strict=True,
+        )  # fmt: skip
+        new: dict[int, list[dict]] = {}
+        for i, c, index, pred, mass, bad in fields:
+            new.setdefault(c, []).append(
+                {"index": index, "label": c, "prediction": pred, "mass_inside": mass,
+                 "badness": bad, "_row": i}
+            )  # fmt: skip
+        for c, entries in new.items():
+            kept = _merge_worst(self.worst.get(c, []), entries, self.n_worst)
+            for d in kept:
+                i = d.pop("_row", None)
+                if i is not None:
+                    d["image"] = stats.images[i].detach().cpu().float()
+                    d["map"] = stats.maps[i].detach().cpu().float()
+                    d["mask"] = None if stats.masks is None else stats.masks[i].cpu()
+            self.worst[c] = kept
 
     def _update_concepts(self, c: int, members: Tensor, stats: BatchStats) -> None:
         have = len(self.concept_index.get(c, []))
@@ -247,7 +255,8 @@ class AuditState:
             return {k: torch.empty(0, dtype=t) for k, t in COLUMNS.items()}
         cols = {k: torch.cat(v) for k, v in self.chunks.items()}
         order = torch.argsort(cols["index"], stable=True)
-        return {k: v[order] for k, v in cols.items()}
+        # index_select, not v[order]: advanced indexing is ~100x slower on 10^4+ rows
+        return {k: v.index_select(0, order) for k, v in cols.items()}
 
     # ------------------------------------------------------------------ serialization
     def state_dict(self) -> dict[str, Any]:
@@ -323,6 +332,19 @@ def _rank(badness: Tensor, index: Tensor) -> Tensor:
     by_index = torch.argsort(index, stable=True)
     by_bad = torch.argsort(-badness[by_index], stable=True)
     return by_index[by_bad]
+
+
+def _first_per_class(candidates: Tensor, cols: dict[str, Tensor], n: int) -> Tensor:
+    """Rows of the ``candidates`` (a bool mask), at most ``n`` per class, grouped by class and
+    ranked within it by decreasing badness, ties by sample index.
+    """
+    rows = candidates.nonzero()[:, 0]
+    rows = rows[_rank(cols["badness"][rows], cols["index"][rows])]
+    labels = cols["label"][rows]
+    rows = rows[torch.argsort(labels, stable=True)]
+    labels = cols["label"][rows]
+    position = torch.arange(rows.shape[0]) - torch.searchsorted(labels, labels)
+    return rows[position < n]
 
 
 def _merge_worst(a: list[dict], b: list[dict], n: int) -> list[dict]:
