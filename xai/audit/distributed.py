@@ -101,7 +101,7 @@ class _Source:
 
 def _required(value: Any, name: str) -> Tensor:
     """``value`` (tensor, array or list) as a tensor; ``None`` is an error here."""
-    from xai.audit.audit import _as_tensor
+    from xai.audit.stream import as_tensor as _as_tensor
 
     tensor = _as_tensor(value, name)
     if tensor is None:

@@ -16,7 +16,7 @@ from xai.verbalize.templates import ENGLISH, Templates
 from xai.verbalize.verbalizer import Verbalizer, percent
 
 if TYPE_CHECKING:
-    from xai.audit.audit import AuditResult
+    from xai.audit.result import AuditResult
 
 __all__ = ["describe_audit", "flag_sentence"]
 
