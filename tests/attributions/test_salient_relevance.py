@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tests._models import TinyConvNet, seeded
 from tests.conftest import has
-from xai.attributions.lrp import LRP, SalientRelevance, context_aware_saliency
+from xai.attributions.lrp import LRP, SalientRelevance, context_aware_saliency, salient_relevance
 from xai.attributions.lrp.salient_relevance import (
     _distance_to_mask,
     relevance_to_rgb,
@@ -109,6 +109,29 @@ def test_matches_the_literal_replica_on_a_tiny_map():
     # the fast path computes patch distances as |p|^2 + |q|^2 - 2<p, q> (cancellation ~1e-8)
     torch.testing.assert_close(fast[0], slow, rtol=1e-6, atol=1e-7)
     assert slow.max() > 0.1  # a non-trivial map
+
+
+def _brute_force_mean_nearest(query, qpos, cand, cand_pos, *, k, c, chunk_size):
+    """Every pair's d from direct differences (no |p|^2 + |q|^2 - 2pq), one full sort per query."""
+    del chunk_size
+    colour = torch.cdist(query, cand, compute_mode="donot_use_mm_for_euclid_dist")
+    where = torch.cdist(qpos, cand_pos, compute_mode="donot_use_mm_for_euclid_dist")
+    d = colour / (1 + c * where)
+    return d.sort(-1).values[..., :k].mean(-1)
+
+
+def test_blocked_search_equals_brute_force_on_a_96px_heatmap(monkeypatch):
+    """The whole map at a moderate working size (4 scales, K = 64, candidates from 3 levels):
+    the blocked matrix-product search against every pair computed directly."""
+    gen = torch.Generator().manual_seed(6)
+    relevance = torch.randn(1, 3, 80, 72, generator=gen, dtype=torch.float64) ** 3
+    relevance[:, :, 20:50, 10:40] += 5.0  # a dense region among heavy-tailed noise
+    image = relevance_to_rgb(relevance)
+    fast = context_aware_saliency(image, longest_side=96, chunk_size=1000)
+    monkeypatch.setattr(salient_relevance, "_mean_nearest", _brute_force_mean_nearest)
+    slow = context_aware_saliency(image, longest_side=96)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    assert slow.max() > 0.3  # a non-trivial map
 
 
 @pytest.mark.skipif(not has("skimage"), reason="scikit-image provides the L*a*b* reference")

@@ -19,6 +19,9 @@ randomized), a few minutes on a laptop CPU. A method that raises gets its error 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
 import math
 import sys
@@ -100,6 +103,22 @@ _CASES: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "shortcut": _shortcut_case,
     "background": _background_case,
 }
+
+
+def _release_memory() -> None:
+    """Hand freed memory back to the system between methods.
+
+    Collects reference cycles, then, on glibc, calls ``malloc_trim(0)``: glibc keeps the freed
+    heap pages of large tensors for reuse, so without it the resident memory between methods
+    stays near the largest peak so far (measured on the background set, 4 images: 1.53 GB
+    after Integrated Gradients without it, 0.91 GB with it). A no-op elsewhere.
+    """
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass
 
 
 def _top_layers(model: nn.Module, k: int) -> list[str]:
@@ -192,6 +211,8 @@ def report_card(
         mprt = ModelParameterRandomization(layers=_top_layers(model, n_randomized), seed=seed)
         for name in tqdm(names, desc=f"report card: {set_name}", disable=not progress):
             row: dict[str, Any] = {"set": set_name, "method": name}
+            method: Any = None
+            maps: Any = None
             try:
                 kwargs = {
                     "seed": seed,
@@ -222,6 +243,10 @@ def report_card(
             except Exception as err:  # noqa: BLE001 - one failing method must not hide the rest
                 row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:200]
             add(row)
+            method = maps = None  # the method's maps and caches go before the next one
+            _release_memory()
+        del case, model, x, target, masks, mprt
+        _release_memory()
     return table
 
 

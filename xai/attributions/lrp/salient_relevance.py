@@ -27,8 +27,12 @@ re-implementation by Tsai & Chang (as shipped by SMILER), step by step:
    nearest focus;
 8. resize back to the input size. Output in [0, 1].
 
-All patch distances are computed with matrix products (``unfold``), the K nearest with
-``topk`` on chunks of queries, and the distance transform exactly with two separable passes.
+The K-nearest search is exhaustive (every query patch against every candidate): one matrix
+product per block of queries gives the patch and position distances, ``topk`` the K nearest;
+the distance transform is exact, in two separable passes. Pruned exact searches (lower bounds
+per group of candidates from principal-component boxes, residual norms and position boxes) were
+measured on MobileNetV2 LRP heatmaps and skipped too few pairs to pay off: even against each
+query's true K-th distance they left 43-74 % of the candidates to evaluate.
 
 References:
     Li, Tian, Mueller, Chen, "Beyond saliency: understanding convolutional neural networks from
@@ -77,13 +81,13 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
 
 
 def relevance_to_rgb(relevance: Tensor, mode: str = "abs_minmax") -> Tensor:
-    """The heatmap image the saliency step receives, ``(B, 3, H, W)`` in [0, 1].
+    r"""The heatmap image the saliency step receives, ``(B, 3, H, W)`` in [0, 1].
 
     Args:
         relevance: ``(B, C, H, W)`` input relevance.
         mode: ``"abs_minmax"`` (Li et al.'s export: |R| per colour channel, one min-max over
-            all channels of a sample; C = 3, or C = 1 shown as grey) or ``"sum_abs"`` (:math:`\\sum_c |R_c|`,
-            min-max, as a grey image).
+            all channels of a sample; C = 3, or C = 1 shown as grey) or ``"sum_abs"``
+            (:math:`\sum_c |R_c|`, min-max, as a grey image).
     """
     if mode == "abs_minmax":
         if relevance.shape[1] == 1:  # a grey input: |R| as a grey image
@@ -136,6 +140,60 @@ def _patches(img: Tensor, half: int, stride: int) -> tuple[Tensor, Tensor, Tenso
     return unfolded.flatten(2).transpose(1, 2), r.flatten(), c.flatten()
 
 
+def _augment(x: Tensor, *columns: Tensor | float) -> Tensor:
+    """``x`` ``(..., N, D)`` with extra columns appended (tensors ``(..., N, 1)`` or scalars)."""
+    extra = [
+        col if isinstance(col, Tensor) else x.new_full((*x.shape[:-1], 1), col) for col in columns
+    ]
+    return torch.cat([x, *extra], -1)
+
+
+def _mean_nearest(
+    query: Tensor,
+    qpos: Tensor,
+    cand: Tensor,
+    cand_pos: Tensor,
+    *,
+    k: int,
+    c: float,
+    chunk_size: int,
+) -> Tensor:
+    r"""Mean of the ``k`` smallest :math:`d(p, q) = \|p - q\| / (1 + c \|x_p - x_q\|)` over the
+    candidates, per query: ``(B, N_q)``.
+
+    Exhaustive (every query against every candidate; pruned searches were measured to skip too
+    few pairs on LRP heatmaps to pay off), in blocks of ``chunk_size`` queries. One matrix
+    product per block gives :math:`\|p - q\|^2 = |p|^2 + |q|^2 - 2 p \cdot q` (queries
+    augmented with :math:`[1, |p|^2]`, candidates with :math:`[|q|^2, 1]`), on patches centred
+    on the candidates' mean, which shrinks the cancellation error; another gives the squared
+    position distances. The K smallest :math:`d` are the K smallest :math:`d^2`, so the square
+    root is taken of the selected values only.
+
+    Args:
+        query: ``(B, N_q, D)`` query patches.
+        qpos: ``(N_q, 2)`` their positions.
+        cand: ``(B, N_c, D)`` candidate patches.
+        cand_pos: ``(N_c, 2)`` their positions.
+        k: number of nearest candidates, at most ``N_c``.
+        c: position weight.
+        chunk_size: queries per block (memory: ``B * chunk_size * N_c`` values).
+    """
+    centre = cand.mean(1, keepdim=True)
+    query, cand = query - centre, cand - centre
+    cand_aug = _augment(-2 * cand, (cand**2).sum(-1, keepdim=True), 1).transpose(1, 2)
+    pos_aug = _augment(-2 * cand_pos, (cand_pos**2).sum(-1, keepdim=True), 1).T
+    result = query.new_empty(query.shape[:2])
+    for start in range(0, query.shape[1], chunk_size):
+        q = query[:, start : start + chunk_size]
+        d2 = torch.bmm(_augment(q, 1, (q**2).sum(-1, keepdim=True)), cand_aug)
+        qp = qpos[start : start + chunk_size]
+        weight = (_augment(qp, 1, (qp**2).sum(-1, keepdim=True)) @ pos_aug).clamp_min_(0)
+        d2.div_(weight.sqrt_().mul_(c).add_(1).square_()).clamp_min_(0)
+        nearest = d2.topk(k, dim=-1, largest=False, sorted=False).values
+        result[:, start : start + chunk_size] = nearest.sqrt_().mean(-1)
+    return result
+
+
 def _single_scale(
     img: Tensor,
     scale: float,
@@ -171,21 +229,7 @@ def _single_scale(
     if query.shape[1] == 0:
         return out
     qpos = torch.stack([(qcols + 1) / longest, (qrows + 1) / longest], 1).to(img.dtype)
-    cand_sq = (cand**2).sum(-1)  # (B, N_c)
-    cand_t = cand.transpose(1, 2)
-    result = img.new_zeros(b, query.shape[1])
-    for start in range(0, query.shape[1], chunk_size):
-        q = query[:, start : start + chunk_size]
-        # |p - q|^2 = |p|^2 + |q|^2 - 2 <p, q>, the sum fused into the matrix product
-        d2 = torch.baddbmm(
-            (q**2).sum(-1, keepdim=True) + cand_sq[:, None, :], q, cand_t, alpha=-2
-        ).clamp_min_(0)
-        # d = |p - q| / (1 + c |x_p - x_q|); the K smallest d are the K smallest d^2, so the
-        # square root is taken of the K selected values only
-        weight = torch.cdist(qpos[start : start + chunk_size], cand_pos).mul_(c).add_(1)
-        d2.div_(weight.square_())
-        nearest = d2.topk(kk, dim=-1, largest=False, sorted=False).values
-        result[:, start : start + chunk_size] = nearest.sqrt_().mean(-1)
+    result = _mean_nearest(query, qpos, cand, cand_pos, k=kk, c=c, chunk_size=chunk_size)
     saliency = 1 - torch.exp(-result * factor)
     out[:, qrows, qcols] = saliency
     return out
@@ -239,7 +283,8 @@ def context_aware_saliency(
         patch_sizes: odd patch size per scale (default ``(7, 5, 3, 3)``); distances are scaled
             by ``49 / size**2`` (re-implementation) so that scales are comparable.
         search_scales: where candidates are searched, relative to each scale (default
-            ``(1, 0.5, 0.25)``), stopping below ``min_search_scale`` (default 0.2) absolute.
+            ``(1, 0.5, 0.25)``), stopping below ``min_search_scale``.
+        min_search_scale: the smallest absolute search scale (default 0.2).
         k: number of most similar candidates (default 64; clamped to the candidate count).
         c: position weight of the dissimilarity (default 3).
         foci_threshold: foci of attention are pixels above this fraction of the maximum
@@ -258,7 +303,7 @@ def context_aware_saliency(
         raise ValueError("patch_sizes must give one odd size per scale")
     if k < 1:
         raise ValueError(f"k must be a positive integer, got {k}")
-    size = tuple(images.shape[-2:])
+    size = (images.shape[-2], images.shape[-1])
     img = images
     if longest_side is not None:
         ratio = longest_side / max(size)
@@ -269,9 +314,9 @@ def context_aware_saliency(
     lo = flat.min(-1).values[..., None, None]
     span = flat.max(-1).values[..., None, None] - lo
     img = (img - lo) / (span + torch.finfo(img.dtype).eps)  # MATLAB's "+ eps"
-    work = tuple(img.shape[-2:])
+    work = (img.shape[-2], img.shape[-1])
     maps = []
-    for scale, patch in zip(scales, patch_sizes):
+    for scale, patch in zip(scales, patch_sizes, strict=True):
         level = img if scale == 1 else _resize(img, _scaled(work, scale))
         sal = _single_scale(
             level,
