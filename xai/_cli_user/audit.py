@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,14 @@ __all__ = ["run_audit"]
 class _FolderDataset:
     """ImageFolder-style items ``{"inputs", "labels"[, "masks"][, "groups"]}``."""
 
-    def __init__(self, files, labels, pre: Preprocess, masks=None, groups=None) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        labels: list[int],
+        pre: Preprocess,
+        masks: list[Path] | None = None,
+        groups: list[int] | None = None,
+    ) -> None:
         self.files, self.labels, self.pre = files, labels, pre
         self.masks, self.groups = masks, groups
 
@@ -102,7 +110,7 @@ def _group_ids(path: Path, root: Path, files: Sequence[Path]) -> tuple[list[int]
     return ids, names
 
 
-def run_audit(args) -> dict:
+def run_audit(args: argparse.Namespace) -> dict:
     """``xai audit``: the dataset audit of an ImageFolder tree; writes the report."""
     from xai.audit import audit, write_report
 

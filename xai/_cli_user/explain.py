@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,10 +16,14 @@ from xai._cli_user.errors import CliError
 from xai._cli_user.images import collect_images, display_mean_std, preprocess_for
 from xai._cli_user.models import check_layer, load_model, methods_for
 
+if TYPE_CHECKING:
+    import torch
+
+
 __all__ = ["run_explain"]
 
 
-def _targets(spec: str, logits) -> list[int]:
+def _targets(spec: str, logits: torch.Tensor) -> list[int]:
     if spec in ("pred", "prediction"):
         return logits.argmax(1).tolist()
     try:
@@ -48,7 +54,7 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def run_explain(args) -> dict:
+def run_explain(args: argparse.Namespace) -> dict:
     """``xai explain``: maps of every method for every image; figures, .npy maps, summary."""
     import torch
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xai._cli_user.errors import CliError
 from xai._cli_user.models import LoadedModel
+
+if TYPE_CHECKING:
+    import torch
+
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -83,7 +89,7 @@ class Preprocess:
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     channels: int = 3
 
-    def _geometry(self, t, interpolation):
+    def _geometry(self, t: torch.Tensor, interpolation: Any) -> torch.Tensor:
         import torchvision.transforms.functional as TF
 
         t = TF.resize(
@@ -139,7 +145,7 @@ def display_mean_std(pre: Preprocess):
     return pre.normalization
 
 
-def preprocess_for(args, model: LoadedModel) -> Preprocess:
+def preprocess_for(args: argparse.Namespace, model: LoadedModel) -> Preprocess:
     return Preprocess(
         args.size,
         args.crop,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+
 from xai._cli_user.errors import CliError
 from xai._cli_user.models import load_model
 
 __all__ = ["run_layers"]
 
 
-def run_layers(args) -> int:
+def run_layers(args: argparse.Namespace) -> int:
     import torch
 
     model = load_model(args.model, args.weights, num_classes=args.num_classes, device="cpu")

@@ -15,9 +15,13 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xai._cli_user.errors import CliError
+
+if TYPE_CHECKING:
+    from torch import nn
+
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -158,7 +162,7 @@ def read_weights(path: str | Path) -> dict:
     return obj
 
 
-def _classifier_size(state: dict, model) -> int | None:
+def _classifier_size(state: dict, model: nn.Module) -> int | None:
     """Classes of a checkpoint whose last weight matrix differs from the model's."""
     own = model.state_dict()
     for key in reversed(list(own)):
@@ -167,7 +171,7 @@ def _classifier_size(state: dict, model) -> int | None:
     return None
 
 
-def _load_state(model, state: dict, spec: str) -> None:
+def _load_state(model: nn.Module, state: dict, spec: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -187,7 +191,7 @@ def _load_state(model, state: dict, spec: str) -> None:
         ) from None
 
 
-def _first_conv_channels(model) -> int:
+def _first_conv_channels(model: nn.Module) -> int:
     from torch import nn
 
     for m in model.modules():
@@ -196,7 +200,7 @@ def _first_conv_channels(model) -> int:
     return 3
 
 
-def default_layer(model, name: str, kind: str) -> str | None:
+def default_layer(model: nn.Module, name: str, kind: str) -> str | None:
     """The default CAM layer of a known architecture, else the last 4-D-output layer of a
     ``features`` block, else ``None`` (then ``--layer`` is needed for layer methods).
     """

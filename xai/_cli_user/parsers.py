@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from xai._cli_user.audit import run_audit
 from xai._cli_user.errors import CliError
@@ -61,7 +62,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per pass (default 16)")
 
 
-def add_parsers(sub) -> None:
+def add_parsers(sub: Any) -> None:
     """Add ``explain``, ``audit`` and ``layers`` to the ``xai`` sub-command parser."""
     ex = sub.add_parser("explain", help="explain your own model on your own images")
     _model_options(ex)
@@ -127,7 +128,7 @@ def add_parsers(sub) -> None:
     ly.add_argument("--all", action="store_true", help="every module, not only spatial ones")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the parsed ``explain``/``audit``/``layers`` command; errors raise :class:`CliError`."""
     if getattr(args, "batch_size", 1) < 1:
         raise CliError("--batch-size must be >= 1")
