@@ -21,7 +21,7 @@ from torchvision.ops import MultiScaleRoIAlign
 import xai.attributions as attributions
 from tests.conftest import hook_count
 from xai.adapter import Detections, DetectionTarget, list_layers
-from xai.adapter.targets import box_iou
+from xai.adapter.detection import box_iou
 from xai.attributions import EigenCAM, GradCAM, Occlusion
 from xai.attributions.base import LayerAttribution
 

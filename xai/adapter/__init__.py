@@ -2,6 +2,8 @@
 
 from xai.adapter.attention import AttentionSite, attention_maps, attention_sites
 from xai.adapter.capture import Capture, ModelAdapter
+from xai.adapter.detection import DetectionTarget
+from xai.adapter.detector_output import Detections
 from xai.adapter.extras import AdditionalInputs, Shared
 from xai.adapter.hooks import hooks
 from xai.adapter.layers import LayerInfo, list_layers, resolve_layer
@@ -11,8 +13,6 @@ from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
     ClassTarget,
-    Detections,
-    DetectionTarget,
     ProbabilityTarget,
     SegmentationTarget,
     SimilarityTarget,
