@@ -41,6 +41,8 @@ DEMO_SETTINGS: dict[str, dict] = CHEAP_SETTINGS
 DEMO_SECTION_SETTINGS: dict[str, dict] = {
     # 24 random crops instead of 48: the NMF fit and the gradient x input pass halve
     "concepts": {"n_patches": 24},
+    # two photos and a 64 px occluder (stride 32: 36 forwards per photo instead of 81)
+    "segmentation": {"photos": ("chelsea", "coffee"), "occlusion_window": 64},
 }
 
 
