@@ -12,6 +12,12 @@ per forward (the per-step loop's floor); ``bare forwards, chunk 32`` the same im
 time. Not collected by pytest. Run::
 
     python benchmarks/bench_metrics.py [--size 224] [--steps 20] [--repeat 5] [--device cpu]
+        [--threads 1]
+
+On an overloaded CPU (load average far above the core count) two OpenMP threads can cost
+seconds per forward in barrier waits whatever the batch size, so that large chunks win by far;
+with ``--threads 1`` the per-image cost is nearly flat in the chunk size. ``"auto"`` measures
+whichever regime the run is in.
 """
 
 from __future__ import annotations
@@ -112,7 +118,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = load_mobilenet_v2().to(device)
     x, _ = sample_batch(["chelsea", "coffee"], size=args.size)
