@@ -344,8 +344,10 @@ def test_batch_size_and_seed_do_not_change_results(metric, linear):
     one = metric(model, x, maps, target)
     metric.batch_size = 7
     seven = metric(model, x, maps, target)
+    metric.batch_size = "auto"
+    auto = metric(model, x, maps, target)
     metric.batch_size = None
-    for other in (one, seven):
+    for other in (one, seven, auto):
         torch.testing.assert_close(full.scores, other.scores)
         if full.curve is not None:
             torch.testing.assert_close(full.curve, other.curve)

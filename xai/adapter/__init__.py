@@ -8,7 +8,15 @@ from xai.adapter.extras import AdditionalInputs, Shared
 from xai.adapter.hooks import hooks
 from xai.adapter.layers import LayerInfo, list_layers, resolve_layer
 from xai.adapter.reshape import TokenLayout, swin_reshape, token_layout, vit_reshape
-from xai.adapter.scoring import as_adapter, chunks, freeze, score_rows
+from xai.adapter.scoring import (
+    AUTO_MAX_CHUNK,
+    BatchSize,
+    as_adapter,
+    check_batch_size,
+    chunks,
+    freeze,
+    score_rows,
+)
 from xai.adapter.state import preserved
 from xai.adapter.targets import (
     CallableTarget,
@@ -22,7 +30,9 @@ from xai.adapter.targets import (
 )
 
 __all__ = [
+    "AUTO_MAX_CHUNK",
     "AdditionalInputs",
+    "BatchSize",
     "AttentionSite",
     "Capture",
     "CallableTarget",
@@ -41,6 +51,7 @@ __all__ = [
     "as_target",
     "attention_maps",
     "attention_sites",
+    "check_batch_size",
     "chunks",
     "freeze",
     "hooks",

@@ -5,12 +5,18 @@ perturbed inputs chunk by chunk (memory bounded by ``batch_size``), run the mode
 :meth:`ModelAdapter.forward` (so that bound additional inputs follow each row's sample), and
 score each row with the target of the sample it was made from. :func:`score_rows` is that
 loop; :func:`chunks` the slicing; :func:`freeze` fixes an argmax target once on the clean batch.
+
+The fastest chunk size depends on the hardware and the model (on a small CPU one image per
+forward can beat 32; on a GPU larger chunks win), so ``batch_size="auto"`` measures it on the
+run's own first chunks (see :func:`score_rows`).
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +25,66 @@ from xai._typing import TargetLike
 from xai.adapter.capture import ModelAdapter
 from xai.adapter.targets import Target, as_target
 
-__all__ = ["as_adapter", "chunks", "freeze", "score_rows", "tracked"]
+__all__ = [
+    "AUTO_MAX_CHUNK",
+    "BatchSize",
+    "as_adapter",
+    "check_batch_size",
+    "chunks",
+    "freeze",
+    "score_rows",
+    "tracked",
+]
+
+BatchSize = int | Literal["auto"] | None
+"""A chunk size: at most this many rows per forward, ``"auto"`` (timed), or ``None`` (all)."""
+
+AUTO_MAX_CHUNK = 64
+"""Largest chunk ``batch_size="auto"`` tries (bounds the memory of one chunk)."""
+
+
+def check_batch_size(value: object, name: str = "batch_size") -> None:
+    """Raise a ``ValueError`` unless ``value`` is a positive int, ``"auto"`` or ``None``."""
+    if value is None or value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, 'auto' or None, got {value!r}")
+
+
+class _AutoChunk:
+    """Chunk sizes for ``batch_size="auto"``: time growing sizes, then keep the fastest.
+
+    The first chunk (one row) warms the model up untimed (lazy allocations, cuDNN autotuning);
+    then chunks of 1, 2, 4, ... rows up to :data:`AUTO_MAX_CHUNK` are timed, growing while the
+    rows per second improve. The first size slower than the best so far ends the tuning, and
+    the best size is used for every later chunk.
+    """
+
+    def __init__(self, cap: int = AUTO_MAX_CHUNK) -> None:
+        self.cap = cap
+        self.size = 1
+        self.warm = False
+        self.tuning = True
+        self.best_size, self.best_rate = 1, 0.0
+
+    def record(self, n: int, seconds: float) -> None:
+        """Account for a chunk of ``n`` rows that took ``seconds`` and pick the next size."""
+        if not self.warm:
+            self.warm = True
+            return
+        rate = n / max(seconds, 1e-9)
+        if rate > self.best_rate and n == self.size:
+            self.best_size, self.best_rate = self.size, rate
+        if rate < self.best_rate or n < self.size or self.size >= self.cap:
+            self.tuning, self.size = False, self.best_size
+        else:
+            self.size = min(2 * self.size, self.cap)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock measures it (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def chunks(total: int, size: int | None) -> list[slice]:
@@ -75,7 +140,7 @@ def score_rows(
     build: Callable[[Tensor], Tensor],
     sample_of_row: Tensor,
     *,
-    batch_size: int | None,
+    batch_size: BatchSize,
     progress: bool = False,
     desc: str = "scoring",
     dtype: torch.dtype | None = None,
@@ -97,6 +162,13 @@ def score_rows(
             a time, so memory is bounded by ``batch_size``.
         sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
         batch_size: at most this many perturbed inputs per forward (``None``: all at once).
+            ``"auto"``: the chunk size with the most rows per second, measured on this run's
+            first chunks: one untimed warm-up row, then chunks of 1, 2, 4, ... rows (at most
+            :data:`AUTO_MAX_CHUNK`, and ``n_rows``) while the rate improves; the best size
+            scores all remaining rows. Every row is still computed exactly once; results
+            differ from a fixed size only by the float rounding of the batch composition
+            (which may vary from run to run). On CUDA the device is synchronized at the end
+            of the few timed chunks only.
         progress: show a ``tqdm`` bar over the chunks.
         desc: the bar's label.
         dtype: dtype of the returned scores; ``None``: the model's score dtype promoted to at
@@ -110,13 +182,44 @@ def score_rows(
         forward = lambda inputs, rows: model(inputs)  # noqa: E731
     else:
         raise TypeError(f"model must be an nn.Module or a callable, got {type(model).__name__}")
+    check_batch_size(batch_size)
     device = sample_of_row.device
     out = []
+
+    def score(part: slice) -> Tensor:
+        rows = torch.arange(part.start, part.stop, device=device)
+        samples = sample_of_row[part]
+        outputs = forward(build(rows), rows=samples)
+        scores = target.select(samples)(outputs).detach()
+        out.append(scores.to(dtype or torch.promote_types(scores.dtype, torch.float32)))
+        return scores
+
     with torch.no_grad():
-        for part in tracked(chunks(n_rows, batch_size), progress, desc):
-            rows = torch.arange(part.start, part.stop, device=device)
-            samples = sample_of_row[part]
-            outputs = forward(build(rows), rows=samples)
-            scores = target.select(samples)(outputs).detach()
-            out.append(scores.to(dtype or torch.promote_types(scores.dtype, torch.float32)))
+        if batch_size != "auto":
+            for part in tracked(chunks(n_rows, batch_size), progress, desc):
+                score(part)
+            return torch.cat(out)
+        auto, start = _AutoChunk(), 0
+        bar = _bar(n_rows, progress, desc)
+        while start < n_rows:
+            part = slice(start, min(start + auto.size, n_rows))
+            clock = time.perf_counter()
+            scores = score(part)
+            if auto.tuning:
+                _sync(scores.device)
+                auto.record(part.stop - part.start, time.perf_counter() - clock)
+            if bar is not None:
+                bar.update(part.stop - part.start)
+            start = part.stop
+        if bar is not None:
+            bar.close()
     return torch.cat(out)
+
+
+def _bar(total: int, progress: bool, desc: str) -> Any:
+    """A ``tqdm`` bar over ``total`` rows when ``progress`` is true, else ``None``."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row")

@@ -10,7 +10,8 @@ channels are perturbed together; the ranking is a stable sort by descending rele
 the lower row-major index); scores are the target's output (the **logit** for class targets; pass
 ``target=xai.adapter.ProbabilityTarget(...)`` for softmax probabilities); an argmax target
 (``None``) is fixed on the clean input. Perturbed inputs are scored in chunks of ``batch_size``
-across samples and steps, under ``torch.no_grad()``.
+across samples and steps, under ``torch.no_grad()``; the default ``"auto"`` times the first
+chunks and keeps the fastest size (:func:`xai.adapter.score_rows`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from xai._checks import check_positive_int
-from xai.adapter import ClassTarget, ModelAdapter, Target, score_rows
+from xai.adapter import (
+    BatchSize,
+    ClassTarget,
+    ModelAdapter,
+    Target,
+    check_batch_size,
+    score_rows,
+)
 from xai.metrics._perturb import (
     BaselineLike,
     check_baseline,
@@ -89,12 +97,12 @@ class _PerturbationCurve(ExplanationMetric):
         baseline: BaselineLike,
         patch_size: int,
         order: str,
-        batch_size: int | None,
+        batch_size: BatchSize,
         progress: bool,
     ) -> None:
         check_baseline(baseline)
         check_positive_int(patch_size, "patch_size")
-        check_positive_int(batch_size, "batch_size", allow_none=True)
+        check_batch_size(batch_size)
         _check_order(order)
         self.baseline = baseline
         self.patch_size = patch_size
@@ -182,9 +190,11 @@ class Deletion(_PerturbationCurve):
             ``"min"``, ``"blur"``, a tensor or a callable (see ``_perturb.resolve_baseline``).
         patch_size: ``1`` ranks pixels; larger values rank non-overlapping patches by their
             summed relevance.
-        batch_size: at most this many perturbed inputs per forward (default 32: on a CPU
-            small chunks are as fast per image as large ones, and memory stays flat; ``None``:
-            all at once).
+        batch_size: at most this many perturbed inputs per forward; ``None``: all at once;
+            default ``"auto"``: timed on the first chunks (sizes 1, 2, 4, ... up to 64), the
+            fastest kept for the rest, since the best size depends on hardware and model (one
+            image per forward can win on a small CPU, large chunks on a GPU). Results do not
+            depend on it beyond float rounding. See :func:`xai.adapter.score_rows`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):
@@ -206,7 +216,7 @@ class Deletion(_PerturbationCurve):
         *,
         baseline: BaselineLike = 0.0,
         patch_size: int = 1,
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         super().__init__(
@@ -252,7 +262,9 @@ class PixelFlipping(_PerturbationCurve):
         baseline: replacement values; default ``"min"`` (each sample's minimum, Quantus' "black").
         patch_size: feature granularity (pixels by default).
         order: ``"morf"`` or ``"lerf"``.
-        batch_size: at most this many perturbed inputs per forward (default 32).
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default:
+            the fastest size timed on the first chunks) or ``None`` (all at once); see
+            :class:`Deletion`.
         progress: show a ``tqdm`` bar.
 
     References:
@@ -271,7 +283,7 @@ class PixelFlipping(_PerturbationCurve):
         baseline: BaselineLike = "min",
         patch_size: int = 1,
         order: str = "morf",
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         super().__init__(
@@ -306,7 +318,9 @@ class RegionPerturbation(_PerturbationCurve):
         baseline: replacement values; default ``"min"`` (Quantus' "black"). Samek et al. draw
             uniform noise: pass a callable.
         order: ``"morf"``, ``"lerf"`` or ``"difference"``.
-        batch_size: at most this many perturbed inputs per forward (default 32).
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default:
+            the fastest size timed on the first chunks) or ``None`` (all at once); see
+            :class:`Deletion`.
         progress: show a ``tqdm`` bar.
 
     References:
@@ -325,7 +339,7 @@ class RegionPerturbation(_PerturbationCurve):
         n_regions: int = 100,
         baseline: BaselineLike = "min",
         order: str = "morf",
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         _check_order(order, ("morf", "lerf", "difference"))
@@ -391,7 +405,9 @@ class ROAD(_PerturbationCurve):
         noise: standard deviation of the imputation noise (Rong et al.: 0.01).
         accuracy: curve of 0/1 correctness of the target class instead of scores (class targets).
         seed: seed of the imputation noise.
-        batch_size: at most this many perturbed inputs per forward (default 32).
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default:
+            the fastest size timed on the first chunks) or ``None`` (all at once); see
+            :class:`Deletion`.
         progress: show a ``tqdm`` bar.
 
     References:
@@ -413,7 +429,7 @@ class ROAD(_PerturbationCurve):
         noise: float = 0.01,
         accuracy: bool = False,
         seed: int = 0,
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         super().__init__(
@@ -493,7 +509,9 @@ class MuFidelity(ExplanationMetric):
         baseline: replacement values (Xplique: 0.0).
         correlation: ``"pearson"`` (Bhatt et al.) or ``"spearman"`` (Xplique).
         seed: seed of the subsets' ``torch.Generator``.
-        batch_size: at most this many perturbed inputs per forward (default 32).
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default:
+            the fastest size timed on the first chunks) or ``None`` (all at once); see
+            :class:`Deletion`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):
@@ -518,7 +536,7 @@ class MuFidelity(ExplanationMetric):
         baseline: BaselineLike = 0.0,
         correlation: str = "pearson",
         seed: int = 0,
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         check_positive_int(grid_size, "grid_size", allow_none=True)
@@ -533,7 +551,7 @@ class MuFidelity(ExplanationMetric):
         baseline: BaselineLike,
         correlation: str,
         seed: int,
-        batch_size: int | None,
+        batch_size: BatchSize,
         progress: bool,
     ) -> None:
         check_positive_int(n_samples, "n_samples")
@@ -542,7 +560,7 @@ class MuFidelity(ExplanationMetric):
         check_baseline(baseline)
         if correlation not in ("pearson", "spearman"):
             raise ValueError(f"correlation must be 'pearson' or 'spearman', got {correlation!r}")
-        check_positive_int(batch_size, "batch_size", allow_none=True)
+        check_batch_size(batch_size)
         self.n_samples = n_samples
         self.baseline = baseline
         self.correlation = correlation
@@ -624,7 +642,9 @@ class FaithfulnessCorrelation(MuFidelity):
         baseline: replacement values (Quantus: ``"black"``, each sample's minimum: ``"min"``).
         correlation: ``"pearson"`` (Quantus) or ``"spearman"``.
         seed: seed of the subsets.
-        batch_size: at most this many perturbed inputs per forward (default 32).
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default:
+            the fastest size timed on the first chunks) or ``None`` (all at once); see
+            :class:`Deletion`.
         progress: show a ``tqdm`` bar.
 
     References:
@@ -641,7 +661,7 @@ class FaithfulnessCorrelation(MuFidelity):
         baseline: BaselineLike = "min",
         correlation: str = "pearson",
         seed: int = 0,
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         check_positive_int(subset_size, "subset_size")
@@ -683,9 +703,11 @@ class Infidelity(ExplanationMetric):
             default False there too).
         seed: seed of the default noise (one ``torch.Generator`` on the CPU, drawn row by row,
             so results do not depend on ``batch_size``).
-        batch_size: at most this many perturbed inputs per forward (default 32: on a CPU
-            small chunks are as fast per image as large ones, and memory stays flat; ``None``:
-            all at once).
+        batch_size: at most this many perturbed inputs per forward; ``None``: all at once;
+            default ``"auto"``: timed on the first chunks (sizes 1, 2, 4, ... up to 64), the
+            fastest kept for the rest, since the best size depends on hardware and model (one
+            image per forward can win on a small CPU, large chunks on a GPU). Results do not
+            depend on it beyond float rounding. See :func:`xai.adapter.score_rows`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):
@@ -710,7 +732,7 @@ class Infidelity(ExplanationMetric):
         noise_std: float = 0.003,
         normalize: bool = False,
         seed: int = 0,
-        batch_size: int | None = 32,
+        batch_size: BatchSize = "auto",
         progress: bool = False,
     ) -> None:
         if perturbation is not None and not callable(perturbation):
@@ -719,7 +741,7 @@ class Infidelity(ExplanationMetric):
                 f"perturbation (n, C, H, W), got {type(perturbation).__name__}"
             )
         check_positive_int(n_samples, "n_samples")
-        check_positive_int(batch_size, "batch_size", allow_none=True)
+        check_batch_size(batch_size)
         if not noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
         self.perturbation = perturbation
