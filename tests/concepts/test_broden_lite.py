@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xai.data.broden_lite import COLOR_NAMES, BrodenLite, color_names
-from xai.data.shortcuts import _paste_stamp, tuxpaint_available
+from xai.data.shortcuts.tuxpaint import _paste_stamp, tuxpaint_available
 
 needs_stamps = pytest.mark.skipif(
     not tuxpaint_available(), reason="apt-get install -y tuxpaint-stamps-default"

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from xai._checks import check_positive_int
-from xai.data.shortcuts import (
+from xai.data.shortcuts.tuxpaint import (
     TUXPAINT_STAMPS,
     _paste_stamp,
     _read_rgba,
