@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
+from torch.nn.modules.conv import _ConvNd
 
 from xai.adapter.rules import Call
 
@@ -194,32 +195,23 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
     if isinstance(module, nn.Linear):
         return grad @ weight
     transposed = _TRANSPOSED.get(type(module))
-    if (
-        transposed is not None
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    ):
-        spatial = len(shape) - 2
+    conv = cast("_ConvNd", module)
+    if transposed is not None and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
+        # the output padding that gives back the input size (strided convolutions drop rows)
         output_padding = tuple(
-            shape[2 + i]
-            - (
-                (grad.shape[2 + i] - 1) * module.stride[i]
-                - 2 * module.padding[i]
-                + module.dilation[i] * (module.kernel_size[i] - 1)
-                + 1
+            size - ((out - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1)
+            for size, out, stride, pad, dilation, kernel in zip(
+                shape[2:],
+                grad.shape[2:],
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.kernel_size,
+                strict=True,
             )
-            for i in range(spatial)
         )
-        return transposed(
-            grad,
-            weight,
-            None,
-            module.stride,
-            module.padding,
-            output_padding,
-            module.groups,
-            module.dilation,
-        )
+        stride, padding, groups, dilation = conv.stride, conv.padding, conv.groups, conv.dilation
+        return transposed(grad, weight, None, stride, padding, output_padding, groups, dilation)
     with torch.enable_grad():  # other padding modes, subclasses: through autograd
         x = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
         (out,) = torch.autograd.grad(linear_forward(module, x, weight, None), x, grad)
