@@ -221,8 +221,9 @@ class LRP(Attribution):
                 "name to name_map) with a rule, or explain another model (vision "
                 "transformers: composite='attn_lrp' or 'cp_lrp')"
             )
+        block_types = residual_block_types()
         for name, module in model.named_modules():
-            for block_type, has_sum in residual_block_types():
+            for block_type, has_sum in block_types:
                 if type(module) is block_type and has_sum(module) and module not in covered:
                     refuse[module] = _refuse(
                         f"module {name!r} ({block_type.__name__}) adds tensors inside its "
@@ -246,7 +247,8 @@ class LRP(Attribution):
             return engine(self, inputs, target)
         rules, residuals, links, refuse = self._plan()
         canonizer = _Several(self.canonizers)
-        names = {m: n or "<model>" for n, m in self.adapter.module.named_modules()}
+        model = self.adapter.module
+        names = {m: n or "<model>" for n, m in model.named_modules()} if books is not None else {}
         sum_rule = self.composite.sum_rule
         book: AccountBook | None = None
 

@@ -776,9 +776,15 @@ class Norm(Rule):
         """Relevance of a sum ``branch + shortcut``, split in proportion to the two terms."""
         z = branch + shortcut
         stabilized = stabilize(z, self.stabilizer)
-        ratio = divide(relevance, stabilized)
         book_normalizer(ledger, relevance, z, stabilized)
-        return branch * ratio, shortcut * ratio
+        if self.stabilizer > 0 and stabilized.shape == relevance.shape:
+            # sign-matched: never zero; the ratio is written over the stabilized sum
+            ratio = torch.div(relevance, stabilized, out=stabilized)
+        else:
+            ratio = divide(relevance, stabilized)
+        if ratio.shape != shortcut.shape:
+            return branch * ratio, shortcut * ratio
+        return branch * ratio, ratio.mul_(shortcut)  # ratio is ours: reused for the shortcut
 
 
 class Pass(Rule):
