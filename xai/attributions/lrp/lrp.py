@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +138,7 @@ class LRP(Attribution):
         canonizers: str | Sequence[Canonizer] | None = "auto",
         init: str = "logit",
         reduction: str = "sum",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.composite = get_composite(composite)
@@ -159,7 +160,7 @@ class LRP(Attribution):
         self.reduction = reduction
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> LRP:
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any) -> LRP:
         """Registry constructor; ``layer`` is ignored (LRP explains the input)."""
         return cls(model, **kwargs)
 
@@ -273,7 +274,7 @@ class LRP(Attribution):
             return rule
 
         def through(name: str):
-            def rule(source: Tensor, function, relevance: Tensor):
+            def rule(source: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor):
                 if book is None:
                     return sum_rule.through(source, function, relevance)
                 ledger: dict = {}
@@ -295,7 +296,7 @@ class LRP(Attribution):
                 books.append(book)
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
-                stack.enter_context(hooks(forward=refuse))  # type: ignore[arg-type]
+                stack.enter_context(hooks(forward=refuse))
                 stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
                 for residual in residuals:
                     stack.enter_context(split_residuals([residual], split(residual.name)))
