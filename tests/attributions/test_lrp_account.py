@@ -237,3 +237,26 @@ def test_real_mobilenet_account_and_bias_free_conservation(mobilenet):
         account = LRP(model, composite).account(x, targets)
         _check(account)
         torch.testing.assert_close(account.input_total, account.score, rtol=1e-3, atol=0.0)
+
+
+def test_empty_flat_relevance_matches_the_account():
+    """``empty="flat"`` spreads the relevance of z+ outputs without contributions in
+    ``relevance`` too, not only in ``account`` (the in-place stabilization of a non-negative
+    normalizer once hid the empty outputs from the check), and then the input keeps the score.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 8 * 8, 3),
+    ).double()
+    x = _x(1, 1, 8, 8, seed=1)
+    x[..., :4, :4] = -5.0  # dead windows: outputs whose z+ normalizer is zero
+    lrp = LRP(model, EpsilonPlusFlat(1e-12, 1e-12, zero_params=("bias",), empty="flat"))
+    account = lrp.account(x, [1])
+    assert account.absorbed()["rule"].abs().max() < 1e-12
+    torch.testing.assert_close(lrp.relevance(x, [1]), account.relevance, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(account.input_total, account.score, rtol=1e-9, atol=0.0)

@@ -134,6 +134,12 @@ class _Rewire(torch.autograd.Function):
         return grad_input, None, None
 
 
+def _largest(t: Tensor) -> float:
+    """``max |t|`` in one pass, without a temporary (NaN if ``t`` has one)."""
+    low, high = torch.aminmax(t)
+    return max(-float(low), float(high))
+
+
 def _same_storage(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
@@ -258,12 +264,13 @@ class _Split(torch.autograd.Function):
         ctx: Any,
         branch: Tensor,
         shortcut: Tensor,
-        value: Tensor,
+        value: tuple[Tensor],
         split: SplitRule,
     ) -> Tensor:
         ctx.save_for_backward(branch, shortcut)
         ctx.split = split
-        return value
+        # wrapped, so not an input of this node: returned as a new output without a copy
+        return value[0]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -305,15 +312,21 @@ class _ResidualState:
             expected = branch.detach() + shortcut.detach()
             if spec.post is not None:
                 expected = spec.post(expected)
-            tol = 1e-4 * float(expected.abs().max().clamp_min(1.0))
-            if expected.shape != value.shape or float((expected - value).abs().max()) > tol:
+            mismatch = expected.shape != value.shape
+            if not mismatch:
+                tol = 1e-4 * max(_largest(expected), 1.0)
+                # expected is a fresh tensor: the difference is taken in place
+                diff = expected.sub_(value) if expected.is_contiguous() else expected - value
+                mismatch = _largest(diff) > tol
+            if mismatch:
                 raise RuntimeError(
                     f"residual block {spec.name!r} ({type(spec.block).__name__}) does not "
                     "compute post(branch + shortcut); its canonizer does not match its forward"
                 )
         if not (branch.requires_grad or shortcut.requires_grad):
             return None
-        return _Split.apply(branch, shortcut, value.clone(), self.split)
+        # the block's own output (its graph is dropped) carries the split: no copy
+        return _Split.apply(branch, shortcut, (value,), self.split)
 
 
 @contextlib.contextmanager

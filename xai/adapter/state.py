@@ -28,13 +28,14 @@ def preserved(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(training for _, training in modes):
             model.eval()
         with torch.enable_grad():
             yield model
     finally:
         for module, training in modes:
-            module.training = training
+            if module.training != training:  # Module.__setattr__ is slow: only what changed
+                module.training = training
         for param, requires_grad in flags:
             if param.requires_grad != requires_grad:
                 param.requires_grad_(requires_grad)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +138,7 @@ class LRP(Attribution):
         canonizers: str | Sequence[Canonizer] | None = "auto",
         init: str = "logit",
         reduction: str = "sum",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
         self.composite = get_composite(composite)
@@ -159,7 +160,7 @@ class LRP(Attribution):
         self.reduction = reduction
 
     @classmethod
-    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs) -> LRP:
+    def create(cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any) -> LRP:
         """Registry constructor; ``layer`` is ignored (LRP explains the input)."""
         return cls(model, **kwargs)
 
@@ -221,8 +222,9 @@ class LRP(Attribution):
                 "name to name_map) with a rule, or explain another model (vision "
                 "transformers: composite='attn_lrp' or 'cp_lrp')"
             )
+        block_types = residual_block_types()
         for name, module in model.named_modules():
-            for block_type, has_sum in residual_block_types():
+            for block_type, has_sum in block_types:
                 if type(module) is block_type and has_sum(module) and module not in covered:
                     refuse[module] = _refuse(
                         f"module {name!r} ({block_type.__name__}) adds tensors inside its "
@@ -246,7 +248,8 @@ class LRP(Attribution):
             return engine(self, inputs, target)
         rules, residuals, links, refuse = self._plan()
         canonizer = _Several(self.canonizers)
-        names = {m: n or "<model>" for n, m in self.adapter.module.named_modules()}
+        model = self.adapter.module
+        names = {m: n or "<model>" for n, m in model.named_modules()} if books is not None else {}
         sum_rule = self.composite.sum_rule
         book: AccountBook | None = None
 
@@ -271,7 +274,7 @@ class LRP(Attribution):
             return rule
 
         def through(name: str):
-            def rule(source: Tensor, function, relevance: Tensor):
+            def rule(source: Tensor, function: Callable[[Tensor], Tensor], relevance: Tensor):
                 if book is None:
                     return sum_rule.through(source, function, relevance)
                 ledger: dict = {}
@@ -293,7 +296,7 @@ class LRP(Attribution):
                 books.append(book)
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
-                stack.enter_context(hooks(forward=refuse))  # type: ignore[arg-type]
+                stack.enter_context(hooks(forward=refuse))
                 stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
                 for residual in residuals:
                     stack.enter_context(split_residuals([residual], split(residual.name)))

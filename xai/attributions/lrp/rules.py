@@ -45,7 +45,8 @@ from typing import NamedTuple, cast, overload
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
+from torch.nn.grad import conv2d_input
+from torch.nn.modules.conv import _ConvNd
 
 from xai.adapter.rules import Call
 
@@ -185,23 +186,43 @@ def _bias_like(bias: Tensor, z: Tensor) -> Tensor:
 def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
     """``d <linear(x; weight), grad> / dx`` for a linear-type module, without a forward pass
     (a transposed convolution or a matrix product).
+
+    Convolutions go through ``conv_transposeNd`` with the output padding that restores
+    ``shape``: the same numbers as ``torch.nn.grad.convNd_input`` (the convolution's backward),
+    which on CPU takes a slow path for strided depthwise convolutions (MobileNetV2's: about
+    3x slower than the transposed convolution).
     """
     if isinstance(module, nn.Linear):
         return grad @ weight
-    inputs: dict[type[nn.Module], Callable[..., Tensor]] = {
-        nn.Conv1d: conv1d_input,
-        nn.Conv2d: conv2d_input,
-        nn.Conv3d: conv3d_input,
-    }
-    conv = inputs.get(type(module))
-    if conv is not None and module.padding_mode == "zeros" and not isinstance(module.padding, str):
-        return conv(
-            shape, weight, grad, module.stride, module.padding, module.dilation, module.groups
+    transposed = _TRANSPOSED.get(type(module))
+    conv = cast("_ConvNd", module)
+    if transposed is not None and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
+        # the output padding that gives back the input size (strided convolutions drop rows)
+        output_padding = tuple(
+            size - ((out - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1)
+            for size, out, stride, pad, dilation, kernel in zip(
+                shape[2:],
+                grad.shape[2:],
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.kernel_size,
+                strict=True,
+            )
         )
+        stride, padding, groups, dilation = conv.stride, conv.padding, conv.groups, conv.dilation
+        return transposed(grad, weight, None, stride, padding, output_padding, groups, dilation)
     with torch.enable_grad():  # other padding modes, subclasses: through autograd
         x = torch.zeros(shape, dtype=grad.dtype, device=grad.device, requires_grad=True)
         (out,) = torch.autograd.grad(linear_forward(module, x, weight, None), x, grad)
     return out
+
+
+_TRANSPOSED: dict[type, Callable[..., Tensor]] = {
+    nn.Conv1d: F.conv_transpose1d,
+    nn.Conv2d: F.conv_transpose2d,
+    nn.Conv3d: F.conv_transpose3d,
+}
 
 
 class Rule(ABC):
@@ -327,21 +348,34 @@ class _Terms(Rule):
         for group in groups:
             live = _live(group.terms)
             z = group.output
-            fresh = z is None
+            # the rule's own normalizer may be overwritten unless the ledger or the empty
+            # outputs (flat) need it later: fewer full-size temporaries, same numbers
+            scratch = z is None and ledger is None and self.empty != "flat"
             if z is None:
                 z = torch.zeros((), dtype=relevance.dtype, device=relevance.device)
-                for t in live:
+                for i, t in enumerate(live):
                     x = torch.zeros_like(call.input) if t.input is _ZERO else t.input
                     term = linear_forward(module, x, t.weight, t.bias)
-                    z = term if (z.dim() == 0 and t.sign == 1) else z + t.sign * term
-            if group.nonnegative and fresh and ledger is None and z.dim() > 0:
+                    if i == 0:
+                        z = term if t.sign == 1 else t.sign * term
+                    elif t.sign == 1:
+                        z = z.add_(term)
+                    else:
+                        z = z.sub_(term) if t.sign == -1 else z.add_(t.sign * term)
+            if group.nonnegative and scratch and z.dim() > 0:
                 stabilized = z.add_(self.stabilizer)  # sign(z) = +1: one in-place pass
             else:
                 stabilized = stabilize(z, self.stabilizer, sign_matched=sign_matched)
             share = relevance if group.mask is None else relevance * group.mask
-            # a sign-matched stabilizer > 0 is never zero: a plain division then
-            nonzero = sign_matched and self.stabilizer > 0
-            ratio = share / stabilized if nonzero else divide(share, stabilized)
+            # a sign-matched stabilizer > 0 is never zero: a plain division then, written
+            # over the stabilized normalizer when nothing needs that later
+            overwrite = scratch if stabilized is z else ledger is None
+            if not (sign_matched and self.stabilizer > 0):
+                ratio = divide(share, stabilized)
+            elif overwrite and stabilized.shape == share.shape:
+                ratio = torch.div(share, stabilized, out=stabilized)
+            else:
+                ratio = share / stabilized
             booked = share
             if self.empty == "flat":
                 empty = z.expand_as(share) == 0
@@ -349,14 +383,14 @@ class _Terms(Rule):
                     ratio = torch.where(empty, 0.0, ratio)
                     booked = torch.where(empty, 0.0, share)
                     part = group.coefficient * _flat(call, torch.where(empty, share, 0.0))
-                    result = part if result is None else result + part
+                    result = part if result is None else result.add_(part)
             for t in live:
                 if t.input is _ZERO:
                     continue
                 part = input_vjp(module, t.input.shape, t.weight, ratio).mul_(t.input)
                 if group.coefficient * t.sign != 1:
                     part = part.mul_(group.coefficient * t.sign)
-                result = part if result is None else result + part
+                result = part if result is None else result.add_(part)
             if ledger is not None:
                 for t in live:
                     if t.bias is not None:
@@ -742,9 +776,15 @@ class Norm(Rule):
         """Relevance of a sum ``branch + shortcut``, split in proportion to the two terms."""
         z = branch + shortcut
         stabilized = stabilize(z, self.stabilizer)
-        ratio = divide(relevance, stabilized)
         book_normalizer(ledger, relevance, z, stabilized)
-        return branch * ratio, shortcut * ratio
+        if self.stabilizer > 0 and stabilized.shape == relevance.shape:
+            # sign-matched: never zero; the ratio is written over the stabilized sum
+            ratio = torch.div(relevance, stabilized, out=stabilized)
+        else:
+            ratio = divide(relevance, stabilized)
+        if ratio.shape != shortcut.shape:
+            return branch * ratio, shortcut * ratio
+        return branch * ratio, ratio.mul_(shortcut)  # ratio is ours: reused for the shortcut
 
 
 class Pass(Rule):
