@@ -75,6 +75,17 @@ def _model(name: str, device: str) -> tuple[nn.Module, list]:
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
     torch.manual_seed(0)
+    if name == "mobilenet_v2":
+        # random-init MobileNetV2 has logits ~1e-9 and relevance ~1e-21 (denormal arithmetic,
+        # meaningless ratios): use the real offline ImageNet weights when they are installed
+        from xai.data import load_mobilenet_v2
+
+        try:
+            model = load_mobilenet_v2()
+        except FileNotFoundError:
+            model = getattr(torchvision.models, name)(num_classes=1000)
+        canonizers = [SequentialMergeBatchNorm(), _zennit_mobilenet_canonizer()]
+        return model.eval().to(device), canonizers
     model = getattr(torchvision.models, name)(num_classes=1000)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -104,7 +115,8 @@ def bench_lrp(args, sync) -> None:
         f"{'model':<14}{'floor s':>15}{'xai s':>15}{'zennit s':>15}{'xai/floor':>15}"
         f"{'xai/zennit':>15}{'rel. diff':>11}"
     )
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    gen = torch.Generator().manual_seed(0)  # the same input in every run
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(args.device)
     target = torch.arange(args.batch, device=args.device)
     for name in args.models.split(","):
         model, canonizers = _model(name, args.device)
