@@ -1,4 +1,4 @@
-"""The relevance account of one LRP explanation: where the target score went, layer by layer.
+r"""The relevance account of one LRP explanation: where the target score went, layer by layer.
 
 LRP promises conservation: the input relevance plus what biases and stabilizers absorbed equals
 the explained score. On real networks the biases (batch-norm shifts included) can absorb almost
@@ -199,22 +199,9 @@ class AccountBook:
         for name in names:
             parts = [b.rows[name] for b in books]
             first = parts[0]
-            out.append(
-                AccountRow(
-                    name,
-                    first.kind,
-                    first.rule,
-                    *(
-                        torch.cat([getattr(p, f) for p in parts])
-                        for f in (
-                            "relevance_in",
-                            "relevance_out",
-                            "bias",
-                            "stabilizer",
-                            "rule_term",
-                        )
-                    ),
-                    calls=first.calls,
-                )
-            )
+            joined = {
+                f: torch.cat([getattr(p, f) for p in parts])
+                for f in ("relevance_in", "relevance_out", "bias", "stabilizer", "rule_term")
+            }
+            out.append(AccountRow(name, first.kind, first.rule, **joined, calls=first.calls))
         return out

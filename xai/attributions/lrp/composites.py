@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -295,7 +296,7 @@ class Composite:
 class EpsilonPlusFlat(Composite):
     """Epsilon for dense layers, z+ for convolutions, flat for the first layer (zennit)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(
             [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
             first_map=[(LINEAR_TYPES, Flat(stabilizer))],
@@ -323,7 +324,7 @@ class EpsilonGammaBox(Composite):
         epsilon: float = 1e-6,
         gamma: float = 0.25,
         stabilizer: float = 1e-6,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         low = (0 - mean) / std if low is None else low
@@ -339,7 +340,7 @@ class EpsilonGammaBox(Composite):
 class EpsilonPlus(Composite):
     """Epsilon for dense layers, z+ for convolutions (zennit)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(
             [(CONVOLUTIONS, ZPlus(stabilizer)), (DENSE, Epsilon(epsilon))],
             stabilizer=stabilizer,
@@ -350,7 +351,7 @@ class EpsilonPlus(Composite):
 class EpsilonAlpha2Beta1(Composite):
     """Epsilon for dense layers, alpha2-beta1 for convolutions (zennit)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(
             [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
             stabilizer=stabilizer,
@@ -361,7 +362,7 @@ class EpsilonAlpha2Beta1(Composite):
 class EpsilonAlpha2Beta1Flat(Composite):
     """Epsilon for dense layers, alpha2-beta1 for convolutions, flat for the first (zennit)."""
 
-    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-6, stabilizer: float = 1e-6, **kwargs: Any) -> None:
         super().__init__(
             [(CONVOLUTIONS, AlphaBeta(2, 1, stabilizer)), (DENSE, Epsilon(epsilon))],
             first_map=[(LINEAR_TYPES, Flat(stabilizer))],
@@ -377,7 +378,7 @@ class UniformEpsilon(Composite):
         epsilon: epsilon of every layer; also the stabilizer of sums and pooling.
     """
 
-    def __init__(self, epsilon: float = 1e-6, **kwargs) -> None:
+    def __init__(self, epsilon: float = 1e-6, **kwargs: Any) -> None:
         kwargs.setdefault("stabilizer", epsilon)
         super().__init__([(LINEAR_TYPES, Epsilon(epsilon))], **kwargs)
 
@@ -395,7 +396,7 @@ class Li2019(Composite):
         Computing 2019; github.com/Hey1Li/Salient-Relevance-Propagation.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("stabilizer", 1e-9)
         super().__init__(
             [

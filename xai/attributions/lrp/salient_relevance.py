@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -383,7 +384,7 @@ class SalientRelevance(WrappedAttribution[LRP]):
     inner_description = "an LRP instance"
     inner_example = "LRP(model, composite=...)"
 
-    def __init__(self, lrp: LRP, *, rgb_mode: str = "abs_minmax", **kwargs) -> None:
+    def __init__(self, lrp: LRP, *, rgb_mode: str = "abs_minmax", **kwargs: Any) -> None:
         options = {key: kwargs.pop(key) for key in list(kwargs) if key in self._SALIENCY_OPTIONS}
         super().__init__(lrp, **kwargs)
         if rgb_mode not in ("abs_minmax", "sum_abs"):
@@ -399,7 +400,7 @@ class SalientRelevance(WrappedAttribution[LRP]):
 
     @classmethod
     def create(
-        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs
+        cls, model: nn.Module, *, layer: LayerLike | None = None, **kwargs: Any
     ) -> SalientRelevance:
         """Registry constructor (contract test, CLI, demo): the paper's LRP rules (``"li2019"``)
         and a 64 px working resolution (``longest_side=64``), since the paper's 250 px costs
