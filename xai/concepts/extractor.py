@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from xai._checks import check_inputs, check_positive_int
 from xai._typing import LayerLike
 from xai.adapter import ModelAdapter
-from xai.adapter.split import head, layer_output
+from xai.adapter.split import head, layer_outputs, recorder
 from xai.adapter.state import preserved
 from xai.adapter.targets import ClassTarget, class_indices
 from xai.concepts.attribution import concept_attribution_maps
@@ -134,11 +134,20 @@ class ConceptExtractor:
     def activations(self, inputs: Tensor) -> Tensor:
         """``g(inputs)`` in batches: ``(B, h, w, C)`` (``h = w = 1`` for a ``(B, C)`` layer)."""
         check_inputs(inputs)
-        out = []
-        for start in range(0, inputs.shape[0], self.batch_size):
-            acts = layer_output(self.model, self.layer, inputs[start : start + self.batch_size])
-            out.append(_rows(acts, self.layer))
-        return torch.cat(out)
+        return self._pass(inputs)[0]
+
+    def _pass(self, inputs: Tensor, *, output: bool = False) -> tuple[Tensor, Tensor | None]:
+        """``g(inputs)`` as ``(B, h, w, C)`` rows and, with ``output``, the model outputs
+        (the whole model then runs, once per batch: no second pass for the prediction).
+        """
+        rows, outputs = [], []
+        with recorder(self.model, [self.layer], output=output) as run:
+            for start in range(0, inputs.shape[0], self.batch_size):
+                found, out = run(inputs[start : start + self.batch_size])
+                rows.append(_rows(found[self.layer], self.layer))
+                if out is not None:
+                    outputs.append(out)
+        return torch.cat(rows), torch.cat(outputs) if output else None
 
     def head(self, activations: Tensor) -> Tensor:
         """``h(activations)``: model outputs ``(n, classes)`` for ``(n, h, w, C)`` activations.
@@ -159,14 +168,12 @@ class ConceptExtractor:
         probe = torch.zeros(1, c, *size, dtype=self._input_dtype, device=acts.device)
         return head(self.model, self.layer, acts, probe)
 
-    def _choose_probe(self, inputs: Tensor) -> None:
+    def _choose_probe(self, acts: Tensor, expected: Tensor) -> None:
         """Pick the smallest probe input (one image of side 1, 8, 32 or the input size) for
-        which ``h(g(x)) == model(x)`` on two images; fail if none does.
+        which ``h(g(x)) == model(x)`` on two images (``acts``: their ``(2, h, w, C)`` rows,
+        ``expected``: their model outputs); fail if none does.
         """
-        x = inputs[:2]
-        acts = self.activations(x)
         with preserved(self.model), torch.no_grad():
-            expected = self.adapter.forward(x)
             for size in ((1, 1), (8, 8), (32, 32), None):
                 self._probe_size = size
                 try:
@@ -217,12 +224,15 @@ class ConceptExtractor:
             return images[:0]
         return F.interpolate(torch.stack(out), size=size, mode="bilinear", align_corners=False)
 
-    def _collect(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    def _collect(self, inputs: Tensor, *, predict: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The ``(n, C)`` rows, their ``(n, 3)`` boxes and, when ``predict`` and the rows are
+        positions (the whole model then runs on the images anyway), the model outputs.
+        """
         from tqdm.auto import tqdm
 
         b, _, height, width = inputs.shape
         if self.patches == "positions":
-            acts = self.activations(inputs)
+            acts, outputs = self._pass(inputs, output=predict)
             _, h, w, c = acts.shape
             boxes = torch.stack(
                 [
@@ -232,15 +242,15 @@ class ConceptExtractor:
                 ],
                 1,
             )
-            return acts.reshape(-1, c), boxes
+            return acts.reshape(-1, c), boxes, outputs
         boxes = self._boxes(b, height, width)
         rows = []
         starts = range(0, len(boxes), self.batch_size)
-        for start in tqdm(starts, desc="Activations", disable=not self.progress):
-            crops = self.crops(boxes[start : start + self.batch_size], inputs)
-            acts = layer_output(self.model, self.layer, crops)
-            rows.append(_rows(acts, self.layer).mean((1, 2)))
-        return torch.cat(rows), boxes
+        with recorder(self.model, [self.layer]) as run:  # hooked once for every batch
+            for start in tqdm(starts, desc="Activations", disable=not self.progress):
+                found, _ = run(self.crops(boxes[start : start + self.batch_size], inputs))
+                rows.append(_rows(found[self.layer], self.layer).mean((1, 2)))
+        return torch.cat(rows), boxes, None
 
     def _next_nonnegative_layer(self) -> str | None:
         """The first ReLU-like module registered after the layer (a suggestion for NMF)."""
@@ -267,17 +277,29 @@ class ConceptExtractor:
                 "patches='positions'"
             )
 
-    def _check_target(self, target: object, inputs: Tensor) -> int:
+    @staticmethod
+    def _target_index(target: object) -> int:
         index = class_indices(target, "target")
         if not isinstance(index, int):
             raise TypeError(
                 f"target must be one class index (an int), got {type(target).__name__} of "
                 f"shape {tuple(index.shape)}; a ConceptExtractor explains one class"
             )
-        with preserved(self.model), torch.no_grad():
-            outputs = self.adapter.forward(inputs[:1])
-        ClassTarget(index).indices(outputs)  # the range check, with the library's message
         return index
+
+    def _predicted_class(self, inputs: Tensor, outputs: Tensor | None) -> int:
+        """The most frequent predicted class of ``inputs`` (``outputs``: their model outputs
+        when already computed, batch by batch as here).
+        """
+        if outputs is None:
+            with preserved(self.model), torch.no_grad():
+                outputs = torch.cat(
+                    [
+                        self.adapter.forward(inputs[s : s + self.batch_size])
+                        for s in range(0, inputs.shape[0], self.batch_size)
+                    ]
+                )
+        return Counter(int(c) for c in outputs.argmax(-1)).most_common(1)[0][0]
 
     def fit(self, inputs: Tensor, target: int | None = None) -> ConceptExtractor:
         """Collect activations of patches of ``inputs`` (images of one class) and factorize.
@@ -298,27 +320,28 @@ class ConceptExtractor:
                 model that does not factor through the layer.
         """
         check_inputs(inputs)
-        if target is not None:
-            target = self._check_target(target, inputs)
+        index = None if target is None else self._target_index(target)
+        factorizer = make_factorizer(self.factorizer, self.n_concepts, self.seed)
         self._input_shape = tuple(inputs.shape)
         self._input_dtype = inputs.dtype
-        probe = layer_output(self.model, self.layer, inputs[:1])
-        _rows(probe, self.layer)  # the channel-axis check, before any long collection
-        self._layer_dim = probe.dim()
-        factorizer = make_factorizer(self.factorizer, self.n_concepts, self.seed)
-        acts, boxes = self._collect(inputs)
+        # One whole forward of two images serves every check, before the long collection:
+        # the target's range, the layer's channel axis, and h(g(x)) == model(x).
+        found, outputs = layer_outputs(self.model, [self.layer], inputs[:2], output=True)
+        assert outputs is not None  # output=True
+        if index is not None:
+            ClassTarget(index).indices(outputs)  # the range check, with the library's message
+        first = _rows(found[self.layer], self.layer)  # the channel-axis check
+        self._layer_dim = found[self.layer].dim()
+        self._choose_probe(first, outputs)
+        acts, boxes, predicted = self._collect(inputs, predict=index is None)
         self._check_activations(acts, factorizer)
         coefficients = factorizer.fit(acts)
-        self._choose_probe(inputs)
-        if target is None:
-            with preserved(self.model), torch.no_grad():
-                preds = [
-                    int(c)
-                    for s in range(0, inputs.shape[0], self.batch_size)
-                    for c in self.adapter.forward(inputs[s : s + self.batch_size]).argmax(-1)
-                ]
-            target = Counter(preds).most_common(1)[0][0]
-        self.target_ = int(target)
+        if index is None:
+            # the two checked images are the first (and only) prediction batch when b <= 2
+            if predicted is None and inputs.shape[0] <= min(2, self.batch_size):
+                predicted = outputs
+            index = self._predicted_class(inputs, predicted)
+        self.target_ = index
         self.factorizer_ = factorizer
         self.concepts_ = factorizer.components
         self.coefficients_ = coefficients
