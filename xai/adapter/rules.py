@@ -114,7 +114,12 @@ class _Rewire(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, call: Call, rule: BackwardRule) -> Tensor:
         ctx.call = call
         ctx.rule = rule
-        return call.output
+        # A new alias (same storage and version counter), not ``call.output`` itself: the
+        # returned tensor gets this node as grad_fn, and ctx -> call -> that tensor -> grad_fn
+        # -> ctx would be a reference cycle through C++ that Python's gc cannot free, keeping
+        # every activation of the graph alive after the explanation (about 0.2 GB per image on
+        # MobileNetV2).
+        return call.output.detach()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
