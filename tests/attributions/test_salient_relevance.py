@@ -134,6 +134,35 @@ def test_blocked_search_equals_brute_force_on_a_96px_heatmap(monkeypatch):
     assert slow.max() > 0.3  # a non-trivial map
 
 
+@pytest.mark.parametrize(
+    ("n", "k"), [(n, k) for n in (7, 511, 512, 513, 2050, 9001) for k in (1, 16, 64) if k <= n]
+)
+def test_grouped_selection_finds_the_k_smallest(n, k):
+    """The grouped selection against a full sort: same K smallest values (ties included)."""
+    gen = torch.Generator().manual_seed(n + k)
+    x = torch.rand(3, 5, n, generator=gen, dtype=torch.float64) ** 4
+    x[0, 0] = torch.randint(0, 3, (n,), generator=gen).double()  # heavy ties
+    x[1, 1, : n // 2] = math.inf
+    picked = x.gather(-1, salient_relevance._smallest(x, k))
+    expected = x.sort(-1).values[..., :k]
+    torch.testing.assert_close(picked.sort(-1).values, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n_cand", [64, 65, 66, 67, 600, 601])
+def test_padding_candidates_are_never_selected(n_cand):
+    """With K equal to the candidate count every real candidate is used and none of the dummy
+    ones that fill the last selection group; the mean equals the direct computation."""
+    gen = torch.Generator().manual_seed(n_cand)
+    query = torch.rand(2, 40, 12, generator=gen, dtype=torch.float64)
+    cand = torch.rand(2, n_cand, 12, generator=gen, dtype=torch.float64)
+    qpos, cpos = torch.rand(40, 2, generator=gen), torch.rand(n_cand, 2, generator=gen)
+    qpos, cpos = qpos.double(), cpos.double()
+    for k in (n_cand, 64):
+        fast = salient_relevance._mean_nearest(query, qpos, cand, cpos, k=k, c=3.0, chunk_size=7)
+        slow = _brute_force_mean_nearest(query, qpos, cand, cpos, k=k, c=3.0, chunk_size=None)
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.skipif(not has("skimage"), reason="scikit-image provides the L*a*b* reference")
 def test_lab_matches_skimage():
     from skimage.color import rgb2lab

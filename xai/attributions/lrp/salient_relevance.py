@@ -28,11 +28,14 @@ re-implementation by Tsai & Chang (as shipped by SMILER), step by step:
 8. resize back to the input size. Output in [0, 1].
 
 The K-nearest search is exhaustive (every query patch against every candidate): one matrix
-product per block of queries gives the patch and position distances, ``topk`` the K nearest;
-the distance transform is exact, in two separable passes. Pruned exact searches (lower bounds
-per group of candidates from principal-component boxes, residual norms and position boxes) were
-measured on MobileNetV2 LRP heatmaps and skipped too few pairs to pay off: even against each
-query's true K-th distance they left 43-74 % of the candidates to evaluate.
+product per block of queries gives the patch and position distances, and an exact grouped
+selection (:func:`_smallest`) the K nearest; the distance transform is exact, in two separable
+passes. Pruned exact searches (lower bounds per group of candidates from principal-component
+boxes, residual norms and position boxes) were measured on MobileNetV2 LRP heatmaps and
+skipped too few pairs to pay off: even against each query's true K-th distance they left
+43-74 % of the candidates to evaluate. At 250 px the matrix products alone are about 2.5e11
+flops, so on a small CPU the search takes seconds (``benchmarks/bench_sr_map.py`` times it
+against those products).
 
 References:
     Li, Tian, Mueller, Chen, "Beyond saliency: understanding convolutional neural networks from
@@ -149,6 +152,35 @@ def _augment(x: Tensor, *columns: Tensor | float) -> Tensor:
     return torch.cat([x, *extra], -1)
 
 
+#: candidates per group of the exact K-smallest selection (:func:`_smallest`)
+_GROUP = 4
+#: distance values per block of the search (about 4 MB in float32, so a block stays in cache)
+_BLOCK_VALUES = 1 << 20
+
+
+def _smallest(x: Tensor, k: int) -> Tensor:
+    r"""Indices ``(..., k)`` of the ``k`` smallest values along the last dimension of ``x``.
+
+    Exact, and cheaper than one ``topk`` over a long row: the row is cut into :data:`_GROUP`
+    interleaved groups (``x[..., j::n]``, one ``amin`` pass), the ``k`` groups with the smallest
+    minima are found recursively, and ``topk`` runs over their members only. The ``k`` smallest
+    values all lie in those groups: any value outside them is at least the ``k`` group minima
+    that were chosen, ``k`` distinct entries (on ties the chosen values are equal, so sums and
+    means are the same). Padding (when the length is not a multiple of the group) is ``inf``.
+    """
+    n = x.shape[-1]
+    if n < 2 * k * _GROUP:
+        return x.topk(k, dim=-1, largest=False, sorted=False).indices
+    if n % _GROUP:
+        x = F.pad(x, (0, _GROUP - n % _GROUP), value=math.inf)
+    width = x.shape[-1] // _GROUP
+    groups = _smallest(x.unflatten(-1, (_GROUP, width)).amin(-2), k)  # (..., k)
+    offsets = torch.arange(_GROUP, device=x.device)[:, None] * width
+    members = (groups[..., None, :] + offsets).flatten(-2)  # (..., GROUP * k)
+    best = x.gather(-1, members).topk(k, dim=-1, largest=False, sorted=False).indices
+    return members.gather(-1, best)
+
+
 def _mean_nearest(
     query: Tensor,
     qpos: Tensor,
@@ -157,18 +189,21 @@ def _mean_nearest(
     *,
     k: int,
     c: float,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> Tensor:
     r"""Mean of the ``k`` smallest :math:`d(p, q) = \|p - q\| / (1 + c \|x_p - x_q\|)` over the
     candidates, per query: ``(B, N_q)``.
 
     Exhaustive (every query against every candidate; pruned searches were measured to skip too
-    few pairs on LRP heatmaps to pay off), in blocks of ``chunk_size`` queries. One matrix
-    product per block gives :math:`\|p - q\|^2 = |p|^2 + |q|^2 - 2 p \cdot q` (queries
-    augmented with :math:`[1, |p|^2]`, candidates with :math:`[|q|^2, 1]`), on patches centred
-    on the candidates' mean, which shrinks the cancellation error; another gives the squared
-    position distances. The K smallest :math:`d` are the K smallest :math:`d^2`, so the square
-    root is taken of the selected values only.
+    few pairs on LRP heatmaps to pay off), in blocks of queries. One matrix product per block
+    gives :math:`\|p - q\|^2 = |p|^2 + |q|^2 - 2 p \cdot q` (queries augmented with
+    :math:`[1, |p|^2]`, candidates with :math:`[|q|^2, 1]`), on patches centred on the
+    candidates' mean, which shrinks the cancellation error; another gives the squared position
+    distances. The K smallest :math:`d` are the K smallest :math:`d^2`; :func:`_smallest`
+    selects them, and the square root is taken of the selected values only (clamped at 0
+    against rounding). Blocks are written into reused buffers sized to stay in cache
+    (:data:`_BLOCK_VALUES`), since a fresh multi-megabyte tensor per block costs a page fault
+    per 4 KB.
 
     Args:
         query: ``(B, N_q, D)`` query patches.
@@ -177,21 +212,39 @@ def _mean_nearest(
         cand_pos: ``(N_c, 2)`` their positions.
         k: number of nearest candidates, at most ``N_c``.
         c: position weight.
-        chunk_size: queries per block (memory: ``B * chunk_size * N_c`` values).
+        chunk_size: queries per block (memory: ``B * chunk_size * N_c`` values); ``None``
+            picks blocks of about :data:`_BLOCK_VALUES` values.
     """
+    batch, n_query = query.shape[:2]
+    n_cand = cand.shape[1]
+    if chunk_size is None:
+        chunk_size = max(1, _BLOCK_VALUES // max(1, batch * n_cand))
     centre = cand.mean(1, keepdim=True)
     query, cand = query - centre, cand - centre
     cand_aug = _augment(-2 * cand, (cand**2).sum(-1, keepdim=True), 1).transpose(1, 2)
     pos_aug = _augment(-2 * cand_pos, (cand_pos**2).sum(-1, keepdim=True), 1).T
-    result = query.new_empty(query.shape[:2])
-    for start in range(0, query.shape[1], chunk_size):
-        q = query[:, start : start + chunk_size]
-        d2 = torch.bmm(_augment(q, 1, (q**2).sum(-1, keepdim=True)), cand_aug)
-        qp = qpos[start : start + chunk_size]
-        weight = (_augment(qp, 1, (qp**2).sum(-1, keepdim=True)) @ pos_aug).clamp_min_(0)
-        d2.div_(weight.sqrt_().mul_(c).add_(1).square_()).clamp_min_(0)
-        nearest = d2.topk(k, dim=-1, largest=False, sorted=False).values
-        result[:, start : start + chunk_size] = nearest.sqrt_().mean(-1)
+    if n_cand % _GROUP:  # dummy candidates, never among the nearest, fill the last group
+        pad = _GROUP - n_cand % _GROUP
+        far = torch.finfo(cand_aug.dtype).max / 16  # finite: no inf - inf anywhere
+        cand_aug = F.pad(cand_aug, (0, pad))
+        cand_aug[:, -2, n_cand:] = far
+        pos_aug = F.pad(pos_aug, (0, pad))
+        n_cand += pad
+    result = query.new_empty(batch, n_query)
+    size = min(chunk_size, n_query)
+    d2_buf = query.new_empty(batch, size, n_cand)
+    weight_buf = query.new_empty(size, n_cand)
+    for start in range(0, n_query, size):
+        q = query[:, start : start + size]
+        qp = qpos[start : start + size]
+        if q.shape[1] < size:  # the last, shorter block
+            d2_buf = query.new_empty(batch, q.shape[1], n_cand)
+            weight_buf = query.new_empty(q.shape[1], n_cand)
+        d2 = torch.bmm(_augment(q, 1, (q**2).sum(-1, keepdim=True)), cand_aug, out=d2_buf)
+        weight = torch.mm(_augment(qp, 1, (qp**2).sum(-1, keepdim=True)), pos_aug, out=weight_buf)
+        d2.div_(weight.clamp_min_(0).sqrt_().mul_(c).add_(1).square_())
+        nearest = d2.gather(-1, _smallest(d2, k))
+        result[:, start : start + size] = nearest.clamp_min_(0).sqrt_().mean(-1)
     return result
 
 
@@ -205,7 +258,7 @@ def _single_scale(
     c: float,
     search_scales: Sequence[float],
     min_search_scale: float,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> Tensor:
     """Single-scale saliency ``(B, h, w)`` of an image ``(B, C, h, w)`` (step 3-5)."""
     b, _, h, w = img.shape
@@ -269,7 +322,7 @@ def context_aware_saliency(
     c: float = 3.0,
     foci_threshold: float = 0.8,
     lab: bool = True,
-    chunk_size: int = 2048,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Context-aware saliency (Goferman et al.) of images ``(B, 3, H, W)`` in [0, 1].
 
@@ -277,9 +330,9 @@ def context_aware_saliency(
         images: RGB images in [0, 1] (for SR: the heatmap image from :func:`relevance_to_rgb`).
         longest_side: working resolution (default 250 px, Goferman's and the
             re-implementation's); ``None`` keeps the input size. The cost grows with the
-            fourth power of this side: about 1e11 flops at 250 px (tens of seconds on a CPU,
-            well under a second on a GPU: the computation runs on the images' device), about
-            4e8 at 64 px (a fraction of a second on a CPU).
+            fourth power of this side: about 2.5e11 flops at 250 px (seconds on a CPU: about
+            2.5x the bare matrix products, see ``benchmarks/bench_sr_map.py``; the computation
+            runs on the images' device), about 1e9 at 64 px (a fraction of a second).
         scales: the multi-scale set R (default ``(1, 0.8, 0.5, 0.3)``).
         patch_sizes: odd patch size per scale (default ``(7, 5, 3, 3)``); distances are scaled
             by ``49 / size**2`` (re-implementation) so that scales are comparable.
@@ -293,7 +346,8 @@ def context_aware_saliency(
         lab: compare colours in CIE L*a*b* (default, Goferman); ``False`` compares the RGB
             values (each channel still min-max normalized).
         chunk_size: query patches per distance block (memory bound: ``B * chunk_size *
-            n_candidates`` values).
+            n_candidates`` values); default ``None``: blocks of about a million values (4 MB in
+            float32), which stay in cache.
 
     Returns:
         ``(B, H, W)`` saliency in [0, 1] at the input resolution, dtype of ``images``.
@@ -404,8 +458,8 @@ class SalientRelevance(WrappedAttribution[LRP]):
     ) -> SalientRelevance:
         """Registry constructor (contract test, CLI, demo): the paper's LRP rules (``"li2019"``)
         and a 64 px working resolution (``longest_side=64``), since the paper's 250 px costs
-        about 1e11 flops per image (tens of seconds on a CPU); pass ``longest_side=250`` to
-        reproduce the paper.
+        about 2.5e11 flops per image (seconds on a CPU); pass ``longest_side=250`` to reproduce
+        the paper.
         """
         kwargs.setdefault("longest_side", 64)
         return super().create(model, layer=layer, **kwargs)  # type: ignore[return-value]
