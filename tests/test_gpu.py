@@ -1,10 +1,10 @@
 """CUDA checks (marked ``gpu``; skipped without a CUDA device, e.g. on the 2-core CI machine).
 
 Every registered method and the perturbation metrics are run on CUDA and compared with the same
-computation on the CPU (float64, tiny models; every random draw in ``xai`` comes from a CPU
-generator, so both devices see the same numbers). The hot paths must not synchronize the device
-once per sample: with CUDA's sync debug mode on, the number of synchronizing calls of a batch of
-8 must equal that of a batch of 2 (the work fits one chunk either way).
+computation on the CPU (float64, tiny models; the random draws of these methods and metrics come
+from CPU generators, so both devices see the same numbers). The hot paths must not synchronize
+the device once per sample: with CUDA's sync debug mode on, the number of synchronizing calls of
+a batch of 8 must equal that of a batch of 2 (the work fits one chunk either way).
 
 Run on a GPU machine:  python -m pytest -q -m gpu tests/test_gpu.py
 """
