@@ -8,14 +8,19 @@ loop; :func:`chunks` the slicing; :func:`freeze` fixes an argmax target once on 
 
 The fastest chunk size depends on the hardware and the model (on a small CPU one image per
 forward can beat 32; on a GPU larger chunks win), so ``batch_size="auto"`` measures it on the
-run's own first chunks (see :func:`score_rows`).
+run's own chunks and remembers it per model, input kind, device and thread count (see
+:func:`score_rows`, :func:`auto_batch_sizes`, :func:`reset_auto_batch_sizes`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -25,8 +30,13 @@ from xai._typing import TargetLike
 from xai.adapter.capture import ModelAdapter
 from xai.adapter.targets import Target, as_target
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AUTO_MAX_CHUNK",
+    "AutoChoice",
+    "auto_batch_sizes",
+    "reset_auto_batch_sizes",
     "BatchSize",
     "as_adapter",
     "check_batch_size",
@@ -51,34 +61,171 @@ def check_batch_size(value: object, name: str = "batch_size") -> None:
         raise ValueError(f"{name} must be a positive integer, 'auto' or None, got {value!r}")
 
 
-class _AutoChunk:
-    """Chunk sizes for ``batch_size="auto"``: time growing sizes, then keep the fastest.
+AUTO_REPEATS = 2
+"""Timed chunks per tried size; the fastest counts, so one preempted chunk does not decide."""
 
-    The first chunk (one row) warms the model up untimed (lazy allocations, cuDNN autotuning);
-    then chunks of 1, 2, 4, ... rows up to :data:`AUTO_MAX_CHUNK` are timed, growing while the
-    rows per second improve. The first size slower than the best so far ends the tuning, and
-    the best size is used for every later chunk.
+AUTO_BUDGET = 0.25
+"""A size is tried only while its timed rows are at most this fraction of the rows left."""
+
+AUTO_MARGIN = 0.1
+"""A larger size is adopted only when its time per row is this fraction below the best's."""
+
+AutoKey = tuple[tuple[int, ...], torch.dtype, torch.device, int]
+"""What an :class:`AutoChoice` is remembered for besides the model: the shape of one perturbed
+input (without the batch axis), its dtype, its device, and ``torch.get_num_threads()``."""
+
+
+@dataclass
+class AutoChoice:
+    """What ``batch_size="auto"`` learned for one model and one :data:`AutoKey`.
+
+    Attributes:
+        size: the chunk size used for the rows that are not timed.
+        seconds_per_row: the fastest time per row measured at each tried size.
+        done: tuning is over (a larger size was not faster, or the cap was reached). Otherwise
+            the next call resumes with ``trial`` when its own row budget allows it.
+        trial: the next size to time.
+        flat: the last tried size was neither clearly faster nor clearly slower than the best;
+            one more size is tried, then a size that is not clearly faster ends the tuning.
     """
 
-    def __init__(self, cap: int = AUTO_MAX_CHUNK) -> None:
+    size: int = 1
+    seconds_per_row: dict[int, float] = field(default_factory=dict)
+    done: bool = False
+    trial: int = 1
+    flat: bool = False
+
+
+_TUNED: weakref.WeakKeyDictionary[Any, dict[AutoKey, AutoChoice]] = weakref.WeakKeyDictionary()
+"""Every :class:`AutoChoice` per model, weakly keyed: a collected model takes its own along."""
+
+_clock: Callable[[], float] = time.perf_counter
+"""The clock of the tuner (the tests replace it with a fake one)."""
+
+
+def _owner(model: object) -> object:
+    """The object a choice is remembered on: the module of an adapter, else ``model`` itself."""
+    return model.module if isinstance(model, ModelAdapter) else model
+
+
+def auto_batch_sizes(model: nn.Module | Callable[..., Any]) -> dict[AutoKey, AutoChoice]:
+    """What ``batch_size="auto"`` has learned for ``model`` (a copy), by :data:`AutoKey`.
+
+    Example: ``{((3, 224, 224), torch.float32, device(type='cpu'), 1): AutoChoice(size=2,
+    ...)}``. The choices are kept as long as the model lives; :func:`reset_auto_batch_sizes`
+    forgets them, and an int ``batch_size`` bypasses the tuner altogether.
+    """
+    try:
+        known = _TUNED.get(_owner(model), {})
+    except TypeError:  # not weakly referenceable: nothing is remembered for it
+        return {}
+    return {
+        key: replace(choice, seconds_per_row=dict(choice.seconds_per_row))
+        for key, choice in known.items()
+    }
+
+
+def reset_auto_batch_sizes(model: nn.Module | Callable[..., Any] | None = None) -> None:
+    """Forget what ``batch_size="auto"`` learned for ``model`` (``None``: for every model).
+
+    Useful after the machine's load or the thread count changed in a way the key does not
+    see (other processes, another GPU job): the next call tunes again.
+    """
+    if model is None:
+        _TUNED.clear()
+        return
+    with contextlib.suppress(TypeError, KeyError):
+        del _TUNED[_owner(model)]
+
+
+def _key(inputs: Tensor) -> AutoKey:
+    """The :data:`AutoKey` of perturbed inputs ``(n, ...)``: what the best chunk size depends
+    on besides the model.
+    """
+    return tuple(inputs.shape[1:]), inputs.dtype, inputs.device, torch.get_num_threads()
+
+
+def _remembered(model: object, key: AutoKey) -> tuple[AutoChoice, bool]:
+    """The choice remembered for ``model`` and ``key`` (a new one if none) and whether it was
+    known. A model that cannot be weakly referenced gets a fresh choice every call.
+    """
+    try:
+        known = _TUNED.setdefault(_owner(model), {})
+    except TypeError:
+        return AutoChoice(), False
+    if key in known:
+        return known[key], True
+    return known.setdefault(key, AutoChoice()), False
+
+
+class _AutoChunk:
+    """Chunk sizes for ``batch_size="auto"``: time growing sizes, keep the fastest.
+
+    Sizes 1, 2, 4, ... up to ``cap`` are each timed on :data:`AUTO_REPEATS` chunks (the fastest
+    per row counts). A size is adopted when it is at least :data:`AUTO_MARGIN` faster per row
+    than the best so far; a size within the margin allows one more try; anything else ends the
+    tuning. A size ``s > 1`` is tried only while ``AUTO_REPEATS * s`` rows are at most
+    :data:`AUTO_BUDGET` of the rows left, so tuning is a bounded share of any run; what is left
+    to try is tried by the next call on the same :class:`AutoChoice`.
+
+    Args:
+        choice: the state, shared by every call for the same model and key.
+        cap: the largest size tried.
+        warm: whether the model has run on such inputs before (else the first chunk, one row,
+            is an untimed warm-up: lazy allocations, cuDNN autotuning).
+    """
+
+    def __init__(self, choice: AutoChoice, cap: int = AUTO_MAX_CHUNK, warm: bool = False) -> None:
+        self.choice = choice
         self.cap = cap
-        self.size = 1
-        self.warm = False
-        self.tuning = True
-        self.best_size, self.best_rate = 1, 0.0
+        self.warm = warm
+        self.stopped = False  # this call's budget is spent; the choice stays open
+        self.timings: list[float] = []
+
+    @property
+    def tuning(self) -> bool:
+        """Whether the next chunk is timed."""
+        return not (self.warm and (self.choice.done or self.stopped))
+
+    def next_size(self, remaining: int) -> int:
+        """Rows in the next chunk, when ``remaining`` rows are left."""
+        choice = self.choice
+        if not self.warm:
+            return 1
+        if choice.done or self.stopped:
+            return min(choice.size, self.cap)
+        trial = min(choice.trial, self.cap)
+        if not self.timings and trial > 1 and AUTO_REPEATS * trial > AUTO_BUDGET * remaining:
+            self.stopped = True
+            return min(choice.size, self.cap)
+        return trial
 
     def record(self, n: int, seconds: float) -> None:
-        """Account for a chunk of ``n`` rows that took ``seconds`` and pick the next size."""
+        """Account for a chunk of ``n`` rows that took ``seconds``."""
+        choice = self.choice
         if not self.warm:
             self.warm = True
             return
-        rate = n / max(seconds, 1e-9)
-        if rate > self.best_rate and n == self.size:
-            self.best_size, self.best_rate = self.size, rate
-        if rate < self.best_rate or n < self.size or self.size >= self.cap:
-            self.tuning, self.size = False, self.best_size
+        if not self.tuning or n != min(choice.trial, self.cap):
+            return  # the last, shorter chunk of the run: not a measurement of the size
+        self.timings.append(seconds / n)
+        if len(self.timings) < AUTO_REPEATS:
+            return
+        per_row, self.timings = min(self.timings), []
+        choice.seconds_per_row[n] = per_row
+        best = choice.seconds_per_row.get(choice.size) if n != choice.size else None
+        if best is None or per_row < best * (1 - AUTO_MARGIN):
+            choice.size, choice.flat = n, False
+        elif per_row < best * (1 + AUTO_MARGIN) and not choice.flat:
+            choice.flat = True
         else:
-            self.size = min(2 * self.size, self.cap)
+            choice.done = True
+        if n >= self.cap:
+            choice.done = True
+        if choice.done:
+            logger.debug("batch_size='auto': %d rows per forward, %s", choice.size, choice)
+        else:
+            choice.trial = min(2 * n, self.cap)
 
 
 def _sync(device: torch.device) -> None:
@@ -162,13 +309,17 @@ def score_rows(
             a time, so memory is bounded by ``batch_size``.
         sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
         batch_size: at most this many perturbed inputs per forward (``None``: all at once).
-            ``"auto"``: the chunk size with the most rows per second, measured on this run's
-            first chunks: one untimed warm-up row, then chunks of 1, 2, 4, ... rows (at most
-            :data:`AUTO_MAX_CHUNK`, and ``n_rows``) while the rate improves; the best size
-            scores all remaining rows. Every row is still computed exactly once; results
-            differ from a fixed size only by the float rounding of the batch composition
-            (which may vary from run to run). On CUDA the device is synchronized at the end
-            of the few timed chunks only.
+            ``"auto"``: the chunk size with the most rows per second, measured on the run's own
+            chunks (:class:`_AutoChunk`): a warm-up row, then sizes 1, 2, 4, ... (at most
+            :data:`AUTO_MAX_CHUNK`) each timed twice while they are clearly faster, a size
+            being tried only while it costs a small share of the rows left
+            (:data:`AUTO_BUDGET`); the best size scores the other rows. The choice is
+            remembered per model (weakly) and :data:`AutoKey` (input shape, dtype, device,
+            torch thread count): later calls reuse it without timing, or resume the tuning
+            where a short run had to stop. Inspect it with :func:`auto_batch_sizes`, forget
+            it with :func:`reset_auto_batch_sizes`; an int bypasses it. Every row is computed
+            exactly once; results differ from a fixed size only by the float rounding of the
+            batch composition. On CUDA the device is synchronized after timed chunks only.
         progress: show a ``tqdm`` bar over the chunks.
         desc: the bar's label.
         dtype: dtype of the returned scores; ``None``: the model's score dtype promoted to at
@@ -186,10 +337,10 @@ def score_rows(
     device = sample_of_row.device
     out = []
 
-    def score(part: slice) -> Tensor:
+    def score(part: slice, inputs: Tensor | None = None) -> Tensor:
         rows = torch.arange(part.start, part.stop, device=device)
         samples = sample_of_row[part]
-        outputs = forward(build(rows), rows=samples)
+        outputs = forward(build(rows) if inputs is None else inputs, rows=samples)
         scores = target.select(samples)(outputs).detach()
         out.append(scores.to(dtype or torch.promote_types(scores.dtype, torch.float32)))
         return scores
@@ -199,15 +350,23 @@ def score_rows(
             for part in tracked(chunks(n_rows, batch_size), progress, desc):
                 score(part)
             return torch.cat(out)
-        auto, start = _AutoChunk(), 0
         bar = _bar(n_rows, progress, desc)
+        start, auto = 0, None
         while start < n_rows:
-            part = slice(start, min(start + auto.size, n_rows))
-            clock = time.perf_counter()
-            scores = score(part)
+            part = slice(
+                start, min(start + (auto.next_size(n_rows - start) if auto else 1), n_rows)
+            )
+            clock = _clock()
+            if auto is None:  # the first row tells the key: shape, dtype and device of an input
+                first = build(torch.arange(0, 1, device=device))
+                choice, known = _remembered(model, _key(first))
+                auto = _AutoChunk(choice, AUTO_MAX_CHUNK, warm=known)
+                scores = score(part, first)
+            else:
+                scores = score(part)
             if auto.tuning:
                 _sync(scores.device)
-                auto.record(part.stop - part.start, time.perf_counter() - clock)
+                auto.record(part.stop - part.start, _clock() - clock)
             if bar is not None:
                 bar.update(part.stop - part.start)
             start = part.stop
