@@ -17,6 +17,7 @@ from xai.adapter.scoring import (
     check_batch_size,
     chunks,
     freeze,
+    freeze_scored,
     reset_auto_batch_sizes,
     score_rows,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "check_batch_size",
     "chunks",
     "freeze",
+    "freeze_scored",
     "hooks",
     "list_layers",
     "preserved",

@@ -269,15 +269,25 @@ def freeze(model: nn.Module | ModelAdapter, inputs: Tensor, target: TargetLike |
         inputs: the clean batch ``(B, ...)``.
         target: any accepted target form, see :func:`xai.adapter.as_target`.
     """
+    return freeze_scored(model, inputs, target)[0]
+
+
+def freeze_scored(
+    model: nn.Module | ModelAdapter, inputs: Tensor, target: TargetLike | Target
+) -> tuple[Target, Tensor | None]:
+    """:func:`freeze`, and the frozen target's scores ``(B,)`` of the clean batch when its
+    forward ran (an argmax target), else ``None``: a caller whose perturbed rows include the
+    clean inputs (step 0 of a deletion curve) can take these instead of running them again.
+    """
     tgt = as_target(target)
     tgt.check_batch(inputs.shape[0])
     if not tgt.needs_freeze:
-        return tgt
+        return tgt, None
     with torch.no_grad():
         outputs = as_adapter(model).forward(inputs)
     frozen = tgt.freeze(outputs)
-    frozen(outputs)  # validates class indices against the output now, not mid-run
-    return frozen
+    scores = frozen(outputs)  # validates class indices against the output now, not mid-run
+    return frozen, scores.detach()
 
 
 def score_rows(
