@@ -15,12 +15,13 @@ run's own chunks and remembers it per model, input kind, device and thread count
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -65,7 +66,8 @@ AUTO_REPEATS = 2
 """Timed chunks per tried size; the fastest counts, so one preempted chunk does not decide."""
 
 AUTO_BUDGET = 0.25
-"""A size is tried only while its timed rows are at most this fraction of the rows left."""
+"""Share of the rows scored for a model and key that timing sizes above 1 may take: each call
+adds this fraction of its rows to a credit, each timed row of a trial size spends one."""
 
 AUTO_MARGIN = 0.1
 """A larger size is adopted only when its time per row is this fraction below the best's."""
@@ -87,6 +89,9 @@ class AutoChoice:
         trial: the next size to time.
         flat: the last tried size was neither clearly faster nor clearly slower than the best;
             one more size is tried, then a size that is not clearly faster ends the tuning.
+        credit: rows that timing sizes above 1 may still take (see :data:`AUTO_BUDGET`).
+        pending: the times per row of ``trial`` measured so far (fewer than
+            :data:`AUTO_REPEATS`).
     """
 
     size: int = 1
@@ -94,6 +99,8 @@ class AutoChoice:
     done: bool = False
     trial: int = 1
     flat: bool = False
+    credit: float = 0.0
+    pending: list[float] = field(default_factory=list)
 
 
 _TUNED: weakref.WeakKeyDictionary[Any, dict[AutoKey, AutoChoice]] = weakref.WeakKeyDictionary()
@@ -119,10 +126,7 @@ def auto_batch_sizes(model: nn.Module | Callable[..., Any]) -> dict[AutoKey, Aut
         known = _TUNED.get(_owner(model), {})
     except TypeError:  # not weakly referenceable: nothing is remembered for it
         return {}
-    return {
-        key: replace(choice, seconds_per_row=dict(choice.seconds_per_row))
-        for key, choice in known.items()
-    }
+    return {key: copy.deepcopy(choice) for key, choice in known.items()}
 
 
 def reset_auto_batch_sizes(model: nn.Module | Callable[..., Any] | None = None) -> None:
@@ -161,26 +165,33 @@ def _remembered(model: object, key: AutoKey) -> tuple[AutoChoice, bool]:
 class _AutoChunk:
     """Chunk sizes for ``batch_size="auto"``: time growing sizes, keep the fastest.
 
-    Sizes 1, 2, 4, ... up to ``cap`` are each timed on :data:`AUTO_REPEATS` chunks (the fastest
-    per row counts). A size is adopted when it is at least :data:`AUTO_MARGIN` faster per row
-    than the best so far; a size within the margin allows one more try; anything else ends the
-    tuning. A size ``s > 1`` is tried only while ``AUTO_REPEATS * s`` rows are at most
-    :data:`AUTO_BUDGET` of the rows left, so tuning is a bounded share of any run; what is left
-    to try is tried by the next call on the same :class:`AutoChoice`.
+    Sizes 1, 2, 4, ... up to ``cap`` are each timed on :data:`AUTO_REPEATS` chunks, the fastest
+    per row counting (load only ever slows a chunk down, so one preempted chunk does not decide);
+    a first chunk faster than the best by twice :data:`AUTO_MARGIN` is not timed again. A
+    size is adopted when it is at least :data:`AUTO_MARGIN` faster per row than the best so
+    far; a size within the margin allows one more try; anything else ends the tuning. A timed
+    chunk of ``s > 1`` rows is run only when it fits in the rows left and in the choice's
+    credit, to which every call adds :data:`AUTO_BUDGET` of its rows: sizes above 1 take at
+    most that share of all the rows scored for the model and key. A long run tunes at once,
+    short calls (many batches) a size every few calls, each resuming where the last stopped.
 
     Args:
         choice: the state, shared by every call for the same model and key.
+        n_rows: the rows of this call.
         cap: the largest size tried.
         warm: whether the model has run on such inputs before (else the first chunk, one row,
             is an untimed warm-up: lazy allocations, cuDNN autotuning).
     """
 
-    def __init__(self, choice: AutoChoice, cap: int = AUTO_MAX_CHUNK, warm: bool = False) -> None:
+    def __init__(
+        self, choice: AutoChoice, n_rows: int, cap: int = AUTO_MAX_CHUNK, warm: bool = False
+    ) -> None:
         self.choice = choice
         self.cap = cap
         self.warm = warm
-        self.stopped = False  # this call's budget is spent; the choice stays open
-        self.timings: list[float] = []
+        self.stopped = False  # this call's rows or the credit are spent; the choice stays open
+        if not choice.done:
+            choice.credit += AUTO_BUDGET * n_rows
 
     @property
     def tuning(self) -> bool:
@@ -195,7 +206,7 @@ class _AutoChunk:
         if choice.done or self.stopped:
             return min(choice.size, self.cap)
         trial = min(choice.trial, self.cap)
-        if not self.timings and trial > 1 and AUTO_REPEATS * trial > AUTO_BUDGET * remaining:
+        if trial > 1 and trial > min(remaining, choice.credit):
             self.stopped = True
             return min(choice.size, self.cap)
         return trial
@@ -208,12 +219,15 @@ class _AutoChunk:
             return
         if not self.tuning or n != min(choice.trial, self.cap):
             return  # the last, shorter chunk of the run: not a measurement of the size
-        self.timings.append(seconds / n)
-        if len(self.timings) < AUTO_REPEATS:
-            return
-        per_row, self.timings = min(self.timings), []
-        choice.seconds_per_row[n] = per_row
+        choice.pending.append(seconds / n)
+        if n > 1:
+            choice.credit -= n
         best = choice.seconds_per_row.get(choice.size) if n != choice.size else None
+        decisive = best is not None and choice.pending[-1] < best * (1 - 2 * AUTO_MARGIN)
+        if len(choice.pending) < AUTO_REPEATS and not decisive:
+            return
+        per_row, choice.pending = min(choice.pending), []
+        choice.seconds_per_row[n] = per_row
         if best is None or per_row < best * (1 - AUTO_MARGIN):
             choice.size, choice.flat = n, False
         elif per_row < best * (1 + AUTO_MARGIN) and not choice.flat:
@@ -321,9 +335,9 @@ def score_rows(
         batch_size: at most this many perturbed inputs per forward (``None``: all at once).
             ``"auto"``: the chunk size with the most rows per second, measured on the run's own
             chunks (:class:`_AutoChunk`): a warm-up row, then sizes 1, 2, 4, ... (at most
-            :data:`AUTO_MAX_CHUNK`) each timed twice while they are clearly faster, a size
-            being tried only while it costs a small share of the rows left
-            (:data:`AUTO_BUDGET`); the best size scores the other rows. The choice is
+            :data:`AUTO_MAX_CHUNK`) each timed twice while they are clearly faster, sizes above
+            1 taking at most a quarter of the rows (:data:`AUTO_BUDGET`, counted over the
+            calls); the best size scores the other rows. The choice is
             remembered per model (weakly) and :data:`AutoKey` (input shape, dtype, device,
             torch thread count): later calls reuse it without timing, or resume the tuning
             where a short run had to stop. Inspect it with :func:`auto_batch_sizes`, forget
@@ -370,7 +384,7 @@ def score_rows(
             if auto is None:  # the first row tells the key: shape, dtype and device of an input
                 first = build(torch.arange(0, 1, device=device))
                 choice, known = _remembered(model, _key(first))
-                auto = _AutoChunk(choice, AUTO_MAX_CHUNK, warm=known)
+                auto = _AutoChunk(choice, n_rows, AUTO_MAX_CHUNK, warm=known)
                 scores = score(part, first)
             else:
                 scores = score(part)
