@@ -6,8 +6,8 @@ Metrics: Deletion, Insertion, PixelFlipping (``n / steps`` pixels per step) and 
 default fractions), each on the same two photos and Grad-CAM maps. For every metric the rows are:
 
 - ``bare, <k>/forward``: the model alone on the metric's own perturbed inputs (recorded from
-  one run of the metric), ``k`` per forward, for ``k`` = 1, the size ``"auto"`` chose on a
-  first call and ``--fixed``; the fastest is the **floor** (issue #24: the engine at most
+  one run of the metric), ``k`` per forward, for ``k`` = 1, 2, 4, the size ``"auto"`` chose
+  on a first call and ``--fixed`` (the other metrics: its last); the fastest is the **floor** (issue #24: the engine at most
   1.15x the floor, and never slower than the per-step loop).
 - ``per-step loop``: Deletion: a hand-written loop (build one image, run it, read the
   probability); the others: the engine with ``batch_size=1``.
@@ -15,8 +15,7 @@ default fractions), each on the same two photos and Grad-CAM maps. For every met
 - ``auto, 2nd call``: the same call again, reusing (or continuing) what the first learned.
 - ``auto, steady (never cleared)``: the call on a copy of the model whose memory is kept over
   all rounds (what every call after the first few gets).
-- Bare forwards also at the fixed sizes ``--fixed`` (default 8 and 32), and for Deletion the
-  engine with those fixed chunks.
+- Deletion only: the engine with the fixed chunks ``--fixed`` (default 8 and 32).
 
 ROAD's noisy linear imputation (sparse solves, about 15x the forwards at 224 px) is the same
 work in every ROAD variant and no forward; it is computed once and replayed, so that the ROAD
@@ -212,7 +211,8 @@ def main() -> None:
         (choice,) = auto_batch_sizes(model).values()
         chosen[name] = choice.size
         rows: dict[str, Callable[[], object]] = {}
-        for k in sorted({1, choice.size, *fixed}):
+        sizes = {1, 2, 4, choice.size, *(fixed if name == "deletion" else fixed[-1:])}
+        for k in sorted(sizes):
             rows[f"bare, {k}/forward"] = functools.partial(bare, model, images, k)
         if name == "deletion":
             loops[name] = functools.partial(per_step_loop, model, x, maps, args.steps)

@@ -70,7 +70,8 @@ AUTO_BUDGET = 0.25
 adds this fraction of its rows to a credit, each timed row of a trial size spends one."""
 
 AUTO_MARGIN = 0.1
-"""A larger size is adopted only when its time per row is this fraction below the best's."""
+"""Growing goes on only while a size's time per row is this fraction below the best's (one
+size within the margin either way is allowed)."""
 
 AutoKey = tuple[tuple[int, ...], torch.dtype, torch.device, int]
 """What an :class:`AutoChoice` is remembered for besides the model: the shape of one perturbed
@@ -167,9 +168,10 @@ class _AutoChunk:
 
     Sizes 1, 2, 4, ... up to ``cap`` are each timed on :data:`AUTO_REPEATS` chunks, the fastest
     per row counting (load only ever slows a chunk down, so one preempted chunk does not decide);
-    a first chunk faster than the best by twice :data:`AUTO_MARGIN` is not timed again. A
-    size is adopted when it is at least :data:`AUTO_MARGIN` faster per row than the best so
-    far; a size within the margin allows one more try; anything else ends the tuning. A timed
+    a first chunk faster than the best by twice :data:`AUTO_MARGIN` is not timed again. The
+    fastest size measured is used. Growing goes on while a size is at least
+    :data:`AUTO_MARGIN` faster per row than the best before it; a size within the margin
+    allows one more try; anything else ends the tuning. A timed
     chunk of ``s > 1`` rows is run only when it fits in the rows left and in the choice's
     credit, to which every call adds :data:`AUTO_BUDGET` of its rows: sizes above 1 take at
     most that share of all the rows scored for the model and key. A long run tunes at once,
@@ -228,10 +230,12 @@ class _AutoChunk:
             return
         per_row, choice.pending = min(choice.pending), []
         choice.seconds_per_row[n] = per_row
+        if best is None or per_row < best:
+            choice.size = n  # the fastest measured
         if best is None or per_row < best * (1 - AUTO_MARGIN):
-            choice.size, choice.flat = n, False
+            choice.flat = False
         elif per_row < best * (1 + AUTO_MARGIN) and not choice.flat:
-            choice.flat = True
+            choice.flat = True  # no clear difference: one more size may still be faster
         else:
             choice.done = True
         if n >= self.cap:
