@@ -7,8 +7,9 @@ default fractions), each on the same two photos and Grad-CAM maps. For every met
 
 - ``bare, <k>/forward``: the model alone on the metric's own perturbed inputs (recorded from
   one run of the metric), ``k`` per forward, for ``k`` = 1, 2, 4, the size ``"auto"`` chose
-  on a first call and ``--fixed`` (the other metrics: its last); the fastest is the **floor** (issue #24: the engine at most
-  1.15x the floor, and never slower than the per-step loop).
+  on a first call and ``--fixed`` (the other metrics: its last); the fastest is the
+  **floor** (issue #24: the engine at most 1.15x the floor, never slower than the per-step
+  loop).
 - ``per-step loop``: Deletion: a hand-written loop (build one image, run it, read the
   probability); the others: the engine with ``batch_size=1``.
 - ``auto, first call``: the tuner's memory is cleared before the call, so it times sizes.
