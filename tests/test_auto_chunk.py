@@ -198,21 +198,21 @@ def test_a_second_call_reuses_the_choice_without_timing(clock):
 @pytest.mark.parametrize("change", ["threads", "shape", "dtype"])
 def test_the_key_changes_with_threads_shape_and_dtype(clock, change):
     model = Timed(clock, _per_row({1: 1.0, 2: 0.85, 4: 0.6, 8: 0.7}), features=12)
-    _score(model, 1000)
+    _score(model, 200)
     threads = torch.get_num_threads()
     model.sizes.clear()
     try:
         if change == "threads":
             torch.set_num_threads(threads + 1)
-            _score(model, 1000)
+            _score(model, 200)
         elif change == "shape":
             model.net = nn.Sequential(nn.Flatten(), nn.Linear(18, 3)).double()
-            _score(model, 1000, width=3)
+            _score(model, 200, width=3)
         else:
             model.net.float()
-            x = torch.randn(1000, 3, 2, 2)
+            x = torch.randn(200, 3, 2, 2)
             score_rows(
-                model, as_target(1), 1000, lambda rows: x[rows], torch.zeros(1000).long(),
+                model, as_target(1), 200, lambda rows: x[rows], torch.zeros(200).long(),
                 batch_size="auto",
             )  # fmt: skip
     finally:
