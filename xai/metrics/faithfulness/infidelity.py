@@ -44,10 +44,13 @@ class Infidelity(ExplanationMetric):
         seed: seed of the default noise (one ``torch.Generator`` on the CPU, drawn row by row,
             so results do not depend on ``batch_size``).
         batch_size: at most this many perturbed inputs per forward; ``None``: all at once;
-            default ``"auto"``: timed on the first chunks (sizes 1, 2, 4, ... up to 64), the
-            fastest kept for the rest, since the best size depends on hardware and model (one
-            image per forward can win on a small CPU, large chunks on a GPU). Results do not
-            depend on it beyond float rounding. See :func:`xai.adapter.score_rows`.
+            default ``"auto"``: sizes 1, 2, 4, ... up to 64 timed on the run's own chunks, the
+            fastest kept, since the best size depends on hardware and model (one image per
+            forward can win on a small CPU, large chunks on a GPU). The choice is remembered
+            per model, input shape, dtype, device and thread count, so later calls skip the
+            timing (:func:`xai.adapter.auto_batch_sizes` shows it,
+            :func:`xai.adapter.reset_auto_batch_sizes` forgets it). Results do not depend on
+            it beyond float rounding. See :func:`xai.adapter.score_rows`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):
