@@ -162,14 +162,14 @@ def test_never_exceeds_a_lower_cap(clock, monkeypatch):
 def test_tuning_is_a_bounded_share_of_a_short_run_and_resumes_next_call(clock):
     model = Timed(clock, lambda n: 1.0 + 0.01 * n)  # larger is always faster
     _score(model, 60)
-    # the credit is a quarter of 60 rows: 2, 4 and 8 take 14 of them, 16 would need 16
-    assert model.sizes[:6] == [1, 1, 1, 2, 4, 8]
-    assert set(model.sizes[6:-1]) == {8} and sum(model.sizes) == 60
+    # the credit is an eighth of 60 rows: 2 and 4 take 6 of them, 8 would need 8
+    assert model.sizes[:5] == [1, 1, 1, 2, 4]
+    assert set(model.sizes[5:-1]) == {4} and sum(model.sizes) == 60
     (choice,) = auto_batch_sizes(model).values()
-    assert choice.size == 8 and not choice.done and choice.trial == 16
+    assert choice.size == 4 and not choice.done and choice.trial == 8
     model.sizes.clear()
-    _score(model, 1000)  # a longer call goes on from 16, without timing 1 to 8 again
-    assert model.sizes[:5] == [1, 16, 32, 64, 64]
+    _score(model, 1000)  # a longer call goes on from 8, without timing 1, 2, 4 again
+    assert model.sizes[:6] == [4, 8, 16, 32, 64, 64]
     assert auto_batch_sizes(model).popitem()[1].done
 
 
@@ -181,10 +181,10 @@ def test_short_calls_tune_a_size_every_few_calls_within_the_budget(clock):
         (choice,) = auto_batch_sizes(model).values()
         sizes.append(choice.size)
         assert choice.credit >= 0
-    # 10.5 rows of credit per call, one timed chunk per size (each is far faster)
-    assert sizes == [4, 8, 16, 16, 16, 32, 32]
-    # 64 does not fit in the 41 rows after the first: never tried, the choice stays open
-    assert not choice.done and choice.trial == 64 and max(model.sizes) == 32
+    # 5.25 rows of credit per call, one timed chunk per size (each is far faster)
+    assert sizes == [2, 4, 8, 8, 8, 16, 16]
+    # 30 of the 294 rows went to timing sizes above 1; 32 waits for enough credit
+    assert not choice.done and choice.trial == 32 and max(model.sizes) == 16
 
 
 def test_a_second_call_reuses_the_choice_without_timing(clock):
@@ -192,7 +192,7 @@ def test_a_second_call_reuses_the_choice_without_timing(clock):
     _score(model, 1000)
     model.sizes.clear()
     _score(model, 100)
-    assert model.sizes == [1] + [4] * 24 + [3]  # the first row gives the key, then 4s
+    assert model.sizes == [4] * 25  # the first chunk already has the model's last size
 
 
 @pytest.mark.parametrize("change", ["threads", "shape", "dtype"])
@@ -217,7 +217,8 @@ def test_the_key_changes_with_threads_shape_and_dtype(clock, change):
             )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    assert model.sizes[:3] == [1, 1, 1]  # tuned again from a warm-up row
+    # the first chunk (the last size used, 4) is the new key's warm-up, then 1 is timed again
+    assert model.sizes[:3] == [4, 1, 1]
     assert len(auto_batch_sizes(model)) == 2
 
 
