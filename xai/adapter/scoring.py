@@ -152,28 +152,14 @@ def _key(inputs: Tensor) -> AutoKey:
 
 def _remembered(model: object, key: AutoKey) -> tuple[AutoChoice, bool]:
     """The choice remembered for ``model`` and ``key`` (a new one if none) and whether it was
-    known; it becomes the model's most recent. A model that cannot be weakly referenced gets a
-    fresh choice every call.
+    known. A model that cannot be weakly referenced gets a fresh choice every call.
     """
     try:
         known = _TUNED.setdefault(_owner(model), {})
     except TypeError:
         return AutoChoice(), False
     found = key in known
-    known[key] = known.pop(key) if found else AutoChoice()
-    return known[key], found
-
-
-def _last_size(model: object) -> int:
-    """The chunk size of ``model``'s most recent choice (1 if none): the size of a call's first
-    chunk, built before its key is known, so that a call whose choice is known runs its first
-    rows at that size too, not as a single row.
-    """
-    try:
-        known = _TUNED.get(_owner(model))
-    except TypeError:
-        return 1
-    return next(reversed(known.values())).size if known else 1
+    return known.setdefault(key, AutoChoice()), found
 
 
 class _AutoChunk:
@@ -194,8 +180,8 @@ class _AutoChunk:
         choice: the state, shared by every call for the same model and key.
         n_rows: the rows of this call.
         cap: the largest size tried.
-        warm: whether the model has run on such inputs before (else the first chunk is an
-            untimed warm-up: lazy allocations, cuDNN autotuning).
+        warm: whether the model has run on such inputs before (else the first chunk, one row,
+            is an untimed warm-up: lazy allocations, cuDNN autotuning).
     """
 
     def __init__(
@@ -351,7 +337,7 @@ def score_rows(
         sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
         batch_size: at most this many perturbed inputs per forward (``None``: all at once).
             ``"auto"``: the chunk size with the most rows per second, measured on the run's own
-            chunks (:class:`_AutoChunk`): a warm-up chunk, then sizes 1, 2, 4, ... (at most
+            chunks (:class:`_AutoChunk`): a warm-up row, then sizes 1, 2, 4, ... (at most
             :data:`AUTO_MAX_CHUNK`) each timed twice while they are clearly faster, sizes above
             1 taking at most an eighth of the rows (:data:`AUTO_BUDGET`, counted over the
             calls); the fastest size scores the other rows. The choice is
@@ -394,12 +380,15 @@ def score_rows(
         bar = _bar(n_rows, progress, desc)
         start, auto = 0, None
         while start < n_rows:
-            if auto is None:  # the first chunk tells the key: shape, dtype, device of an input
-                part = slice(0, min(_last_size(model), AUTO_MAX_CHUNK, n_rows))
+            if auto is None:  # the first row tells the key: shape, dtype, device of an input
                 clock = _clock()
-                first = build(torch.arange(part.start, part.stop, device=device))
+                first = build(torch.arange(0, 1, device=device))
                 choice, known = _remembered(model, _key(first))
                 auto = _AutoChunk(choice, n_rows, AUTO_MAX_CHUNK, warm=known)
+                # a known choice sizes the first chunk too (else it is a one-row warm-up)
+                part = slice(0, min(choice.size, AUTO_MAX_CHUNK, n_rows) if known else 1)
+                if part.stop > 1:
+                    first = torch.cat([first, build(torch.arange(1, part.stop, device=device))])
                 scores = score(part, first)
             else:
                 part = slice(start, min(start + auto.next_size(n_rows - start), n_rows))
