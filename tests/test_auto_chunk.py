@@ -187,6 +187,22 @@ def test_short_calls_tune_a_size_every_few_calls_within_the_budget(clock):
     assert not choice.done and choice.trial == 32 and max(model.sizes) == 16
 
 
+def test_a_choice_made_under_other_load_is_checked_again(clock):
+    table = {1: 1.0, 2: 0.85, 4: 1.2, 8: 1.5}  # 4 looks slow while another job runs
+    model = Timed(clock, lambda n: n * table[n] if n in table else n * 10.0)
+    _score(model, 1000)
+    assert auto_batch_sizes(model).popitem()[1].size == 2
+    table[4] = 0.6  # the other job ended
+    sizes = []
+    for _ in range(6):
+        model.sizes.clear()
+        _score(model, 100)
+        sizes.append(auto_batch_sizes(model).popitem()[1].size)
+    # 12.5 rows of credit per call; at 16 x 2 = 32 the sizes 2 and 4 are timed again
+    assert sizes == [2, 2, 4, 4, 4, 4]
+    assert set(model.sizes) == {4}  # checked and done again: nothing more is timed
+
+
 def test_a_second_call_reuses_the_choice_without_timing(clock):
     model = Timed(clock, _per_row({1: 1.0, 2: 0.85, 4: 0.6, 8: 0.7}))
     _score(model, 1000)

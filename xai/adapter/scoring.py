@@ -69,6 +69,11 @@ AUTO_BUDGET = 0.125
 """Share of the rows scored for a model and key that timing sizes above 1 may take: each call
 adds this fraction of its rows to a credit, each timed row of a trial size spends one."""
 
+AUTO_RECHECK = 16
+"""A finished choice is checked again (its size and the next timed anew) once the calls since
+have added this many times its size to the credit: a choice made under another load does not
+stay for good, at a cost of a few percent of those rows at most."""
+
 AUTO_MARGIN = 0.1
 """Growing goes on only while a size's time per row is this fraction below the best's (one
 size within the margin either way is allowed)."""
@@ -175,6 +180,8 @@ class _AutoChunk:
     credit, to which every call adds :data:`AUTO_BUDGET` of its rows: sizes above 1 take at
     most that share of all the rows scored for the model and key. A long run tunes at once,
     short calls (many batches) a size every few calls, each resuming where the last stopped.
+    Once :data:`AUTO_RECHECK` times the chosen size has been added to the credit since, the
+    chosen size and the next are timed again.
 
     Args:
         choice: the state, shared by every call for the same model and key.
@@ -191,8 +198,11 @@ class _AutoChunk:
         self.cap = cap
         self.warm = warm
         self.stopped = False  # this call's rows or the credit are spent; the choice stays open
-        if not choice.done:
-            choice.credit += AUTO_BUDGET * n_rows
+        choice.credit += AUTO_BUDGET * n_rows
+        if choice.done and choice.size < cap and choice.credit >= AUTO_RECHECK * choice.size:
+            # re-time the chosen size and the next one: the load may have changed since
+            choice.done, choice.flat, choice.trial, choice.pending = False, False, choice.size, []
+            choice.credit = AUTO_REPEATS * 3 * choice.size
 
     @property
     def tuning(self) -> bool:
@@ -240,6 +250,7 @@ class _AutoChunk:
         if n >= self.cap:
             choice.done = True
         if choice.done:
+            choice.credit = 0.0  # the check again waits for AUTO_RECHECK * size of new credit
             logger.debug("batch_size='auto': %d rows per forward, %s", choice.size, choice)
         else:
             choice.trial = min(2 * n, self.cap)
