@@ -10,11 +10,15 @@ from xai.adapter.layers import LayerInfo, list_layers, resolve_layer
 from xai.adapter.reshape import TokenLayout, swin_reshape, token_layout, vit_reshape
 from xai.adapter.scoring import (
     AUTO_MAX_CHUNK,
+    AutoChoice,
     BatchSize,
     as_adapter,
+    auto_batch_sizes,
     check_batch_size,
     chunks,
     freeze,
+    freeze_scored,
+    reset_auto_batch_sizes,
     score_rows,
 )
 from xai.adapter.state import preserved
@@ -32,6 +36,7 @@ from xai.adapter.targets import (
 __all__ = [
     "AUTO_MAX_CHUNK",
     "AdditionalInputs",
+    "AutoChoice",
     "BatchSize",
     "AttentionSite",
     "Capture",
@@ -51,12 +56,15 @@ __all__ = [
     "as_target",
     "attention_maps",
     "attention_sites",
+    "auto_batch_sizes",
     "check_batch_size",
     "chunks",
     "freeze",
+    "freeze_scored",
     "hooks",
     "list_layers",
     "preserved",
+    "reset_auto_batch_sizes",
     "resolve_layer",
     "score_rows",
     "swin_reshape",

@@ -8,14 +8,20 @@ loop; :func:`chunks` the slicing; :func:`freeze` fixes an argmax target once on 
 
 The fastest chunk size depends on the hardware and the model (on a small CPU one image per
 forward can beat 32; on a GPU larger chunks win), so ``batch_size="auto"`` measures it on the
-run's own first chunks (see :func:`score_rows`).
+run's own chunks and remembers it per model, input kind, device and thread count (see
+:func:`score_rows`, :func:`auto_batch_sizes`, :func:`reset_auto_batch_sizes`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -25,8 +31,13 @@ from xai._typing import TargetLike
 from xai.adapter.capture import ModelAdapter
 from xai.adapter.targets import Target, as_target
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "AUTO_MAX_CHUNK",
+    "AutoChoice",
+    "auto_batch_sizes",
+    "reset_auto_batch_sizes",
     "BatchSize",
     "as_adapter",
     "check_batch_size",
@@ -51,34 +62,198 @@ def check_batch_size(value: object, name: str = "batch_size") -> None:
         raise ValueError(f"{name} must be a positive integer, 'auto' or None, got {value!r}")
 
 
-class _AutoChunk:
-    """Chunk sizes for ``batch_size="auto"``: time growing sizes, then keep the fastest.
+AUTO_REPEATS = 2
+"""Timed chunks per tried size; the fastest counts, so one preempted chunk does not decide."""
 
-    The first chunk (one row) warms the model up untimed (lazy allocations, cuDNN autotuning);
-    then chunks of 1, 2, 4, ... rows up to :data:`AUTO_MAX_CHUNK` are timed, growing while the
-    rows per second improve. The first size slower than the best so far ends the tuning, and
-    the best size is used for every later chunk.
+AUTO_BUDGET = 0.125
+"""Share of the rows scored for a model and key that timing sizes above 1 may take: each call
+adds this fraction of its rows to a credit, each timed row of a trial size spends one."""
+
+AUTO_RECHECK = 16
+"""A finished choice is checked again (its size and the next timed anew) once the calls since
+have added this many times its size to the credit: a choice made under another load does not
+stay for good, at a cost of a few percent of those rows at most."""
+
+AUTO_MARGIN = 0.1
+"""Growing goes on only while a size's time per row is this fraction below the best's (one
+size within the margin either way is allowed)."""
+
+AutoKey = tuple[tuple[int, ...], torch.dtype, torch.device, int]
+"""What an :class:`AutoChoice` is remembered for besides the model: the shape of one perturbed
+input (without the batch axis), its dtype, its device, and ``torch.get_num_threads()``."""
+
+
+@dataclass
+class AutoChoice:
+    """What ``batch_size="auto"`` learned for one model and one :data:`AutoKey`.
+
+    Attributes:
+        size: the chunk size used for the rows that are not timed.
+        seconds_per_row: the fastest time per row measured at each tried size.
+        done: tuning is over (a larger size was not faster, or the cap was reached). Otherwise
+            the next call resumes with ``trial`` when its own row budget allows it.
+        trial: the next size to time.
+        flat: the last tried size was neither clearly faster nor clearly slower than the best;
+            one more size is tried, then a size that is not clearly faster ends the tuning.
+        credit: rows that timing sizes above 1 may still take (see :data:`AUTO_BUDGET`).
+        pending: the times per row of ``trial`` measured so far (fewer than
+            :data:`AUTO_REPEATS`).
     """
 
-    def __init__(self, cap: int = AUTO_MAX_CHUNK) -> None:
+    size: int = 1
+    seconds_per_row: dict[int, float] = field(default_factory=dict)
+    done: bool = False
+    trial: int = 1
+    flat: bool = False
+    credit: float = 0.0
+    pending: list[float] = field(default_factory=list)
+
+
+_TUNED: weakref.WeakKeyDictionary[Any, dict[AutoKey, AutoChoice]] = weakref.WeakKeyDictionary()
+"""Every :class:`AutoChoice` per model, weakly keyed: a collected model takes its own along."""
+
+_clock: Callable[[], float] = time.perf_counter
+"""The clock of the tuner (the tests replace it with a fake one)."""
+
+
+def _owner(model: object) -> object:
+    """The object a choice is remembered on: the module of an adapter, else ``model`` itself."""
+    return model.module if isinstance(model, ModelAdapter) else model
+
+
+def auto_batch_sizes(model: nn.Module | Callable[..., Any]) -> dict[AutoKey, AutoChoice]:
+    """What ``batch_size="auto"`` has learned for ``model`` (a copy), by :data:`AutoKey`.
+
+    Example: ``{((3, 224, 224), torch.float32, device(type='cpu'), 1): AutoChoice(size=2,
+    ...)}``. The choices are kept as long as the model lives; :func:`reset_auto_batch_sizes`
+    forgets them, and an int ``batch_size`` bypasses the tuner altogether.
+    """
+    try:
+        known = _TUNED.get(_owner(model), {})
+    except TypeError:  # not weakly referenceable: nothing is remembered for it
+        return {}
+    return {key: copy.deepcopy(choice) for key, choice in known.items()}
+
+
+def reset_auto_batch_sizes(model: nn.Module | Callable[..., Any] | None = None) -> None:
+    """Forget what ``batch_size="auto"`` learned for ``model`` (``None``: for every model).
+
+    Useful after the machine's load or the thread count changed in a way the key does not
+    see (other processes, another GPU job): the next call tunes again.
+    """
+    if model is None:
+        _TUNED.clear()
+        return
+    with contextlib.suppress(TypeError, KeyError):
+        del _TUNED[_owner(model)]
+
+
+def _key(inputs: Tensor) -> AutoKey:
+    """The :data:`AutoKey` of perturbed inputs ``(n, ...)``: what the best chunk size depends
+    on besides the model.
+    """
+    return tuple(inputs.shape[1:]), inputs.dtype, inputs.device, torch.get_num_threads()
+
+
+def _remembered(model: object, key: AutoKey) -> tuple[AutoChoice, bool]:
+    """The choice remembered for ``model`` and ``key`` (a new one if none) and whether it was
+    known. A model that cannot be weakly referenced gets a fresh choice every call.
+    """
+    try:
+        known = _TUNED.setdefault(_owner(model), {})
+    except TypeError:
+        return AutoChoice(), False
+    found = key in known
+    return known.setdefault(key, AutoChoice()), found
+
+
+class _AutoChunk:
+    """Chunk sizes for ``batch_size="auto"``: time growing sizes, keep the fastest.
+
+    Sizes 1, 2, 4, ... up to ``cap`` are each timed on :data:`AUTO_REPEATS` chunks, the fastest
+    per row counting (load only ever slows a chunk down, so one preempted chunk does not decide);
+    a first chunk faster than the best by twice :data:`AUTO_MARGIN` is not timed again. The
+    fastest size measured is used. Growing goes on while a size is at least
+    :data:`AUTO_MARGIN` faster per row than the best before it; a size within the margin
+    allows one more try; anything else ends the tuning. A timed
+    chunk of ``s > 1`` rows is run only when it fits in the rows left and in the choice's
+    credit, to which every call adds :data:`AUTO_BUDGET` of its rows: sizes above 1 take at
+    most that share of all the rows scored for the model and key. A long run tunes at once,
+    short calls (many batches) a size every few calls, each resuming where the last stopped.
+    Once :data:`AUTO_RECHECK` times the chosen size has been added to the credit since, the
+    chosen size and the next are timed again.
+
+    Args:
+        choice: the state, shared by every call for the same model and key.
+        n_rows: the rows of this call.
+        cap: the largest size tried.
+        warm: whether the model has run on such inputs before (else the first chunk, one row,
+            is an untimed warm-up: lazy allocations, cuDNN autotuning).
+    """
+
+    def __init__(
+        self, choice: AutoChoice, n_rows: int, cap: int = AUTO_MAX_CHUNK, warm: bool = False
+    ) -> None:
+        self.choice = choice
         self.cap = cap
-        self.size = 1
-        self.warm = False
-        self.tuning = True
-        self.best_size, self.best_rate = 1, 0.0
+        self.warm = warm
+        self.stopped = False  # this call's rows or the credit are spent; the choice stays open
+        choice.credit += AUTO_BUDGET * n_rows
+        if choice.done and choice.size < cap and choice.credit >= AUTO_RECHECK * choice.size:
+            # re-time the chosen size and the next one: the load may have changed since
+            choice.done, choice.flat, choice.trial, choice.pending = False, False, choice.size, []
+            choice.credit = AUTO_REPEATS * 3 * choice.size
+
+    @property
+    def tuning(self) -> bool:
+        """Whether the next chunk is timed."""
+        return not (self.warm and (self.choice.done or self.stopped))
+
+    def next_size(self, remaining: int) -> int:
+        """Rows in the next chunk, when ``remaining`` rows are left."""
+        choice = self.choice
+        if not self.warm:
+            return 1
+        if choice.done or self.stopped:
+            return min(choice.size, self.cap)
+        trial = min(choice.trial, self.cap)
+        if trial > 1 and trial > min(remaining, choice.credit):
+            self.stopped = True
+            return min(choice.size, self.cap)
+        return trial
 
     def record(self, n: int, seconds: float) -> None:
-        """Account for a chunk of ``n`` rows that took ``seconds`` and pick the next size."""
+        """Account for a chunk of ``n`` rows that took ``seconds``."""
+        choice = self.choice
         if not self.warm:
             self.warm = True
             return
-        rate = n / max(seconds, 1e-9)
-        if rate > self.best_rate and n == self.size:
-            self.best_size, self.best_rate = self.size, rate
-        if rate < self.best_rate or n < self.size or self.size >= self.cap:
-            self.tuning, self.size = False, self.best_size
+        if not self.tuning or n != min(choice.trial, self.cap):
+            return  # the last, shorter chunk of the run: not a measurement of the size
+        choice.pending.append(seconds / n)
+        if n > 1:
+            choice.credit -= n
+        best = choice.seconds_per_row.get(choice.size) if n != choice.size else None
+        decisive = best is not None and choice.pending[-1] < best * (1 - 2 * AUTO_MARGIN)
+        if len(choice.pending) < AUTO_REPEATS and not decisive:
+            return
+        per_row, choice.pending = min(choice.pending), []
+        choice.seconds_per_row[n] = per_row
+        if best is None or per_row < best:
+            choice.size = n  # the fastest measured
+        if best is None or per_row < best * (1 - AUTO_MARGIN):
+            choice.flat = False
+        elif per_row < best * (1 + AUTO_MARGIN) and not choice.flat:
+            choice.flat = True  # no clear difference: one more size may still be faster
         else:
-            self.size = min(2 * self.size, self.cap)
+            choice.done = True
+        if n >= self.cap:
+            choice.done = True
+        if choice.done:
+            choice.credit = 0.0  # the check again waits for AUTO_RECHECK * size of new credit
+            logger.debug("batch_size='auto': %d rows per forward, %s", choice.size, choice)
+        else:
+            choice.trial = min(2 * n, self.cap)
 
 
 def _sync(device: torch.device) -> None:
@@ -122,15 +297,25 @@ def freeze(model: nn.Module | ModelAdapter, inputs: Tensor, target: TargetLike |
         inputs: the clean batch ``(B, ...)``.
         target: any accepted target form, see :func:`xai.adapter.as_target`.
     """
+    return freeze_scored(model, inputs, target)[0]
+
+
+def freeze_scored(
+    model: nn.Module | ModelAdapter, inputs: Tensor, target: TargetLike | Target
+) -> tuple[Target, Tensor | None]:
+    """:func:`freeze`, and the frozen target's scores ``(B,)`` of the clean batch when its
+    forward ran (an argmax target), else ``None``: a caller whose perturbed rows include the
+    clean inputs (step 0 of a deletion curve) can take these instead of running them again.
+    """
     tgt = as_target(target)
     tgt.check_batch(inputs.shape[0])
     if not tgt.needs_freeze:
-        return tgt
+        return tgt, None
     with torch.no_grad():
         outputs = as_adapter(model).forward(inputs)
     frozen = tgt.freeze(outputs)
-    frozen(outputs)  # validates class indices against the output now, not mid-run
-    return frozen
+    scores = frozen(outputs)  # validates class indices against the output now, not mid-run
+    return frozen, scores.detach()
 
 
 def score_rows(
@@ -162,13 +347,17 @@ def score_rows(
             a time, so memory is bounded by ``batch_size``.
         sample_of_row: ``(n_rows,)`` index of the clean sample each row was made from.
         batch_size: at most this many perturbed inputs per forward (``None``: all at once).
-            ``"auto"``: the chunk size with the most rows per second, measured on this run's
-            first chunks: one untimed warm-up row, then chunks of 1, 2, 4, ... rows (at most
-            :data:`AUTO_MAX_CHUNK`, and ``n_rows``) while the rate improves; the best size
-            scores all remaining rows. Every row is still computed exactly once; results
-            differ from a fixed size only by the float rounding of the batch composition
-            (which may vary from run to run). On CUDA the device is synchronized at the end
-            of the few timed chunks only.
+            ``"auto"``: the chunk size with the most rows per second, measured on the run's own
+            chunks (:class:`_AutoChunk`): a warm-up row, then sizes 1, 2, 4, ... (at most
+            :data:`AUTO_MAX_CHUNK`) each timed twice while they are clearly faster, sizes above
+            1 taking at most an eighth of the rows (:data:`AUTO_BUDGET`, counted over the
+            calls); the fastest size scores the other rows. The choice is
+            remembered per model (weakly) and :data:`AutoKey` (input shape, dtype, device,
+            torch thread count): later calls reuse it without timing, or resume the tuning
+            where a short run had to stop. Inspect it with :func:`auto_batch_sizes`, forget
+            it with :func:`reset_auto_batch_sizes`; an int bypasses it. Every row is computed
+            exactly once; results differ from a fixed size only by the float rounding of the
+            batch composition. On CUDA the device is synchronized after timed chunks only.
         progress: show a ``tqdm`` bar over the chunks.
         desc: the bar's label.
         dtype: dtype of the returned scores; ``None``: the model's score dtype promoted to at
@@ -186,10 +375,10 @@ def score_rows(
     device = sample_of_row.device
     out = []
 
-    def score(part: slice) -> Tensor:
+    def score(part: slice, inputs: Tensor | None = None) -> Tensor:
         rows = torch.arange(part.start, part.stop, device=device)
         samples = sample_of_row[part]
-        outputs = forward(build(rows), rows=samples)
+        outputs = forward(build(rows) if inputs is None else inputs, rows=samples)
         scores = target.select(samples)(outputs).detach()
         out.append(scores.to(dtype or torch.promote_types(scores.dtype, torch.float32)))
         return scores
@@ -199,15 +388,26 @@ def score_rows(
             for part in tracked(chunks(n_rows, batch_size), progress, desc):
                 score(part)
             return torch.cat(out)
-        auto, start = _AutoChunk(), 0
         bar = _bar(n_rows, progress, desc)
+        start, auto = 0, None
         while start < n_rows:
-            part = slice(start, min(start + auto.size, n_rows))
-            clock = time.perf_counter()
-            scores = score(part)
+            if auto is None:  # the first row tells the key: shape, dtype, device of an input
+                clock = _clock()
+                first = build(torch.arange(0, 1, device=device))
+                choice, known = _remembered(model, _key(first))
+                auto = _AutoChunk(choice, n_rows, AUTO_MAX_CHUNK, warm=known)
+                # a known choice sizes the first chunk too (else it is a one-row warm-up)
+                part = slice(0, min(choice.size, AUTO_MAX_CHUNK, n_rows) if known else 1)
+                if part.stop > 1:
+                    first = torch.cat([first, build(torch.arange(1, part.stop, device=device))])
+                scores = score(part, first)
+            else:
+                part = slice(start, min(start + auto.next_size(n_rows - start), n_rows))
+                clock = _clock()
+                scores = score(part)
             if auto.tuning:
                 _sync(scores.device)
-                auto.record(part.stop - part.start, time.perf_counter() - clock)
+                auto.record(part.stop - part.start, _clock() - clock)
             if bar is not None:
                 bar.update(part.stop - part.start)
             start = part.stop

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from xai._checks import check_finite, check_inputs, map_dtype, warn
 from xai._typing import TargetLike
-from xai.adapter import ModelAdapter, Target, freeze, preserved
+from xai.adapter import ModelAdapter, Target, freeze, freeze_scored, preserved
 from xai.adapter.extras import AdditionalInputs
 from xai.adapter.extras import additional_inputs as additional
 
@@ -188,6 +188,9 @@ class ExplanationMetric(Metric):
     a peak the map does not have (the curve, if any, is still returned, in row-major order);
     ``"score"`` when the metric's formula is defined for it (complexity, mass, infidelity).
     Either way a warning names the samples."""
+    reuses_clean_scores: ClassVar[bool] = False
+    """Whether :meth:`_evaluate` takes ``clean_scores=``: the target's scores ``(B,)`` of the
+    clean batch when freezing an argmax target computed them, else ``None``."""
 
     def __call__(
         self,
@@ -226,7 +229,9 @@ class ExplanationMetric(Metric):
             adapter = ModelAdapter(model)
             extras = additional(additional_inputs, x.shape[0])
             with preserved(model), torch.no_grad(), adapter.bound(extras):
-                tgt = freeze(adapter, x, target)
+                tgt, clean = freeze_scored(adapter, x, target)
+                if self.reuses_clean_scores:
+                    kwargs["clean_scores"] = clean
                 result = self._evaluate(model, x, maps, tgt, **kwargs)
         return self._degenerate(maps, result)
 

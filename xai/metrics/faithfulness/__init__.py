@@ -10,8 +10,8 @@ channels are perturbed together; the ranking is a stable sort by descending rele
 the lower row-major index); scores are the target's output (the **logit** for class targets; pass
 ``target=xai.adapter.ProbabilityTarget(...)`` for softmax probabilities); an argmax target
 (``None``) is fixed on the clean input. Perturbed inputs are scored in chunks of ``batch_size``
-across samples and steps, under ``torch.no_grad()``; the default ``"auto"`` times the first
-chunks and keeps the fastest size (:func:`xai.adapter.score_rows`).
+across samples and steps, under ``torch.no_grad()``; the default ``"auto"`` times chunk sizes
+and keeps the fastest, remembered per model and input kind (:func:`xai.adapter.score_rows`).
 
 Modules: :mod:`~xai.metrics.faithfulness.curves` (the curve metrics),
 :mod:`~xai.metrics.faithfulness.road` (:class:`ROAD`),

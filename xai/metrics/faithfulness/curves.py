@@ -27,6 +27,7 @@ class _PerturbationCurve(ExplanationMetric):
     """Engine of the curve metrics: perturb the top-``k`` features for a list of counts ``k``."""
 
     mode: ClassVar[str] = "delete"  # "delete": top-k -> baseline; "insert": top-k <- input
+    reuses_clean_scores: ClassVar[bool] = True
     input_ranks: ClassVar[tuple[int, ...]] = (4, 5)
 
     def __init__(
@@ -51,9 +52,7 @@ class _PerturbationCurve(ExplanationMetric):
     def _counts(self, n_features: int) -> Tensor:
         raise NotImplementedError
 
-    def _perturbed(
-        self, inputs: Tensor, base: Tensor, mask: Tensor, samples: Tensor, rows: Tensor
-    ) -> Tensor:
+    def _perturbed(self, inputs: Tensor, base: Tensor, mask: Tensor, samples: Tensor) -> Tensor:
         """Inputs with the ``mask`` ``(n, H, W)`` pixels perturbed (deleted or inserted)."""
         keep, put = (inputs, base) if self.mode == "delete" else (base, inputs)
         return torch.where(mask[:, None], put[samples], keep[samples])
@@ -65,34 +64,52 @@ class _PerturbationCurve(ExplanationMetric):
         maps: Tensor,
         target: Target,
         order: str | None = None,
+        clean_scores: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Scores ``(B, T)`` after perturbing ``counts`` features and the fractions ``(T,)``."""
+        """Scores ``(B, T)`` after perturbing ``counts`` features and the fractions ``(T,)``.
+
+        ``clean_scores`` ``(B,)``: the target's scores of the clean inputs, if known; the steps
+        whose input is the clean one (nothing deleted, everything inserted) take them instead
+        of a forward.
+        """
         relevance, assign = feature_layout(maps, self.patch_size)
         positions = rank_positions(relevance, order or self.order)
         n_features = relevance.shape[1]
         counts = self._counts(n_features).to(inputs.device)
         base = resolve_baseline(self.baseline, inputs)
         batch, n_steps = inputs.shape[0], counts.numel()
-        sample_of_row = torch.arange(batch, device=inputs.device).repeat_interleave(n_steps)
+        clean_step = counts == (0 if self.mode == "delete" else n_features)
+        if clean_scores is None:
+            clean_step.zero_()
+        steps = (~clean_step).nonzero()[:, 0]  # the steps that need a forward
+        sample_of_row = torch.arange(batch, device=inputs.device).repeat_interleave(len(steps))
+        count_of_row = counts[steps].repeat(batch)
+        # each pixel's position in the order, once (not per chunk); int32 halves the copies
+        small = n_features < torch.iinfo(torch.int32).max
+        pixel_pos = positions[:, assign].to(torch.int32 if small else torch.long)
 
         def build(rows: Tensor) -> Tensor:
             samples = sample_of_row[rows]
-            pixel_pos = positions[samples][:, assign]  # (n, H, W)
-            mask = pixel_pos < _per_row(counts[rows % n_steps], pixel_pos)
-            return self._perturbed(inputs, base, mask, samples, rows % n_steps)
+            pos = pixel_pos[samples]  # (n, H, W)
+            mask = pos < _per_row(count_of_row[rows].to(pos.dtype), pos)
+            return self._perturbed(inputs, base, mask, samples)
 
-        scores = score_rows(
+        scored = score_rows(
             model,
             target,
-            batch * n_steps,
+            batch * len(steps),
             build,
             sample_of_row,
             batch_size=self.batch_size,
             progress=self.progress,
             desc=type(self).__name__,
         )
+        scores = torch.empty(batch, n_steps, dtype=scored.dtype, device=scored.device)
+        scores[:, steps] = scored.view(batch, len(steps))
+        if clean_scores is not None:
+            scores[:, clean_step] = clean_scores.to(scores)[:, None]
         fractions = counts.to(maps.dtype) / n_features
-        return scores.view(batch, n_steps).to(maps.dtype), fractions
+        return scores.to(maps.dtype), fractions
 
     def _evaluate(
         self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
@@ -100,7 +117,7 @@ class _PerturbationCurve(ExplanationMetric):
         """The curve and its trapezoid area over the fraction perturbed (subclasses may
         report another score from the same curve).
         """
-        curve, steps = self._curve(model, inputs, maps, target)
+        curve, steps = self._curve(model, inputs, maps, target, None, kwargs.get("clean_scores"))
         return MetricResult(torch.trapezoid(curve, steps, dim=1), curve, steps)
 
 
@@ -129,10 +146,13 @@ class Deletion(_PerturbationCurve):
         patch_size: ``1`` ranks pixels; larger values rank non-overlapping patches by their
             summed relevance.
         batch_size: at most this many perturbed inputs per forward; ``None``: all at once;
-            default ``"auto"``: timed on the first chunks (sizes 1, 2, 4, ... up to 64), the
-            fastest kept for the rest, since the best size depends on hardware and model (one
-            image per forward can win on a small CPU, large chunks on a GPU). Results do not
-            depend on it beyond float rounding. See :func:`xai.adapter.score_rows`.
+            default ``"auto"``: sizes 1, 2, 4, ... up to 64 timed on the run's own chunks, the
+            fastest kept, since the best size depends on hardware and model (one image per
+            forward can win on a small CPU, large chunks on a GPU). The choice is remembered
+            per model, input shape, dtype, device and thread count, so later calls skip the
+            timing (:func:`xai.adapter.auto_batch_sizes` shows it,
+            :func:`xai.adapter.reset_auto_batch_sizes` forgets it). Results do not depend on
+            it beyond float rounding. See :func:`xai.adapter.score_rows`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):
@@ -296,18 +316,25 @@ class RegionPerturbation(_PerturbationCurve):
         return torch.arange(0, min(self.n_regions, n_features) + 1)
 
     def _drops(
-        self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, order: str
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        maps: Tensor,
+        target: Target,
+        order: str,
+        clean_scores: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        curve, steps = self._curve(model, inputs, maps, target, order)
+        curve, steps = self._curve(model, inputs, maps, target, order, clean_scores)
         return curve[:, :1] - curve, steps
 
     def _evaluate(
         self, model: nn.Module, inputs: Tensor, maps: Tensor, target: Target, **kwargs: Any
     ) -> MetricResult:
+        clean = kwargs.get("clean_scores")
         if self.order == "difference":
-            morf, steps = self._drops(model, inputs, maps, target, "morf")
-            lerf, _ = self._drops(model, inputs, maps, target, "lerf")
+            morf, steps = self._drops(model, inputs, maps, target, "morf", clean)
+            lerf, _ = self._drops(model, inputs, maps, target, "lerf", clean)
             drops = morf - lerf
         else:
-            drops, steps = self._drops(model, inputs, maps, target, self.order)
+            drops, steps = self._drops(model, inputs, maps, target, self.order, clean)
         return MetricResult(drops.mean(1), drops, steps)

@@ -43,11 +43,9 @@ class Infidelity(ExplanationMetric):
             default False there too).
         seed: seed of the default noise (one ``torch.Generator`` on the CPU, drawn row by row,
             so results do not depend on ``batch_size``).
-        batch_size: at most this many perturbed inputs per forward; ``None``: all at once;
-            default ``"auto"``: timed on the first chunks (sizes 1, 2, 4, ... up to 64), the
-            fastest kept for the rest, since the best size depends on hardware and model (one
-            image per forward can win on a small CPU, large chunks on a GPU). Results do not
-            depend on it beyond float rounding. See :func:`xai.adapter.score_rows`.
+        batch_size: at most this many perturbed inputs per forward, ``"auto"`` (default: the
+            fastest size timed on the run's chunks, remembered per model and input kind) or
+            ``None`` (all at once); see :class:`~xai.metrics.Deletion`.
         progress: show a ``tqdm`` bar.
 
     Returns (from ``__call__``):

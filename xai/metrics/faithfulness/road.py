@@ -59,6 +59,7 @@ class ROAD(_PerturbationCurve):
     higher_is_better = _ByOrder(morf=False)
     category: ClassVar = "faithfulness"
     input_ranks: ClassVar[tuple[int, ...]] = (4,)
+    reuses_clean_scores: ClassVar[bool] = False  # no fraction leaves the input clean
     rank_note: ClassVar[str] = "its imputation solves over the 8 neighbours of each pixel"
 
     def __init__(
