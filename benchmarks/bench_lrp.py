@@ -14,6 +14,7 @@ resolutions (``longest_side``; 250 is Goferman's / the re-implementation's), med
 
 Run:  python benchmarks/bench_lrp.py [--batch 4] [--rounds 5] [--size 224] [--device cpu]
       [--sides 64,128,250] [--models vgg16,resnet18,resnet50,mobilenet_v2] [--skip-sr]
+      [--threads N]
 Not collected by pytest.
 """
 
@@ -182,7 +183,12 @@ def main() -> None:
     parser.add_argument("--sides", default="64,128,250")
     parser.add_argument("--skip-lrp", action="store_true")
     parser.add_argument("--skip-sr", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if hasattr(os, "getloadavg"):
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
