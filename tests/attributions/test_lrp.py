@@ -31,6 +31,7 @@ from xai.attributions.lrp import (
     ZPlus,
 )
 from xai.attributions.lrp.canonizers import merge_batch_norm
+from xai.attributions.lrp.rules import input_vjp
 
 
 def _x(*shape, seed=0, dtype=torch.float64):
@@ -298,6 +299,28 @@ def test_agrees_with_zennit(case):
     err = (rel - expected).norm() / expected.norm()
     assert err <= 1e-4, f"relative error {float(err):.2e}"
     assert torch.isfinite(rel).all() and rel.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv1d(6, 4, 1),
+        nn.Conv2d(6, 4, 1, bias=False),
+        nn.Conv3d(6, 4, 1),
+        nn.Conv2d(6, 4, 1, stride=2),  # strided 1x1: the transposed convolution
+        nn.Conv2d(6, 6, 1, groups=3),  # grouped 1x1: the transposed convolution
+        nn.Conv2d(6, 4, 3, padding=1),
+    ],
+)
+def test_input_vjp_is_the_convolutions_input_gradient(conv):
+    # the rules' backward (1x1 convolutions take a shortcut) against autograd
+    conv = conv.double()
+    x = _x(2, 6, *([5] * (conv.weight.dim() - 2)), seed=1).requires_grad_(True)
+    out = conv(x)
+    grad = _x(*out.shape, seed=2)
+    (expected,) = torch.autograd.grad(out, x, grad)
+    got = input_vjp(conv, x.shape, conv.weight.detach(), grad)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 # --- canonizers -----------------------------------------------------------------------------

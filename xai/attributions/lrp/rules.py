@@ -196,6 +196,11 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
         return grad @ weight
     transposed = _TRANSPOSED.get(type(module))
     conv = cast("_ConvNd", module)
+    if transposed is not None and _pointwise(conv):
+        # a 1x1 convolution's transpose is the 1x1 convolution with the transposed weight: the
+        # same matrix product (the same numbers), without the transposed convolution's col2im
+        # pass (on CPU up to 3x slower for MobileNetV2's 1x1 layers with few output channels)
+        return _FORWARD[type(module)](grad, weight.transpose(0, 1))
     if transposed is not None and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
         # the output padding that gives back the input size (strided convolutions drop rows)
         output_padding = tuple(
@@ -218,10 +223,25 @@ def input_vjp(module: nn.Module, shape: torch.Size, weight: Tensor, grad: Tensor
     return out
 
 
+def _pointwise(conv: _ConvNd) -> bool:
+    """Whether ``conv`` maps each pixel on its own: 1x1 kernel, stride 1, no padding, groups 1."""
+    return (
+        conv.groups == 1
+        and all(k == 1 for k in conv.kernel_size)
+        and all(s == 1 for s in conv.stride)
+        and (conv.padding == "valid" or all(p == 0 for p in conv.padding))
+    )
+
+
 _TRANSPOSED: dict[type, Callable[..., Tensor]] = {
     nn.Conv1d: F.conv_transpose1d,
     nn.Conv2d: F.conv_transpose2d,
     nn.Conv3d: F.conv_transpose3d,
+}
+_FORWARD: dict[type, Callable[..., Tensor]] = {
+    nn.Conv1d: F.conv1d,
+    nn.Conv2d: F.conv2d,
+    nn.Conv3d: F.conv3d,
 }
 
 
@@ -268,7 +288,7 @@ class Group(NamedTuple):
     coefficient: float = 1.0
     mask: Tensor | None = None
     output: Tensor | None = None
-    nonnegative: bool = False  # z >= 0 by construction (z+ of a non-negative input)
+    nonnegative: bool = False  # z >= 0 by construction (z+: a+ w+ + a- w- + b+)
 
 
 def _signed_parts(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -496,7 +516,8 @@ class ZPlus(_Terms):
         weight, bias = self._params(call)
         ap, an = _signed_parts(call.input)
         terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
-        return self._propagate(call, relevance, [Group(terms, nonnegative=an is _ZERO)])
+        # a+ w+ + a- w- + b+ >= 0 term by term: the normalizer is non-negative for any input
+        return self._propagate(call, relevance, [Group(terms, nonnegative=True)])
 
 
 class AlphaBeta(_Terms):
@@ -531,7 +552,7 @@ class AlphaBeta(_Terms):
         ap, an = _signed_parts(call.input)
         positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
         negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
-        groups = [Group(positive, self.alpha, nonnegative=an is _ZERO)]
+        groups = [Group(positive, self.alpha, nonnegative=True)]  # a sum of products >= 0
         if self.beta:
             groups.append(Group(negative, -self.beta))
         return self._propagate(call, relevance, groups)
