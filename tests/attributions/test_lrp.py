@@ -182,6 +182,36 @@ def test_zplus_gives_nonnegative_relevance_for_nonnegative_inputs():
     assert (rel >= -1e-12).all()
 
 
+class _ShiftedRelu(nn.Module):
+    """conv - ReLU - shift by -0.5 (in place or not) - conv - flatten - linear."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        h = self.relu(self.conv1(x))
+        h = h.sub_(0.5) if self.in_place else h - 0.5
+        return self.head(self.conv2(h))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box"])
+def test_relu_outputs_changed_in_place_are_still_split_by_sign(composite):
+    # rules skip the negative part of inputs that come straight from a ReLU; an in-place
+    # change of the ReLU's output (here a shift making it negative) must be noticed
+    torch.manual_seed(0)
+    ours = seeded(_ShiftedRelu(in_place=True))
+    twin = _ShiftedRelu(in_place=False).double().eval()
+    twin.load_state_dict(ours.state_dict())
+    x = _x(2, 3, 6, 6, seed=3)
+    rel = LRP(ours, composite).relevance(x, 1)
+    torch.testing.assert_close(rel, LRP(twin, composite).relevance(x, 1), rtol=1e-12, atol=1e-12)
+
+
 def test_flat_and_wsquare_do_not_depend_on_input_values():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten()).double()

@@ -291,13 +291,27 @@ class Group(NamedTuple):
     nonnegative: bool = False  # z >= 0 by construction (z+: a+ w+ + a- w- + b+)
 
 
-def _signed_parts(a: Tensor) -> tuple[Tensor, Tensor]:
-    """``(a^+, a^-)``; ``a^-`` is the marker :data:`_ZERO` when ``a >= 0`` (after a ReLU), so
-    that rules skip its terms: they change nothing but would cost two convolutions each.
+def _signed_parts(call: Call) -> tuple[Tensor, Tensor]:
+    """``(a^+, a^-)`` of the call's input ``a``; ``a^-`` is the marker :data:`_ZERO` when
+    ``a >= 0`` (after a ReLU), so that rules skip its terms: they change nothing but would cost
+    two convolutions each.
     """
-    if bool(a.min() >= 0):
+    a = call.input
+    if _relu_output(call) or bool(a.min() >= 0):
         return a, _ZERO
     return a.clamp(min=0), a.clamp(max=0)
+
+
+_RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
+
+def _relu_output(call: Call) -> bool:
+    """Whether the call's input is, unchanged, the output of a ReLU call (so ``>= 0`` without
+    looking: a reduction pass over the input saved). The input and the ReLU's output share one
+    version counter: any in-place change since the ReLU ran makes this ``False``.
+    """
+    source = call.source
+    return source is not None and type(source.module) in _RECTIFIERS and source.output_intact()
 
 
 _ZERO = torch.zeros(())
@@ -514,7 +528,7 @@ class ZPlus(_Terms):
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         """The z+ rule: positive contributions only."""
         weight, bias = self._params(call)
-        ap, an = _signed_parts(call.input)
+        ap, an = _signed_parts(call)
         terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
         # a+ w+ + a- w- + b+ >= 0 term by term: the normalizer is non-negative for any input
         return self._propagate(call, relevance, [Group(terms, nonnegative=True)])
@@ -549,7 +563,7 @@ class AlphaBeta(_Terms):
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         """Positive and negative contributions, weighted alpha and -beta."""
         weight, bias = self._params(call)
-        ap, an = _signed_parts(call.input)
+        ap, an = _signed_parts(call)
         positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
         negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
         groups = [Group(positive, self.alpha, nonnegative=True)]  # a sum of products >= 0
@@ -588,7 +602,7 @@ class Gamma(_Terms):
         weight, bias = self._params(call)
         g = self.gamma
         a = call.input
-        ap, an = _signed_parts(a)
+        ap, an = _signed_parts(call)
         w_up, w_down = weight + g * weight.clamp(min=0), weight + g * weight.clamp(max=0)
         b_up = None if bias is None else bias + g * bias.clamp(min=0)
         b_down = None if bias is None else bias + g * bias.clamp(max=0)
