@@ -17,8 +17,8 @@ from xai.attributions.base import Attribution, reduce_channels, register
 from xai.attributions.lrp.account import AccountBook, RelevanceAccount
 from xai.attributions.lrp.canonizers import (
     Canonizer,
-    _Several,
     auto_canonizers,
+    observer,
     residual_block_types,
 )
 from xai.attributions.lrp.composites import Composite, get_composite
@@ -247,7 +247,7 @@ class LRP(Attribution):
                 )
             return engine(self, inputs, target)
         rules, residuals, links, refuse = self._plan()
-        canonizer = _Several(self.canonizers)
+        on_call = observer(self.canonizers)
         model = self.adapter.module
         names = {m: n or "<model>" for n, m in model.named_modules()} if books is not None else {}
         sum_rule = self.composite.sum_rule
@@ -297,7 +297,7 @@ class LRP(Attribution):
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
                 stack.enter_context(hooks(forward=refuse))
-                stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
+                stack.enter_context(rewired({m: backward for m in rules}, on_call))
                 for residual in residuals:
                     stack.enter_context(split_residuals([residual], split(residual.name)))
                 for link in links:

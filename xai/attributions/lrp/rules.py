@@ -529,7 +529,9 @@ class ZPlus(_Terms):
         """The z+ rule: positive contributions only."""
         weight, bias = self._params(call)
         ap, an = _signed_parts(call)
-        terms = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
+        terms = [Term(ap, _pos(weight), _pos(bias))]
+        if an is not _ZERO:  # (a ReLU's output has no negative part: no w- to compute)
+            terms.append(Term(an, _neg(weight), None))
         # a+ w+ + a- w- + b+ >= 0 term by term: the normalizer is non-negative for any input
         return self._propagate(call, relevance, [Group(terms, nonnegative=True)])
 
@@ -564,8 +566,9 @@ class AlphaBeta(_Terms):
         """Positive and negative contributions, weighted alpha and -beta."""
         weight, bias = self._params(call)
         ap, an = _signed_parts(call)
-        positive = [Term(ap, _pos(weight), _pos(bias)), Term(an, _neg(weight), None)]
-        negative = [Term(ap, _neg(weight), _neg(bias)), Term(an, _pos(weight), None)]
+        w_pos, w_neg = _pos(weight), _neg(weight)
+        positive = [Term(ap, w_pos, _pos(bias)), Term(an, w_neg, None)]
+        negative = [Term(ap, w_neg, _neg(bias)), Term(an, w_pos, None)]
         groups = [Group(positive, self.alpha, nonnegative=True)]  # a sum of products >= 0
         if self.beta:
             groups.append(Group(negative, -self.beta))
