@@ -418,6 +418,46 @@ def test_inplace_relu_and_residual_inplace_add_are_handled():
             torch.testing.assert_close(rel, grad * x, rtol=1e-8, atol=1e-10)
 
 
+class _InPlaceChain(nn.Module):
+    """In-place ReLUs after conv-BN, after a conv, after another in-place ReLU, and on a
+    conv output that another layer (``side``) has already read."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu1, self.relu2 = nn.ReLU(inplace), nn.ReLU(inplace)
+        self.relu3, self.relu4 = nn.ReLU6(inplace), nn.ReLU(inplace)
+        self.side = nn.Conv2d(4, 4, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        h = self.relu1(self.bn1(self.conv1(x)))
+        h = self.relu3(self.relu2(self.conv2(h)))
+        g = self.conv3(h)
+        s = self.side(g)
+        return self.head(self.relu4(g) + s)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon"])
+def test_inplace_relus_that_overwrite_their_input_give_the_out_of_place_relevance(composite):
+    # an in-place ReLU works on its input itself (no copy) when no rule reads what it
+    # overwrites (z+ convolutions); the epsilon and gamma rules read the layer output, and
+    # `side` has read conv3's output: those ReLUs get a copy
+    ours = seeded(_InPlaceChain(inplace=True))
+    twin = _InPlaceChain(inplace=False).double().eval()
+    twin.load_state_dict(ours.state_dict())
+    state = copy.deepcopy(ours.state_dict())
+    x = _x(2, 3, 6, 6, seed=4)
+    before = x.clone()
+    lrp = LRP(ours, composite)
+    rel = lrp.relevance(x, 2)
+    torch.testing.assert_close(rel, LRP(twin, composite).relevance(x, 2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lrp.account(x, 2).relevance, rel, rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, before) and hook_count(ours) == 0
+    assert all(torch.equal(v, state[k]) for k, v in ours.state_dict().items())
+
+
 def test_wrong_residual_description_is_detected():
     from torchvision.models.resnet import BasicBlock
 

@@ -253,8 +253,29 @@ class LRP(Attribution):
         sum_rule = self.composite.sum_rule
         book: AccountBook | None = None
 
+        def rule_of(call: Call) -> Rule:
+            return call.context.get("rule") or rules[call.module]
+
+        def overwrite(module: nn.Module, source: Call) -> bool:
+            """An in-place module (ReLU(inplace=True)) may overwrite the output of ``source``
+            instead of a copy when no rule reads what it overwrites.
+            """
+            if rules[module].reads_input or rule_of(source).reads_output:
+                return False
+            merged = source.source  # the layer a batch norm was merged into reads its output
+            return (
+                merged is None
+                or merged.context.get("merged_call") is not source
+                or (not rule_of(merged).reads_output)
+            )
+
         def backward(call: Call, relevance: Tensor) -> Tensor:
-            rule = call.context.get("rule") or rules[call.module]
+            rule = rule_of(call)
+            if call.input_version < 0 and rule.reads_input:
+                raise RuntimeError(
+                    f"{type(call.module).__name__} overwrote its input in place, but its rule "
+                    f"{rule!r} (set after it ran) reads that input"
+                )
             if book is None:
                 return rule(call, relevance)
             ledger = call.context["ledger"] = {}
@@ -297,7 +318,7 @@ class LRP(Attribution):
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
                 stack.enter_context(hooks(forward=refuse))
-                stack.enter_context(rewired({m: backward for m in rules}, on_call))
+                stack.enter_context(rewired({m: backward for m in rules}, on_call, overwrite))
                 for residual in residuals:
                     stack.enter_context(split_residuals([residual], split(residual.name)))
                 for link in links:

@@ -258,6 +258,14 @@ class Rule(ABC):
     """
 
     needs_parameters: bool = False
+    reads_input: bool = True
+    """Whether the rule reads the values of ``call.input``; :class:`Pass` does not, so that an
+    in-place module (``ReLU(inplace=True)``) with that rule may work on its input itself
+    instead of a copy."""
+    reads_output: bool = True
+    """Whether the rule reads ``call.output`` (the epsilon and gamma rules take the layer's
+    output from the forward pass); ``False`` lets an in-place module after the layer
+    overwrite that output instead of a copy."""
 
     @abstractmethod
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
@@ -330,6 +338,7 @@ class _Terms(Rule):
     """
 
     needs_parameters = True
+    reads_output = False  # the terms' own forward passes give the normalizers
     empty: str = "absorb"
     """What happens to the relevance of an output whose normalizer is exactly zero (no
     contribution of the group's sign, e.g. a z+ output driven by its bias alone when biases
@@ -478,6 +487,7 @@ class Epsilon(_Terms):
     """
 
     needs_parameters = False  # other modules go through their own forward
+    reads_output = True  # the layer's output is its normalizer
 
     def __init__(
         self,
@@ -588,6 +598,8 @@ class Gamma(_Terms):
         stabilizer: added to the normalizer (default ``1e-6``).
         zero_params: parameters set to zero.
     """
+
+    reads_output = True  # the signs of the layer's output choose the part
 
     def __init__(
         self,
@@ -783,6 +795,8 @@ class Norm(Rule):
     Residual additions use :meth:`split`, functional operations :meth:`through`.
     """
 
+    reads_output = False  # recomputed from the input
+
     def __init__(self, stabilizer: float = 1e-6) -> None:
         self.stabilizer = float(stabilizer)
 
@@ -828,6 +842,9 @@ class Norm(Rule):
 class Pass(Rule):
     """Pass relevance through unchanged (element-wise activations, merged batch norms)."""
 
+    reads_input = False  # only its shape
+    reads_output = False
+
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         """The relevance unchanged."""
         if relevance.shape != call.input.shape:
@@ -842,6 +859,8 @@ class Gradient(Rule):
 
     This is what zennit does for layers without a rule (max pooling, dropout).
     """
+
+    reads_output = False  # recomputed from the input
 
     def __call__(self, call: Call, relevance: Tensor) -> Tensor:
         """The plain gradient of the relevance (winner-take-all for max pooling)."""
