@@ -65,9 +65,11 @@ def _interleaved(fns: dict, rounds: int, sync) -> tuple[dict[str, float], dict[s
 
 def _zennit_mobilenet_canonizer():
     """zennit canonizer for MobileNetV2 (the one the tests compare against)."""
+    threads = torch.get_num_threads()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.attributions.test_lrp import _zennit_inverted_residual
 
+    torch.set_num_threads(threads)  # the tests' conftest sets its own thread count on import
     return _zennit_inverted_residual()
 
 
