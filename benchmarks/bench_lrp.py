@@ -14,6 +14,7 @@ resolutions (``longest_side``; 250 is Goferman's / the re-implementation's), med
 
 Run:  python benchmarks/bench_lrp.py [--batch 4] [--rounds 5] [--size 224] [--device cpu]
       [--sides 64,128,250] [--models vgg16,resnet18,resnet50,mobilenet_v2] [--skip-sr]
+      [--threads N]
 Not collected by pytest.
 """
 
@@ -64,9 +65,11 @@ def _interleaved(fns: dict, rounds: int, sync) -> tuple[dict[str, float], dict[s
 
 def _zennit_mobilenet_canonizer():
     """zennit canonizer for MobileNetV2 (the one the tests compare against)."""
+    threads = torch.get_num_threads()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.attributions.test_lrp import _zennit_inverted_residual
 
+    torch.set_num_threads(threads)  # the tests' conftest sets its own thread count on import
     return _zennit_inverted_residual()
 
 
@@ -182,7 +185,12 @@ def main() -> None:
     parser.add_argument("--sides", default="64,128,250")
     parser.add_argument("--skip-lrp", action="store_true")
     parser.add_argument("--skip-sr", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if hasattr(os, "getloadavg"):
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()))
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

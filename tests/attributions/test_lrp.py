@@ -31,6 +31,7 @@ from xai.attributions.lrp import (
     ZPlus,
 )
 from xai.attributions.lrp.canonizers import merge_batch_norm
+from xai.attributions.lrp.rules import input_vjp
 
 
 def _x(*shape, seed=0, dtype=torch.float64):
@@ -181,6 +182,36 @@ def test_zplus_gives_nonnegative_relevance_for_nonnegative_inputs():
     assert (rel >= -1e-12).all()
 
 
+class _ShiftedRelu(nn.Module):
+    """conv - ReLU - shift by -0.5 (in place or not) - conv - flatten - linear."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        h = self.relu(self.conv1(x))
+        h = h.sub_(0.5) if self.in_place else h - 0.5
+        return self.head(self.conv2(h))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_alpha2_beta1", "epsilon_gamma_box"])
+def test_relu_outputs_changed_in_place_are_still_split_by_sign(composite):
+    # rules skip the negative part of inputs that come straight from a ReLU; an in-place
+    # change of the ReLU's output (here a shift making it negative) must be noticed
+    torch.manual_seed(0)
+    ours = seeded(_ShiftedRelu(in_place=True))
+    twin = _ShiftedRelu(in_place=False).double().eval()
+    twin.load_state_dict(ours.state_dict())
+    x = _x(2, 3, 6, 6, seed=3)
+    rel = LRP(ours, composite).relevance(x, 1)
+    torch.testing.assert_close(rel, LRP(twin, composite).relevance(x, 1), rtol=1e-12, atol=1e-12)
+
+
 def test_flat_and_wsquare_do_not_depend_on_input_values():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten()).double()
@@ -300,6 +331,28 @@ def test_agrees_with_zennit(case):
     assert torch.isfinite(rel).all() and rel.abs().sum() > 0
 
 
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv1d(6, 4, 1),
+        nn.Conv2d(6, 4, 1, bias=False),
+        nn.Conv3d(6, 4, 1),
+        nn.Conv2d(6, 4, 1, stride=2),  # strided 1x1: the transposed convolution
+        nn.Conv2d(6, 6, 1, groups=3),  # grouped 1x1: the transposed convolution
+        nn.Conv2d(6, 4, 3, padding=1),
+    ],
+)
+def test_input_vjp_is_the_convolutions_input_gradient(conv):
+    # the rules' backward (1x1 convolutions take a shortcut) against autograd
+    conv = conv.double()
+    x = _x(2, 6, *([5] * (conv.weight.dim() - 2)), seed=1).requires_grad_(True)
+    out = conv(x)
+    grad = _x(*out.shape, seed=2)
+    (expected,) = torch.autograd.grad(out, x, grad)
+    got = input_vjp(conv, x.shape, conv.weight.detach(), grad)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 # --- canonizers -----------------------------------------------------------------------------
 
 
@@ -363,6 +416,46 @@ def test_inplace_relu_and_residual_inplace_add_are_handled():
             xg = x.clone().requires_grad_(True)
             (grad,) = torch.autograd.grad(model(xg)[:, 0].sum(), xg)
             torch.testing.assert_close(rel, grad * x, rtol=1e-8, atol=1e-10)
+
+
+class _InPlaceChain(nn.Module):
+    """In-place ReLUs after conv-BN, after a conv, after another in-place ReLU, and on a
+    conv output that another layer (``side``) has already read."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.conv3 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu1, self.relu2 = nn.ReLU(inplace), nn.ReLU(inplace)
+        self.relu3, self.relu4 = nn.ReLU6(inplace), nn.ReLU(inplace)
+        self.side = nn.Conv2d(4, 4, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        h = self.relu1(self.bn1(self.conv1(x)))
+        h = self.relu3(self.relu2(self.conv2(h)))
+        g = self.conv3(h)
+        s = self.side(g)
+        return self.head(self.relu4(g) + s)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon"])
+def test_inplace_relus_that_overwrite_their_input_give_the_out_of_place_relevance(composite):
+    # an in-place ReLU works on its input itself (no copy) when no rule reads what it
+    # overwrites (z+ convolutions); the epsilon and gamma rules read the layer output, and
+    # `side` has read conv3's output: those ReLUs get a copy
+    ours = seeded(_InPlaceChain(inplace=True))
+    twin = _InPlaceChain(inplace=False).double().eval()
+    twin.load_state_dict(ours.state_dict())
+    state = copy.deepcopy(ours.state_dict())
+    x = _x(2, 3, 6, 6, seed=4)
+    before = x.clone()
+    lrp = LRP(ours, composite)
+    rel = lrp.relevance(x, 2)
+    torch.testing.assert_close(rel, LRP(twin, composite).relevance(x, 2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lrp.account(x, 2).relevance, rel, rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, before) and hook_count(ours) == 0
+    assert all(torch.equal(v, state[k]) for k, v in ours.state_dict().items())
 
 
 def test_wrong_residual_description_is_detected():

@@ -83,7 +83,9 @@ class Call:
         output_version: the output's version counter when the call returned; see
             :meth:`output_intact`.
         input_version: the input's version counter when the call returned; the input is not
-            copied, so the backward pass checks that nothing changed it in place since.
+            copied, so the backward pass checks that nothing changed it in place since. ``-1``:
+            not checked (an in-place module allowed to overwrite its input, see
+            :func:`rewired`'s ``overwrite``; its rule does not read the input).
     """
 
     module: nn.Module
@@ -124,7 +126,7 @@ class _Rewire(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         call: Call = ctx.call
-        if call.input._version != call.input_version:
+        if call.input_version >= 0 and call.input._version != call.input_version:
             raise RuntimeError(
                 f"the input of {type(call.module).__name__} was changed in place after the "
                 "module ran (e.g. `x += y` or `x.relu_()` in the model's forward); its backward "
@@ -149,17 +151,28 @@ def _same_storage(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+Overwrite = Callable[[nn.Module, Call], bool]
+"""``overwrite(module, source) -> bool``: whether an in-place ``module`` may act on the output
+of the call ``source`` itself (see :func:`rewired`)."""
+
+
 class _Rewirer:
     """State of one :func:`rewired` context: pending inputs and the producer of each tensor."""
 
     def __init__(
-        self, rules: Mapping[nn.Module, BackwardRule], on_call: Callable[[Call], None] | None
+        self,
+        rules: Mapping[nn.Module, BackwardRule],
+        on_call: Callable[[Call], None] | None,
+        overwrite: Overwrite | None = None,
     ) -> None:
         self.rules = rules
         self.on_call = on_call
-        self.pending: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+        self.overwrite = overwrite
+        # module -> [(input, snapshot, source, overwritten)], one per call not yet returned
+        self.pending: dict[nn.Module, list[tuple[Tensor, Tensor, Call | None, bool]]] = {}
         # id(tensor) -> (tensor, call); the tensor is kept alive so that its id is not reused
         self.produced: dict[int, tuple[Tensor, Call]] = {}
+        self.consumed: set[int] = set()  # ids of produced tensors some call took as input
 
     def pre(self, module: nn.Module, args: tuple):
         if not args or not isinstance(args[0], Tensor):
@@ -169,30 +182,43 @@ class _Rewirer:
             )
         x = args[0]
         snapshot = x.detach()  # no copy: later in-place changes are detected (input_version)
-        self.pending.setdefault(module, []).append((x, snapshot))
-        # in-place modules (ReLU(inplace=True)) work on their own copy, like zennit's clone
-        given = snapshot.clone() if getattr(module, "inplace", False) else snapshot
+        entry = self.produced.get(id(x))
+        source = entry[1] if entry is not None and entry[0] is x else None
+        given, overwritten = snapshot, False
+        if getattr(module, "inplace", False):
+            # in-place modules (ReLU(inplace=True)) work on their own copy, like zennit's
+            # clone, unless nothing needs the value they overwrite: the output of a rewired
+            # call that no other call took as input, and that ``overwrite`` releases
+            overwritten = (
+                source is not None
+                and self.overwrite is not None
+                and id(x) not in self.consumed
+                and self.overwrite(module, source)
+            )
+            if not overwritten:
+                given = snapshot.clone()
+        if source is not None:
+            self.consumed.add(id(x))
+        self.pending.setdefault(module, []).append((x, snapshot, source, overwritten))
         return (given,) + tuple(args[1:])
 
     def post(self, module: nn.Module, _args: tuple, output: object):
-        x, snapshot = self.pending[module].pop()
+        x, snapshot, source, overwritten = self.pending[module].pop()
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned {type(output).__name__}; LRP rules need "
                 "modules that return a single tensor"
             )
         value = output.detach()
-        if _same_storage(value, snapshot):  # identity-like modules return their input
-            value = value.clone()
-        entry = self.produced.get(id(x))
-        source = entry[1] if entry is not None and entry[0] is x else None
+        if not overwritten and _same_storage(value, snapshot):
+            value = value.clone()  # identity-like modules return their input
         call = Call(
             module=module,
             input=snapshot,
             output=value,
             source=source,
             output_version=value._version,
-            input_version=snapshot._version,
+            input_version=-1 if overwritten else snapshot._version,
         )
         if self.on_call is not None:
             self.on_call(call)
@@ -205,11 +231,13 @@ class _Rewirer:
 def rewired(
     rules: Mapping[nn.Module, BackwardRule],
     on_call: Callable[[Call], None] | None = None,
+    overwrite: Overwrite | None = None,
 ) -> Iterator[None]:
     """Replace the backward pass of ``rules``' modules for the duration of a ``with`` block.
 
-    A forward pre-hook records each call's input (in-place modules get a copy to work on; an
-    in-place change of a recorded input by other code raises in the backward pass); a
+    A forward pre-hook records each call's input (in-place modules get a copy to work on,
+    unless ``overwrite`` allows otherwise; an in-place change of a recorded input by other code
+    raises in the backward pass); a
     forward hook returns the module's output through an identity ``autograd.Function`` whose
     backward is ``rule(call, grad_output)`` (the zennit pattern, without module backward
     hooks). Downstream in-place operations (``ReLU(inplace=True)``, ``out += identity``) act on
@@ -220,8 +248,15 @@ def rewired(
         rules: module -> backward rule. Each module must take one tensor and return one tensor.
         on_call: called with every :class:`Call` right after the forward of its module, e.g.
             to merge a batch norm with the convolution that produced its input.
+        overwrite: ``overwrite(module, source)``, asked before an in-place module (``inplace``
+            attribute true) runs on the output of the rewired call ``source`` that no other
+            call has taken as input yet: ``True`` lets it overwrite that output instead of a
+            copy (saving one copy per ``ReLU(inplace=True)``). Answer ``True`` only when the
+            module's rule does not read its input and the rules of ``source`` (and of a call
+            merged with it) do not need its output: both are changed in place (their
+            ``output_intact()`` turns false). ``None`` (default): always a copy.
     """
-    state = _Rewirer(rules, on_call)
+    state = _Rewirer(rules, on_call, overwrite)
     modules = list(rules)
     try:
         with hooks(
@@ -231,6 +266,7 @@ def rewired(
     finally:
         state.pending.clear()
         state.produced.clear()
+        state.consumed.clear()
 
 
 # --------------------------------------------------------------------------------------------

@@ -187,6 +187,31 @@ class _Several(Canonizer):
         for part in self.parts:
             part.on_call(call)
 
+    def observers(self) -> list[Callable[[Call], None]]:
+        """The parts' ``on_call`` methods that do something, nested parts flattened (they run
+        after every module call: the no-op ones of residual canonizers are left out).
+        """
+        found: list[Callable[[Call], None]] = []
+        for part in self.parts:
+            if isinstance(part, _Several):
+                found += part.observers()
+            elif getattr(part.on_call, "__func__", None) is not Canonizer.on_call:
+                found.append(part.on_call)
+        return found
+
+
+def observer(canonizers: Sequence[Canonizer]) -> Callable[[Call], None] | None:
+    """One callable running the ``on_call`` of every canonizer that has one (``None``: none)."""
+    found = _Several(canonizers).observers()
+    if len(found) <= 1:
+        return found[0] if found else None
+
+    def each(call: Call) -> None:
+        for on_call in found:
+            on_call(call)
+
+    return each
+
 
 class ResNetCanonizer(_Several):
     """torchvision ResNet: ``BasicBlock`` and ``Bottleneck`` residual sums (plus nothing else;

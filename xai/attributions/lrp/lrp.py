@@ -17,8 +17,8 @@ from xai.attributions.base import Attribution, reduce_channels, register
 from xai.attributions.lrp.account import AccountBook, RelevanceAccount
 from xai.attributions.lrp.canonizers import (
     Canonizer,
-    _Several,
     auto_canonizers,
+    observer,
     residual_block_types,
 )
 from xai.attributions.lrp.composites import Composite, get_composite
@@ -247,14 +247,35 @@ class LRP(Attribution):
                 )
             return engine(self, inputs, target)
         rules, residuals, links, refuse = self._plan()
-        canonizer = _Several(self.canonizers)
+        on_call = observer(self.canonizers)
         model = self.adapter.module
         names = {m: n or "<model>" for n, m in model.named_modules()} if books is not None else {}
         sum_rule = self.composite.sum_rule
         book: AccountBook | None = None
 
+        def rule_of(call: Call) -> Rule:
+            return call.context.get("rule") or rules[call.module]
+
+        def overwrite(module: nn.Module, source: Call) -> bool:
+            """An in-place module (ReLU(inplace=True)) may overwrite the output of ``source``
+            instead of a copy when no rule reads what it overwrites.
+            """
+            if rules[module].reads_input or rule_of(source).reads_output:
+                return False
+            merged = source.source  # the layer a batch norm was merged into reads its output
+            return (
+                merged is None
+                or merged.context.get("merged_call") is not source
+                or (not rule_of(merged).reads_output)
+            )
+
         def backward(call: Call, relevance: Tensor) -> Tensor:
-            rule = call.context.get("rule") or rules[call.module]
+            rule = rule_of(call)
+            if call.input_version < 0 and rule.reads_input:
+                raise RuntimeError(
+                    f"{type(call.module).__name__} overwrote its input in place, but its rule "
+                    f"{rule!r} (set after it ran) reads that input"
+                )
             if book is None:
                 return rule(call, relevance)
             ledger = call.context["ledger"] = {}
@@ -297,7 +318,7 @@ class LRP(Attribution):
             with contextlib.ExitStack() as stack:
                 # refusals first: they fire after the module ran, before any rule matters
                 stack.enter_context(hooks(forward=refuse))
-                stack.enter_context(rewired({m: backward for m in rules}, canonizer.on_call))
+                stack.enter_context(rewired({m: backward for m in rules}, on_call, overwrite))
                 for residual in residuals:
                     stack.enter_context(split_residuals([residual], split(residual.name)))
                 for link in links:
