@@ -180,6 +180,45 @@ def test_sound_on_a_residual_net():
     _check_sound(model, x, 0.05, torch.ones_like(x), "linf", n=800)
 
 
+def test_value_at_equals_every_node_and_frees_what_is_no_longer_read():
+    """``value_at`` gives each node's value (residual and concatenating graphs included) while
+    holding only the live frontier: on a 24-layer chain at most a few outputs are alive at
+    once, against all 24 if every value were kept."""
+    import weakref
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    for model, channels in ((AllOps(), 3), (Residual(), 2)):
+        model = _randomize_bn(model).double().eval()
+        x = torch.rand(2, channels, 8, 8, generator=gen, dtype=torch.float64)
+        bm = BoundedModel(model, x)
+        expected = bm.values(x)
+        for node in range(len(bm.graph.ops)):
+            torch.testing.assert_close(bm.value_at(x, node), expected[node], rtol=0, atol=0)
+
+    convs = [nn.Conv2d(3, 3, 3, padding=1, dtype=torch.float64) for _ in range(24)]
+    chain = nn.Sequential(*convs, nn.Flatten(), nn.Linear(3 * 8 * 8, 5, dtype=torch.float64))
+    x = torch.rand(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    bm = BoundedModel(chain, x)
+    alive, peak = [0], [0]
+
+    def tracked(fn):
+        def run(*args):
+            out = fn(*args)
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+            return out
+
+        return run
+
+    for op in bm.graph.ops[1:]:
+        op.fn = tracked(op.fn)
+    with torch.no_grad():
+        bm.value_at(x, len(bm.graph.ops) - 1)
+    assert len(bm.graph.ops) >= 26 and peak[0] <= 3
+
+
 def test_exact_on_affine_models():
     torch.manual_seed(0)
     # a single linear layer and a conv -> BN -> avgpool -> flatten -> linear chain

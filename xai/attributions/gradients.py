@@ -20,7 +20,11 @@ from xai._checks import check_positive_int, map_dtype
 from xai.adapter import Target, freeze
 from xai.attributions.base import Attribution, reduce_channels, register
 
-__all__ = ["IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
+__all__ = ["DEFAULT_BATCH", "IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
+
+#: default ``batch_size`` of the methods that multiply the batch (Integrated Gradients' steps,
+#: SmoothGrad's noisy copies): their memory is bounded by it, not by the steps or copies
+DEFAULT_BATCH = 32
 
 
 class _CaptumAttribution(Attribution):
@@ -91,7 +95,10 @@ class IntegratedGradients(_CaptumAttribution):
         baseline: ``0.0`` (default), a float, or a tensor broadcastable to the inputs.
         n_steps: quadrature points (default 50, captum's Gauss-Legendre rule).
         reduction: channel reduction (default ``"sum"``, keeps completeness).
-        batch_size: bound on the expanded batch (captum's ``internal_batch_size``).
+        batch_size: bound on the expanded batch (captum's ``internal_batch_size``; default 32,
+            so that memory does not grow with ``n_steps``: 50 steps of 8 images in one
+            backward pass of MobileNetV2 at 224 px hold about 12 GB of activations). A pass
+            holds at least one step of the whole batch.
 
     References:
         Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML 2017.
@@ -106,6 +113,7 @@ class IntegratedGradients(_CaptumAttribution):
         reduction: str = "sum",
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("batch_size", DEFAULT_BATCH)
         super().__init__(model, reduction=reduction, **kwargs)
         self.baseline = baseline
         self.n_steps = n_steps
@@ -121,7 +129,10 @@ class IntegratedGradients(_CaptumAttribution):
             baselines=baseline,
             additional_forward_args=(rows,),
             n_steps=self.n_steps,
-            internal_batch_size=self.batch_size,
+            # captum runs at least one step of the whole batch per pass (it warns otherwise)
+            internal_batch_size=None
+            if self.batch_size is None
+            else max(self.batch_size, inputs.shape[0]),
         )
 
 
@@ -138,6 +149,8 @@ class SmoothGrad(_CaptumAttribution):
         n_samples: noisy copies per input (default 50).
         noise_level: noise scale relative to the input range (default 0.15).
         reduction: channel reduction of the averaged gradient (default ``"max_abs"``).
+        batch_size: noisy inputs per forward/backward pass (default 32, so that memory does
+            not grow with ``n_samples``).
 
     References:
         Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017.
@@ -154,6 +167,7 @@ class SmoothGrad(_CaptumAttribution):
         reduction: str = "max_abs",
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("batch_size", DEFAULT_BATCH)
         super().__init__(model, reduction=reduction, **kwargs)
         self.n_samples = n_samples
         self.noise_level = float(noise_level)
