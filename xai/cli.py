@@ -31,7 +31,7 @@ DEFAULT_IMAGES = ["chelsea", "coffee"]
 FULL_IMAGES = ["chelsea", "coffee", "grace_hopper", "imagenet_16_251"]
 # Every method of the demo runs with at most this many inputs per forward pass, so that
 # path/noise/mask methods (IG, SmoothGrad, Score-CAM, Sobol, Occlusion) keep memory bounded.
-DEMO_BATCH_SIZE = 64
+DEMO_BATCH_SIZE = 16
 DEMO_LAYER = "features.18"
 # The demo's cheap settings, per registry key (shared with the report card): see
 # xai._presets.CHEAP_SETTINGS. ``--full`` ignores them (paper defaults, ``DEMO_LAYER``); a method

@@ -1,4 +1,4 @@
-"""Integrated Gradients and SmoothGrad bound their passes by ``batch_size`` (default 32), so
+"""Integrated Gradients and SmoothGrad bound their passes by ``batch_size`` (default 16), so
 memory does not grow with the steps or the noisy copies, and give the one-pass numbers."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_default_batch_bounds_each_pass_and_keeps_the_numbers(make, copies):
     model = Recording()
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     bounded = make(model)(x, target=[0, 1])
-    assert max(model.sizes) <= 32 and sum(model.sizes) >= copies * 2
+    assert max(model.sizes) <= 16 and sum(model.sizes) >= copies * 2
     model.sizes.clear()
     whole = make(model, batch_size=None)(x, target=[0, 1])
     assert max(model.sizes) == copies * 2  # one pass: the old default
@@ -49,5 +49,5 @@ def test_a_batch_larger_than_batch_size_runs_whole_steps_without_warning():
     x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        IntegratedGradients(model, n_steps=4)(x, target=0)
+        IntegratedGradients(model, n_steps=4)(x, target=0)  # 40 rows > 16
     assert set(model.sizes) == {40}

@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_BATCH", "IntegratedGradients", "Occlusion", "Saliency", "Smo
 
 #: default ``batch_size`` of the methods that multiply the batch (Integrated Gradients' steps,
 #: SmoothGrad's noisy copies): their memory is bounded by it, not by the steps or copies
-DEFAULT_BATCH = 32
+DEFAULT_BATCH = 16
 
 
 class _CaptumAttribution(Attribution):
@@ -95,7 +95,7 @@ class IntegratedGradients(_CaptumAttribution):
         baseline: ``0.0`` (default), a float, or a tensor broadcastable to the inputs.
         n_steps: quadrature points (default 50, captum's Gauss-Legendre rule).
         reduction: channel reduction (default ``"sum"``, keeps completeness).
-        batch_size: bound on the expanded batch (captum's ``internal_batch_size``; default 32,
+        batch_size: bound on the expanded batch (captum's ``internal_batch_size``; default 16,
             so that memory does not grow with ``n_steps``: 50 steps of 8 images in one
             backward pass of MobileNetV2 at 224 px hold about 12 GB of activations). A pass
             holds at least one step of the whole batch.
@@ -149,7 +149,7 @@ class SmoothGrad(_CaptumAttribution):
         n_samples: noisy copies per input (default 50).
         noise_level: noise scale relative to the input range (default 0.15).
         reduction: channel reduction of the averaged gradient (default ``"max_abs"``).
-        batch_size: noisy inputs per forward/backward pass (default 32, so that memory does
+        batch_size: noisy inputs per forward/backward pass (default 16, so that memory does
             not grow with ``n_samples``).
 
     References:
