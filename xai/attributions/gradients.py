@@ -20,7 +20,7 @@ from xai._checks import check_positive_int, map_dtype
 from xai.adapter import Target, freeze
 from xai.attributions.base import Attribution, reduce_channels, register
 
-__all__ = ["DEFAULT_BATCH", "IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
+__all__ = ["IntegratedGradients", "Occlusion", "Saliency", "SmoothGrad"]
 
 #: default ``batch_size`` of the methods that multiply the batch (Integrated Gradients' steps,
 #: SmoothGrad's noisy copies): their memory is bounded by it, not by the steps or copies
