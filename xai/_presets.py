@@ -24,7 +24,7 @@ CHEAP_SETTINGS: dict[str, dict] = {
     # 10 noisy copies (default 50, Smilkov et al.): a visibly noisier but recognisable map
     "smooth_grad": {"n_samples": 10},
     # the registry's working resolution, stated so that summaries show the deviation: the
-    # paper's 250 px costs about 1e11 flops per image (about 16 s on 2 CPU cores)
+    # paper's 250 px costs about 2.5e11 flops per image (about 5 s on 2 CPU cores)
     "salient_relevance": {"longest_side": 64},
 }
 
