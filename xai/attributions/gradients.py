@@ -215,7 +215,10 @@ class SmoothGrad(_CaptumAttribution):
                 current[drawn] = next(draws)
                 drawn += 1
             with torch.no_grad():
-                noise = torch.stack([current[int(k)] for k in copy]).to(inputs.device)
+                # the chunk's copies are consecutive: stack each draw once, then index by row
+                first, last = int(copy[0]), int(copy[-1])
+                bank = torch.stack([current[k] for k in range(first, last + 1)])
+                noise = bank.to(inputs.device)[(copy - first).to(inputs.device)]
                 noisy = inputs[image.to(inputs.device)] + (
                     noise * _per_row(sigma[image.to(sigma.device)], inputs)
                 ).to(inputs.dtype)
